@@ -1,0 +1,1 @@
+"""PostHog-compatible ingestion gateway."""
