@@ -1,0 +1,250 @@
+"""Validated events → Kafka records exactly as PostHog capture writes them (value, key, headers, topic).
+
+This is the one place where topic, partition key and headers are decided.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+import orjson
+import uuid_utils
+
+from gateway.capture.errors import (
+    InvalidCookielessMode,
+    InvalidSessionId,
+    MissingDistinctId,
+    MissingEventName,
+    MissingSessionId,
+    MissingSnapshotData,
+)
+from gateway.capture.parse import ParsedRequest, RawEvent
+from gateway.capture.record import Record
+from gateway.capture.timestamps import compute_timestamp, epoch_millis, format_now, format_rfc3339
+
+MAX_DISTINCT_ID_LENGTH = 200
+MAX_SESSION_ID_LENGTH = 70
+_SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+class DataType(Enum):
+    ANALYTICS_MAIN = "main"
+    ANALYTICS_HISTORICAL = "historical"
+    EXCEPTION = "exceptions"
+    HEATMAP = "heatmaps"
+    CLIENT_INGESTION_WARNING = "client_warnings"
+    SNAPSHOT = "replay"
+
+
+@dataclass(slots=True, frozen=True)
+class Topics:
+    """Kafka topic per data type; defaults are PostHog's (newest capture)."""
+
+    main: str = "events_plugin_ingestion"
+    historical: str = "events_plugin_ingestion_historical"
+    overflow: str = "events_plugin_ingestion_overflow"
+    exceptions: str = "error_tracking_events"
+    heatmaps: str = "heatmaps_ingestion"
+    client_warnings: str = "ingestion-clientwarnings-main-1"
+    replay: str = "session_recording_snapshot_item_events"
+
+    def for_type(self, data_type: DataType) -> str:
+        return getattr(self, data_type.value)
+
+
+@dataclass(slots=True, frozen=True)
+class RequestContext:
+    """What the HTTP layer knows about a request that shapes its records."""
+
+    client_ip: str
+    now: datetime
+    user_agent: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class RecordOptions:
+    topics: Topics = Topics()
+    # Reroute main events older than this to the historical topic (PostHog's ENABLE_HISTORICAL_REROUTING).
+    historical_rerouting_after: timedelta | None = None
+
+
+def data_type_for(event_name: str, historical_migration: bool) -> DataType:
+    if event_name == "$$client_ingestion_warning":
+        return DataType.CLIENT_INGESTION_WARNING
+    if event_name == "$exception":
+        return DataType.EXCEPTION
+    if event_name == "$$heatmap":
+        return DataType.HEATMAP
+    if historical_migration:
+        return DataType.ANALYTICS_HISTORICAL
+    return DataType.ANALYTICS_MAIN
+
+
+def extract_distinct_id(event: RawEvent) -> str:
+    """Root distinct_id, else properties.distinct_id; non-strings as JSON; NUL → U+FFFD; ≤ 200 chars."""
+    value = event.get("distinct_id")
+    if value is None:
+        value = event["properties"].get("distinct_id")
+    if value is None:
+        raise MissingDistinctId("missing distinct_id")
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    text = text.replace("\0", "\ufffd")
+    if not text:
+        raise MissingDistinctId("missing distinct_id")
+    return text[:MAX_DISTINCT_ID_LENGTH]
+
+
+def analytics_records(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> list[Record]:
+    """One record per event; any invalid event fails the whole request, as capture does."""
+    now_text = format_now(context.now)
+    return [_analytics_record(event, parsed, context, options, now_text) for event in parsed.events]
+
+
+def _analytics_record(
+    event: RawEvent, parsed: ParsedRequest, context: RequestContext, options: RecordOptions, now_text: str
+) -> Record:
+    name = event["event"]
+    if not name:
+        raise MissingEventName("missing event name")
+    properties = event["properties"]
+    distinct_id = extract_distinct_id(event)
+    cookieless = properties.get("$cookieless_mode", False)
+    if not isinstance(cookieless, bool):
+        raise InvalidCookielessMode("$cookieless_mode must be a boolean")
+    if event["uuid"] is None:
+        event["uuid"] = str(uuid_utils.uuid7())
+    timestamp = compute_timestamp(
+        event.get("timestamp"),
+        event.get("offset"),
+        parsed.sent_at,
+        properties.get("$ignore_sent_at") is True,
+        context.now,
+    )
+    data_type = data_type_for(name, parsed.historical_migration)
+    if (
+        data_type is DataType.ANALYTICS_MAIN
+        and options.historical_rerouting_after is not None
+        and context.now - timestamp > options.historical_rerouting_after
+    ):
+        data_type = DataType.ANALYTICS_HISTORICAL
+    ip = "127.0.0.1" if "capture_internal" in properties else context.client_ip
+    key = f"{parsed.token}:{ip if cookieless else distinct_id}"
+    return _record(
+        topic=options.topics.for_type(data_type),
+        key=key,
+        uuid=event["uuid"],
+        distinct_id=distinct_id,
+        ip=ip,
+        data=event,
+        now_text=now_text,
+        parsed=parsed,
+        name=name,
+        timestamp=timestamp,
+        cookieless=cookieless,
+        historical=data_type is DataType.ANALYTICS_HISTORICAL,
+    )
+
+
+def replay_record(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> Record:
+    """All `$snapshot` events of a request become one `$snapshot_items` record keyed by session id."""
+    first = parsed.events[0]
+    properties = first["properties"]
+    session_id = properties.get("$session_id")
+    if session_id is None:
+        raise MissingSessionId("missing $session_id")
+    if (
+        not isinstance(session_id, str)
+        or len(session_id) > MAX_SESSION_ID_LENGTH
+        or not _SESSION_ID.match(session_id)
+    ):
+        raise InvalidSessionId("invalid $session_id")
+    distinct_id = extract_distinct_id(first)
+    items: list[Any] = []
+    for event in parsed.events:
+        snapshot = event["properties"].get("$snapshot_data")
+        if isinstance(snapshot, list):
+            items.extend(snapshot)
+        elif isinstance(snapshot, dict):
+            items.append(snapshot)
+        else:
+            raise MissingSnapshotData("missing $snapshot_data")
+    lib = properties.get("$lib")
+    if not isinstance(lib, str) or not lib:
+        lib = context.user_agent.split("/")[0] if "posthog" in context.user_agent.lower() else "web"
+    window_id = properties.get("$window_id") or session_id
+    data = {
+        "event": "$snapshot_items",
+        "properties": {
+            "distinct_id": distinct_id,
+            "$session_id": session_id,
+            "$window_id": window_id,
+            "$snapshot_source": properties.get("$snapshot_source") or "web",
+            "$snapshot_items": items,
+            "$lib": lib,
+        },
+    }
+    timestamp = compute_timestamp(
+        first.get("timestamp"), first.get("offset"), parsed.sent_at, False, context.now
+    )
+    return _record(
+        topic=options.topics.replay,
+        key=session_id,
+        uuid=first["uuid"] or str(uuid_utils.uuid7()),
+        distinct_id=distinct_id,
+        ip=context.client_ip,
+        data=data,
+        now_text=format_now(context.now),
+        parsed=parsed,
+        name="$snapshot_items",
+        timestamp=timestamp,
+        cookieless=False,
+        historical=False,
+    )
+
+
+def _record(
+    *,
+    topic: str,
+    key: str,
+    uuid: str,
+    distinct_id: str,
+    ip: str,
+    data: dict[str, Any],
+    now_text: str,
+    parsed: ParsedRequest,
+    name: str,
+    timestamp: datetime,
+    cookieless: bool,
+    historical: bool,
+) -> Record:
+    value: dict[str, Any] = {
+        "uuid": uuid,
+        "distinct_id": distinct_id,
+        "ip": ip,
+        "data": orjson.dumps(data).decode(),
+        "now": now_text,
+    }
+    if parsed.sent_at is not None:
+        value["sent_at"] = format_rfc3339(parsed.sent_at)
+    value["token"] = parsed.token
+    value["event"] = name
+    value["timestamp"] = format_rfc3339(timestamp)
+    if cookieless:
+        value["is_cookieless_mode"] = True
+    if historical:
+        value["historical_migration"] = True
+    headers = [
+        ("token", parsed.token.encode()),
+        ("distinct_id", distinct_id.encode()),
+        ("timestamp", str(epoch_millis(timestamp)).encode()),
+        ("event", name.encode()),
+        ("uuid", uuid.encode()),
+        ("now", now_text.encode()),
+    ]
+    if historical:
+        headers.append(("historical_migration", b"true"))
+    return Record(topic, key.encode(), tuple(headers), orjson.dumps(value))

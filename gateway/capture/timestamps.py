@@ -1,0 +1,100 @@
+"""Event timestamp rules of PostHog capture (common_types::timestamp) and the formats it writes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_FUTURE = timedelta(hours=23)
+_MIN_SENT_AT_YEAR = 2021
+
+
+def parse_timestamp(value: str) -> datetime | None:
+    """RFC 3339 / ISO 8601 (naive = UTC), RFC 2822, or a numeric epoch in seconds or milliseconds."""
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = _parse_other(value)
+        if parsed is None:
+            return None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _parse_other(value: str) -> datetime | None:
+    try:
+        number = float(value)
+    except ValueError:
+        try:
+            return parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+    seconds = number / 1000 if abs(number) >= 1e11 else number
+    try:
+        return EPOCH + timedelta(seconds=seconds)
+    except OverflowError:
+        return None
+
+
+def sent_at_from_query(value: str | None) -> datetime | None:
+    """The `_` query parameter: integer milliseconds, ignored unless it lands after 2020."""
+    if not value or not value.isdigit():
+        return None
+    try:
+        parsed = EPOCH + timedelta(milliseconds=int(value))
+    except OverflowError:
+        return None
+    return parsed if parsed.year >= _MIN_SENT_AT_YEAR else None
+
+
+def compute_timestamp(
+    timestamp: str | None,
+    offset: int | None,
+    sent_at: datetime | None,
+    ignore_sent_at: bool,
+    now: datetime,
+) -> datetime:
+    """The event time PostHog derives: clock-skew corrected by sent_at, or now - offset, clamped."""
+    result = now
+    if timestamp is not None:
+        parsed = parse_timestamp(timestamp)
+        if parsed is not None and sent_at is not None and not ignore_sent_at:
+            try:
+                result = now + (parsed - sent_at)
+            except OverflowError:  # outside datetime's years 1..9999: PostHog falls back to the epoch
+                result = EPOCH
+        elif parsed is not None:
+            result = parsed
+    if offset is not None:
+        try:
+            result = now - timedelta(milliseconds=offset)
+        except OverflowError:
+            result = EPOCH
+    if result - now > MAX_FUTURE:
+        return now
+    return result
+
+
+def format_rfc3339(value: datetime) -> str:
+    """chrono's `to_rfc3339_opts(AutoSi, true)`: 'Z', and 0, 3 or 6 fractional digits as needed."""
+    base = value.strftime("%Y-%m-%dT%H:%M:%S")
+    micros = value.microsecond
+    if micros == 0:
+        return base + "Z"
+    if micros % 1000 == 0:
+        return f"{base}.{micros // 1000:03d}Z"
+    return f"{base}.{micros:06d}Z"
+
+
+def format_now(value: datetime) -> str:
+    """The `now` field as PostHog's Django capture wrote it (isoformat, microseconds, +00:00)."""
+    return value.isoformat(timespec="microseconds")
+
+
+def epoch_millis(value: datetime) -> int:
+    return (value - EPOCH) // timedelta(milliseconds=1)

@@ -1,0 +1,72 @@
+"""`gateway` command line: thin — parse flags, build settings, run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from gateway.config import ConfigError, ServeSettings, add_arguments, settings_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="PostHog-compatible ingestion gateway")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve", help="run the capture gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add_arguments(serve, ServeSettings)
+
+    spool = commands.add_parser("spool", help="inspect a local spool")
+    spool_commands = spool.add_subparsers(dest="spool_command", required=True)
+    for name, help_text in (
+        ("stats", "segments, bytes, records and reader lag"),
+        ("dump", "every retained record as one JSON object per line"),
+    ):
+        sub = spool_commands.add_parser(name, help=help_text)
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=Path("./gateway-data"),
+            help="the gateway's --data-dir (all worker spools are read)",
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "serve":
+        try:
+            settings = settings_from_args(args, ServeSettings)
+        except ConfigError as exc:
+            print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+            return 2
+        from gateway.serve import serve
+
+        serve(settings)
+        return 0
+    if args.command == "spool":
+        return spool_command(args)
+    return 2
+
+
+def spool_command(args: argparse.Namespace) -> int:
+    from gateway.spool import iter_records, record_to_json, spool_stats
+
+    directories = sorted(p for p in (args.data_dir / "spool").glob("worker-*") if p.is_dir())
+    if args.spool_command == "stats":
+        stats = {d.name: spool_stats(d) for d in directories}
+        sys.stdout.buffer.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    out = sys.stdout.buffer
+    for directory in directories:
+        for record in iter_records(directory):
+            out.write(orjson.dumps(record_to_json(record)) + b"\n")
+    out.flush()
+    return 0

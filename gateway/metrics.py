@@ -1,0 +1,23 @@
+"""Every metric the gateway exports, defined once and named after what operators alert on."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+HTTP_REQUESTS = Counter("gateway_http_requests", "HTTP requests answered", ["route", "status"])
+HTTP_LATENCY = Histogram(
+    "gateway_http_request_duration_seconds",
+    "Time from request start to response",
+    ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+REQUEST_SIZE = Histogram(
+    "capture_request_size_bytes",
+    "Encoded request body size",
+    ["route"],
+    buckets=(256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864),
+)
+EVENTS_RECEIVED = Counter("capture_events_received", "Events parsed from valid requests", ["route"])
+EVENTS_INGESTED = Counter("capture_events_ingested", "Events acknowledged to clients (durable)", ["route"])
+EVENTS_DROPPED = Counter("capture_events_dropped", "Events not stored, by cause", ["cause"])
+REQUEST_ERRORS = Counter("capture_request_errors", "Requests rejected, by PostHog error code", ["code"])

@@ -1,0 +1,169 @@
+"""Thin aiohttp handlers for PostHog's capture routes: read → decode → parse → records → sink."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+from aiohttp import web
+
+from gateway import metrics
+from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
+from gateway.capture.errors import CaptureError, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable
+from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
+from gateway.capture.parse import parse_request
+from gateway.capture.record import Record
+from gateway.capture.timestamps import sent_at_from_query
+from gateway.edge.client_ip import client_ip
+from gateway.edge.cors import add_cors_headers, preflight_response
+from gateway.sinks.base import Sink
+
+OK_BODY = b'{"status":"Ok"}'
+# Bodies above this are decoded and parsed in a worker thread so the event loop keeps serving.
+OFFLOAD_THRESHOLD = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """A capture route family: its paths, body limit and whether it carries replay snapshots."""
+
+    name: str
+    paths: tuple[str, ...]
+    body_limit: int
+    replay: bool = False
+
+
+class CaptureHandler:
+    def __init__(
+        self,
+        sink: Sink,
+        limits: DecodeLimits,
+        options: RecordOptions,
+        trusted_proxy_hops: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.sink = sink
+        self.limits = limits
+        self.options = options
+        self.trusted_proxy_hops = trusted_proxy_hops
+        self.clock = clock
+
+    def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
+        answered = {
+            200: metrics.HTTP_REQUESTS.labels(spec.name, "200"),
+            204: metrics.HTTP_REQUESTS.labels(spec.name, "204"),
+        }
+        latency = metrics.HTTP_LATENCY.labels(spec.name)
+        received = metrics.EVENTS_RECEIVED.labels(spec.name)
+        ingested = metrics.EVENTS_INGESTED.labels(spec.name)
+        size = metrics.REQUEST_SIZE.labels(spec.name)
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            started = time.perf_counter()
+            if request.method == "OPTIONS":
+                return preflight_response(request)
+            try:
+                if request.method not in ("GET", "POST", "HEAD"):
+                    raise MethodNotAllowed(f"method {request.method} not allowed")
+                body = await read_body(request, spec.body_limit)
+                size.observe(len(body))
+                records = await self._records(request, spec, body)
+                if records:
+                    received.inc(len(records))
+                    await self.sink.deliver(records)
+                    ingested.inc(len(records))
+            except CaptureError as error:
+                return error_response(request, spec.name, error)
+            response = success_response(request)
+            answered[response.status].inc()
+            latency.observe(time.perf_counter() - started)
+            return response
+
+        return handle
+
+    async def _records(self, request: web.Request, spec: RouteSpec, body: bytes) -> list[Record]:
+        context = RequestContext(
+            client_ip=client_ip(request, self.trusted_proxy_hops),
+            now=self.clock(),
+            user_agent=request.headers.get("User-Agent", ""),
+        )
+        args = (
+            body,
+            request.query,
+            request.content_type,
+            request.headers.get("Content-Encoding", ""),
+            request.path,
+            spec,
+            context,
+        )
+        if len(body) > OFFLOAD_THRESHOLD:
+            return await asyncio.to_thread(self._process, *args)
+        return self._process(*args)
+
+    def _process(
+        self,
+        body: bytes,
+        query: object,
+        content_type: str,
+        content_encoding: str,
+        path: str,
+        spec: RouteSpec,
+        context: RequestContext,
+    ) -> list[Record]:
+        payload = decode_payload(
+            body, query, content_type, content_encoding, is_legacy_path(path), self.limits
+        )
+        parsed = parse_request(
+            payload,
+            engage=path.rstrip("/").endswith("/engage"),
+            query_sent_at=sent_at_from_query(query.get("_") or query.get("sent_at")),
+        )
+        if parsed is None:
+            metrics.EVENTS_DROPPED.labels("performance_event").inc()
+            return []
+        if spec.replay:
+            return [replay_record(parsed, context, self.options)]
+        return analytics_records(parsed, context, self.options)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; larger bodies are refused without being buffered whole."""
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        return await request.read()
+    chunks = bytearray()
+    async for chunk in request.content.iter_any():
+        chunks += chunk
+        if len(chunks) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    return bytes(chunks)
+
+
+def success_response(request: web.Request) -> web.Response:
+    if request.query.get("beacon") == "1":
+        response = web.Response(status=204)
+    else:
+        response = web.Response(body=OK_BODY, content_type="application/json")
+    add_cors_headers(request, response.headers)
+    return response
+
+
+def error_response(request: web.Request, route: str, error: CaptureError) -> web.Response:
+    response = web.Response(
+        status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
+    )
+    if isinstance(error, ServiceUnavailable):
+        response.headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, PayloadTooLarge) or error.status == 405:
+        # The unread rest of the body would otherwise be parsed as the next request.
+        response.force_close()
+    add_cors_headers(request, response.headers)
+    metrics.HTTP_REQUESTS.labels(route, str(error.status)).inc()
+    metrics.REQUEST_ERRORS.labels(error.code).inc()
+    return response

@@ -1,0 +1,68 @@
+"""Runs `gateway serve`: one process, or N worker processes sharing the port with SO_REUSEPORT."""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from gateway.app import build_app
+from gateway.config import ServeSettings
+from gateway.sinks.spool import SpoolSink
+
+log = logging.getLogger("gateway.serve")
+
+
+def spool_dir(settings: ServeSettings, worker: int) -> Path:
+    return settings.data_dir / "spool" / f"worker-{worker}"
+
+
+def run_worker(settings: ServeSettings, worker: int) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink."""
+    sink = SpoolSink.at(
+        spool_dir(settings, worker),
+        fsync=settings.fsync,
+        fsync_window_ms=settings.fsync_window_ms,
+        max_bytes=settings.spool_max_bytes,
+    )
+    app = build_app(settings, sink)
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        reuse_port=settings.workers > 1,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,
+        print=None,
+        loop=uvloop.new_event_loop(),
+        auto_decompress=False,  # we inflate ourselves, with size and ratio limits
+    )
+
+
+def serve(settings: ServeSettings) -> None:
+    log.info("gateway listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
+    if settings.workers == 1:
+        run_worker(settings, 0)
+        return
+    context = multiprocessing.get_context("fork")
+    workers = [
+        context.Process(target=run_worker, args=(settings, i), name=f"worker-{i}")
+        for i in range(settings.workers)
+    ]
+    for process in workers:
+        process.start()
+
+    def forward(signum: int, _frame: object) -> None:
+        for process in workers:
+            if process.pid and process.is_alive():
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for process in workers:
+        process.join()

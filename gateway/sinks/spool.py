@@ -1,0 +1,41 @@
+"""The embedded default sink: records are acknowledged once they are durable in the local spool."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.capture.errors import ServiceUnavailable
+from gateway.capture.record import Record
+from gateway.sinks.base import Readiness
+from gateway.spool import FsyncPolicy, Spool, SpoolFull
+
+SPOOL_FULL_RETRY_AFTER = 30
+
+
+class SpoolSink:
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    @classmethod
+    def at(cls, directory: Path, *, fsync: str, fsync_window_ms: float, max_bytes: int) -> SpoolSink:
+        return cls(
+            Spool(directory, fsync=FsyncPolicy(fsync), fsync_window_ms=fsync_window_ms, max_bytes=max_bytes)
+        )
+
+    async def start(self) -> None:
+        await self.spool.open()
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        try:
+            await self.spool.append(records)
+        except SpoolFull as exc:
+            raise ServiceUnavailable("local spool is full", retry_after=SPOOL_FULL_RETRY_AFTER) from exc
+
+    async def close(self) -> None:
+        await self.spool.close()
+
+    def readiness(self) -> Readiness:
+        if self.spool.is_full:
+            return Readiness(ready=False, degraded=True, detail="spool full")
+        return Readiness(ready=True, degraded=False, detail="spool")

@@ -1,0 +1,90 @@
+"""Run the real gateway app in a background thread (own event loop) for HTTP-level tests."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.app import build_app, utc_now
+from gateway.config import ServeSettings
+from gateway.serve import spool_dir
+from gateway.sinks.base import Sink
+from gateway.sinks.spool import SpoolSink
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class InProcessGateway:
+    """Starts `build_app` on a free loopback port; `stop()` shuts it down gracefully (sink flushed)."""
+
+    def __init__(
+        self,
+        settings: ServeSettings,
+        sink: Sink | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.port = free_port()
+        self.settings = settings
+        self.sink = sink or SpoolSink.at(
+            spool_dir(settings, 0),
+            fsync=settings.fsync,
+            fsync_window_ms=settings.fsync_window_ms,
+            max_bytes=settings.spool_max_bytes,
+        )
+        self.clock = clock
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> InProcessGateway:
+        self._thread.start()
+        self._ready.wait(10)
+        if self._error:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._start())
+        except BaseException as exc:  # surfaced to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _start(self) -> None:
+        app = build_app(self.settings, self.sink, clock=self.clock)
+        self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> InProcessGateway:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def settings_for(data_dir: Path, **overrides: object) -> ServeSettings:
+    return ServeSettings(data_dir=data_dir, **overrides).validate()
