@@ -46,10 +46,13 @@ USERS_XML = """<?xml version="1.0"?>
 
 
 def clickhouse_query(http_url: str, sql: str, data: bytes | None = None, timeout: float = 10) -> str:
-    """Run `sql` over ClickHouse's HTTP interface (with `data` as the body for INSERTs); return the text."""
+    """Run `sql` over ClickHouse's HTTP interface (with `data` as the body for INSERTs); return the text.
+
+    Always a POST: ClickHouse treats GET requests as read-only, which rejects DDL.
+    """
     url = f"{http_url}/?{urllib.parse.urlencode({'query': sql})}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=timeout) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, data=data or b""), timeout=timeout) as resp:
             return str(resp.read().decode())
     except urllib.error.HTTPError as exc:
         raise ServiceError(f"ClickHouse error {exc.code}: {exc.read().decode(errors='replace')}") from exc
