@@ -13,6 +13,7 @@ from gateway.config import ServeSettings
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_endpoint, readiness_handler
 from gateway.sinks.base import Sink
+from gateway.sinks.factory import topics_from
 
 SINK_KEY = web.AppKey("sink", Sink)
 
@@ -43,7 +44,7 @@ def build_app(
     handler = CaptureHandler(
         sink=sink,
         limits=DecodeLimits(settings.max_decompressed_bytes, settings.max_compression_ratio),
-        options=RecordOptions(historical_rerouting_after=rerouting),
+        options=RecordOptions(topics=topics_from(settings), historical_rerouting_after=rerouting),
         trusted_proxy_hops=settings.trusted_proxy_hops,
         clock=clock,
     )

@@ -89,6 +89,69 @@ class ServeSettings:
         default=30.0, metadata={"help": "seconds to finish in-flight requests on SIGTERM"}
     )
 
+    # Kafka sink (off unless bootstrap servers are given).
+    kafka_bootstrap_servers: str = field(
+        default="", metadata={"help": "HOST:PORT[,...] of Kafka; empty = spool only (embedded mode)"}
+    )
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT",
+        metadata={
+            "help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
+            "parse": _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+        },
+    )
+    kafka_sasl_mechanism: str = field(
+        default="PLAIN",
+        metadata={
+            "help": "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512",
+            "parse": _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+        },
+    )
+    kafka_sasl_username: str = field(default="", metadata={"help": "SASL user name"})
+    kafka_sasl_password: str = field(default="", metadata={"help": "SASL password", "secret": True})
+    kafka_ssl_cafile: str = field(default="", metadata={"help": "CA bundle to verify the brokers (SSL)"})
+    kafka_ssl_certfile: str = field(default="", metadata={"help": "client certificate (mutual TLS)"})
+    kafka_ssl_keyfile: str = field(default="", metadata={"help": "client private key (mutual TLS)"})
+    kafka_compression: str = field(
+        default="zstd",
+        metadata={
+            "help": "producer compression: none | gzip | lz4 | zstd | snappy",
+            "parse": _choice("none", "gzip", "lz4", "zstd", "snappy"),
+        },
+    )
+    kafka_linger_ms: float = field(
+        default=0.0,
+        metadata={"help": "extra wait to gather concurrent requests into one produce (0 = one loop turn)"},
+    )
+    kafka_max_batch_bytes: int = field(
+        default=1 * MiB,
+        metadata={
+            "help": "largest Kafka record batch; a record above it is refused with 413",
+            "parse": _size,
+        },
+    )
+    kafka_ack_timeout_ms: float = field(
+        default=3000.0,
+        metadata={"help": "how long a request waits for Kafka's ack before its records are spooled instead"},
+    )
+    topic_main: str = field(
+        default="events_plugin_ingestion", metadata={"help": "topic for analytics events"}
+    )
+    topic_historical: str = field(
+        default="events_plugin_ingestion_historical", metadata={"help": "topic for historical migrations"}
+    )
+    topic_overflow: str = field(
+        default="events_plugin_ingestion_overflow", metadata={"help": "topic for overflowing keys"}
+    )
+    topic_exceptions: str = field(default="error_tracking_events", metadata={"help": "topic for $exception"})
+    topic_heatmaps: str = field(default="heatmaps_ingestion", metadata={"help": "topic for $$heatmap"})
+    topic_client_warnings: str = field(
+        default="ingestion-clientwarnings-main-1", metadata={"help": "topic for $$client_ingestion_warning"}
+    )
+    topic_replay: str = field(
+        default="session_recording_snapshot_item_events", metadata={"help": "topic for session replay"}
+    )
+
     def validate(self) -> ServeSettings:
         checks = [
             (1 <= self.port <= 65535, "port", "must be 1..65535"),
@@ -98,6 +161,8 @@ class ServeSettings:
             (self.replay_body_limit <= 64 * MiB, "replay_body_limit", "must be at most 64M"),
             (self.max_compression_ratio >= 1, "max_compression_ratio", "must be ≥ 1"),
             (self.trusted_proxy_hops >= 0, "trusted_proxy_hops", "must be ≥ 0"),
+            (self.kafka_ack_timeout_ms > 0, "kafka_ack_timeout_ms", "must be > 0"),
+            (self.kafka_max_batch_bytes >= 1024, "kafka_max_batch_bytes", "must be at least 1K"),
             (
                 all(p.startswith("/") and not p.endswith("/") for p in self.prefix),
                 "prefix",

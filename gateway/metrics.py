@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter("gateway_http_requests", "HTTP requests answered", ["route", "status"])
 HTTP_LATENCY = Histogram(
@@ -21,3 +21,15 @@ EVENTS_RECEIVED = Counter("capture_events_received", "Events parsed from valid r
 EVENTS_INGESTED = Counter("capture_events_ingested", "Events acknowledged to clients (durable)", ["route"])
 EVENTS_DROPPED = Counter("capture_events_dropped", "Events not stored, by cause", ["cause"])
 REQUEST_ERRORS = Counter("capture_request_errors", "Requests rejected, by PostHog error code", ["code"])
+
+KAFKA_PRODUCE_LATENCY = Histogram(
+    "gateway_kafka_produce_duration_seconds",
+    "Time from a request's records entering the producer to Kafka's ack (acks=all)",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+KAFKA_PRODUCE_ERRORS = Counter("gateway_kafka_produce_errors", "Failed Kafka produce attempts")
+KAFKA_SPOOLING = Gauge("gateway_kafka_spooling", "1 while records go to the local spool instead of Kafka")
+SPOOLED_RECORDS = Counter(
+    "gateway_spooled_records", "Records written to the spool because Kafka was unavailable"
+)
+SPOOL_REPLAYED_RECORDS = Counter("gateway_spool_replayed_records", "Spooled records replayed into Kafka")

@@ -6,31 +6,20 @@ import logging
 import multiprocessing
 import os
 import signal
-from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import ServeSettings
-from gateway.sinks.spool import SpoolSink
+from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
 
 
-def spool_dir(settings: ServeSettings, worker: int) -> Path:
-    return settings.data_dir / "spool" / f"worker-{worker}"
-
-
 def run_worker(settings: ServeSettings, worker: int) -> None:
     """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink."""
-    sink = SpoolSink.at(
-        spool_dir(settings, worker),
-        fsync=settings.fsync,
-        fsync_window_ms=settings.fsync_window_ms,
-        max_bytes=settings.spool_max_bytes,
-    )
-    app = build_app(settings, sink)
+    app = build_app(settings, build_sink(settings, worker))
     web.run_app(
         app,
         host=settings.host,

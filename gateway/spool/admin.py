@@ -32,8 +32,11 @@ def spool_stats(directory: Path) -> dict[str, Any]:
         "bytes": sum(sizes.values()),
         "records": count_records(directory),
         "cursors": {
-            name: {"segment": position.segment, "offset": position.offset,
-                   "lag_bytes": lag_bytes(directory, position)}
+            name: {
+                "segment": position.segment,
+                "offset": position.offset,
+                "lag_bytes": lag_bytes(directory, position),
+            }
             for name, position in sorted(load_cursors(directory).items())
         },
     }

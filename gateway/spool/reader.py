@@ -71,8 +71,11 @@ def _settle(position: SpoolPosition | None, segments: list[int]) -> SpoolPositio
     if later:
         return _start_of(later[0])
     # The position is past the newest segment: the log was reset under the cursor; start over.
-    log.warning("spool cursor at segment %d is past the newest segment %d; restarting from the oldest",
-                position.segment, segments[-1])
+    log.warning(
+        "spool cursor at segment %d is past the newest segment %d; restarting from the oldest",
+        position.segment,
+        segments[-1],
+    )
     return _start_of(segments[0])
 
 
@@ -103,8 +106,13 @@ def _read(
         if scan.stop is Stop.LIMIT or position.segment == segments[-1]:
             break
         if scan.stop in (Stop.CORRUPT, Stop.INCOMPLETE):
-            log.error("spool %s: segment %d is damaged at offset %d (%s); skipping the rest of it",
-                      directory, position.segment, scan.end, scan.stop.value)
+            log.error(
+                "spool %s: segment %d is damaged at offset %d (%s); skipping the rest of it",
+                directory,
+                position.segment,
+                scan.end,
+                scan.stop.value,
+            )
         position = _start_of(segments[segments.index(position.segment) + 1])
     return result, position
 

@@ -234,8 +234,12 @@ class Spool:
             await loop.run_in_executor(self._executor, self._write, frames)
         except Exception as exc:
             self._write_errors += 1
-            log.error("spool %s: write failed, %d records not acknowledged: %s",
-                      self.directory, self._inflight_records, exc)
+            log.error(
+                "spool %s: write failed, %d records not acknowledged: %s",
+                self.directory,
+                self._inflight_records,
+                exc,
+            )
             group.set_exception(SpoolWriteError(f"spool write failed: {exc}"))
         else:
             self._flushes += 1
@@ -268,16 +272,24 @@ class Spool:
             header = file.read(HEADER_SIZE)
         if not header_is_valid(header):
             aside = path.with_name(path.name + ".corrupt")
-            log.error("spool %s: %s has no valid header; set aside as %s",
-                      self.directory, path.name, aside.name)
+            log.error(
+                "spool %s: %s has no valid header; set aside as %s", self.directory, path.name, aside.name
+            )
             path.rename(aside)
             return
         scan = scan_segment(path, decode=False)
         if scan.stop is Stop.END:
             return
         size = path.stat().st_size
-        log.warning("spool %s: %s has a %s frame at offset %d after %d good records; truncating %d bytes",
-                    self.directory, path.name, scan.stop.value, scan.end, scan.count, size - scan.end)
+        log.warning(
+            "spool %s: %s has a %s frame at offset %d after %d good records; truncating %d bytes",
+            self.directory,
+            path.name,
+            scan.stop.value,
+            scan.end,
+            scan.count,
+            size - scan.end,
+        )
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.ftruncate(fd, scan.end)
@@ -340,8 +352,11 @@ class Spool:
         try:
             os.ftruncate(self._fd, start)
         except OSError as exc:
-            log.error("spool %s: cannot truncate after a failed write; refusing further writes: %s",
-                      self.directory, exc)
+            log.error(
+                "spool %s: cannot truncate after a failed write; refusing further writes: %s",
+                self.directory,
+                exc,
+            )
             self._broken = exc
 
     def _close_sync(self) -> None:

@@ -13,9 +13,8 @@ from aiohttp import web
 
 from gateway.app import build_app, utc_now
 from gateway.config import ServeSettings
-from gateway.serve import spool_dir
 from gateway.sinks.base import Sink
-from gateway.sinks.spool import SpoolSink
+from gateway.sinks.factory import build_sink
 
 
 def free_port() -> int:
@@ -35,12 +34,7 @@ class InProcessGateway:
     ) -> None:
         self.port = free_port()
         self.settings = settings
-        self.sink = sink or SpoolSink.at(
-            spool_dir(settings, 0),
-            fsync=settings.fsync,
-            fsync_window_ms=settings.fsync_window_ms,
-            max_bytes=settings.spool_max_bytes,
-        )
+        self.sink = sink or build_sink(settings, 0)
         self.clock = clock
         self.url = f"http://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()

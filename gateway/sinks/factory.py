@@ -1,0 +1,97 @@
+"""Builds the sink a worker delivers to, from the settings: the spool alone, or Kafka with spool failover."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.helpers import create_ssl_context
+
+from gateway.capture.events import Topics
+from gateway.config import ServeSettings
+from gateway.sinks.base import Sink
+from gateway.sinks.kafka import KafkaSink
+from gateway.sinks.kafka_producer import BatchingProducer
+from gateway.sinks.spool import SpoolSink
+
+_WORKER_DIR = re.compile(r"^worker-(\d+)$")
+# Headroom over the largest batch for the produce request's own framing.
+_REQUEST_OVERHEAD = 64 * 1024
+
+
+def spool_dir(settings: ServeSettings, worker: int) -> Path:
+    return settings.data_dir / "spool" / f"worker-{worker}"
+
+
+def topics_from(settings: ServeSettings) -> Topics:
+    return Topics(
+        main=settings.topic_main,
+        historical=settings.topic_historical,
+        overflow=settings.topic_overflow,
+        exceptions=settings.topic_exceptions,
+        heatmaps=settings.topic_heatmaps,
+        client_warnings=settings.topic_client_warnings,
+        replay=settings.topic_replay,
+    )
+
+
+def orphaned_spools(settings: ServeSettings, worker: int) -> list[Path]:
+    """Spools of workers that no longer exist (a previous run had more); worker j goes to j mod N."""
+    root = settings.data_dir / "spool"
+    if not root.is_dir():
+        return []
+    found = []
+    for path in sorted(root.iterdir()):
+        match = _WORKER_DIR.match(path.name)
+        if match and int(match[1]) >= settings.workers and int(match[1]) % settings.workers == worker:
+            found.append(path)
+    return found
+
+
+def producer_config(settings: ServeSettings) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap_servers.split(","),
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": None if settings.kafka_compression == "none" else settings.kafka_compression,
+        "max_batch_size": settings.kafka_max_batch_bytes,
+        "max_request_size": settings.kafka_max_batch_bytes + _REQUEST_OVERHEAD,
+        "linger_ms": 0,  # BatchingProducer already gathers concurrent requests
+        "request_timeout_ms": int(max(settings.kafka_ack_timeout_ms * 2, 10_000)),
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config |= {
+            "sasl_mechanism": settings.kafka_sasl_mechanism,
+            "sasl_plain_username": settings.kafka_sasl_username,
+            "sasl_plain_password": settings.kafka_sasl_password,
+        }
+    if settings.kafka_security_protocol.endswith("SSL"):
+        config["ssl_context"] = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    return config
+
+
+def build_sink(settings: ServeSettings, worker: int) -> Sink:
+    spool = SpoolSink.at(
+        spool_dir(settings, worker),
+        fsync=settings.fsync,
+        fsync_window_ms=settings.fsync_window_ms,
+        max_bytes=settings.spool_max_bytes,
+    )
+    if not settings.kafka_bootstrap_servers:
+        return spool
+    config = producer_config(settings)
+    producer = BatchingProducer(lambda: AIOKafkaProducer(**config), settings.kafka_linger_ms)
+    return KafkaSink(
+        producer,
+        spool,
+        ack_timeout=settings.kafka_ack_timeout_ms / 1000,
+        max_record_bytes=settings.kafka_max_batch_bytes,
+        adopt=orphaned_spools(settings, worker),
+    )
