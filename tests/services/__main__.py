@@ -11,8 +11,13 @@ import shutil
 import sys
 import time
 
-from tests.services import SERVICES
 from tests.services.base import STATE_DIR, STATE_FILE, ServiceError, load_state, save_state
+from tests.services.clickhouse_server import ClickHouseServer
+from tests.services.kafka_broker import KafkaBroker
+from tests.services.redis_server import RedisServer
+
+# Services managed by name (nginx needs a caller's config, so tests start it themselves).
+SERVICES = {cls.name: cls for cls in (KafkaBroker, RedisServer, ClickHouseServer)}
 
 
 def start(names: list[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,10 +32,21 @@ class ServiceError(RuntimeError):
 
 
 def free_port(host: str = HOST) -> int:
-    """Return a TCP port that is free on `host` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """Return a TCP port that is free on `host` now, below the kernel's ephemeral range.
+
+    Staying out of the ephemeral range means no outgoing connection can take the port while a
+    service is down, so a broker restarted after an outage gets its port back.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(100):
+        port = random.randrange(10_000, max(low, 20_000))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise ServiceError(f"no free port found on {host}")
 
 
 def port_open(port: int, host: str = HOST) -> bool:

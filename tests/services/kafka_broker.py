@@ -1,15 +1,13 @@
 """A real single-node Apache Kafka (KRaft, combined broker+controller) run from Maven Central jars.
 
-The jars are resolved once with Maven into `.cache/kafka-<version>/libs` and reused. Each broker
-gets its own directory with a generated `server.properties`, a formatted data dir and a log; it
-can be stopped and started again on the same port and data (broker-outage tests).
+The jars come from `kafka_jars` (resolved once, cached). Each broker gets its own directory with
+a generated `server.properties`, a formatted data dir and a log; it can be stopped and started
+again on the same port and data (broker-outage tests).
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
-import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable, Mapping
@@ -18,37 +16,12 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.services.base import CACHE_DIR, HOST, Service, ServiceError, free_port
+from tests.services.base import HOST, Service, ServiceError, free_port
+from tests.services.kafka_jars import ensure_jars
 
-KAFKA_VERSION = "4.4.0"
-# slf4j binding for Kafka's slf4j-api 1.7; same version as the log4j-core that kafka-server pulls in.
-LOG4J_VERSION = "2.25.5"
-KAFKA_HOME = CACHE_DIR / f"kafka-{KAFKA_VERSION}"
-LIBS_DIR = KAFKA_HOME / "libs"
 JVM_OPTS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 READY_LINE = b"Kafka Server started"
 TOPIC_ALREADY_EXISTS = 36
-
-POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.tests</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>1</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <dependency>
-      <groupId>org.apache.kafka</groupId>
-      <artifactId>kafka_2.13</artifactId>
-      <version>{KAFKA_VERSION}</version>
-    </dependency>
-    <dependency>
-      <groupId>org.apache.logging.log4j</groupId>
-      <artifactId>log4j-slf4j-impl</artifactId>
-      <version>{LOG4J_VERSION}</version>
-    </dependency>
-  </dependencies>
-</project>
-"""
 
 # Warnings and errors only, plus the one INFO line that says the broker is up (readiness).
 LOG4J2_PROPERTIES = """\
@@ -61,32 +34,6 @@ appender.stdout.layout.pattern = [%d] %p %m (%c)%n
 logger.server.name = kafka.server.KafkaRaftServer
 logger.server.level = INFO
 """
-
-
-def ensure_jars() -> Path:
-    """Resolve the broker's runtime jars from Maven Central into the cache (once); return the dir."""
-    marker = LIBS_DIR / ".complete"
-    if marker.exists():
-        return LIBS_DIR
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise ServiceError("mvn not found; run scripts/install-system-deps")
-    KAFKA_HOME.mkdir(parents=True, exist_ok=True)
-    with (KAFKA_HOME / ".lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be resolving right now
-        if marker.exists():
-            return LIBS_DIR
-        pom = KAFKA_HOME / "pom.xml"
-        pom.write_text(POM)
-        result = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
-             "-DincludeScope=runtime", f"-DoutputDirectory={LIBS_DIR}"],
-            capture_output=True, text=True, check=False,
-        )
-        if result.returncode != 0:
-            raise ServiceError(f"resolving Kafka {KAFKA_VERSION} jars failed:\n{result.stdout[-4000:]}")
-        marker.touch()
-    return LIBS_DIR
 
 
 def new_cluster_id() -> str:
