@@ -46,7 +46,9 @@ class FsyncPolicy(StrEnum):
     """When an append is acknowledged."""
 
     ALWAYS = "always"  # after an fsync, flushing as soon as the previous flush finished
-    BATCH = "batch"  # after an fsync, waiting up to fsync_window_ms to let more appends share it
+    # After an fsync, at most one per fsync_window_ms: appends arriving meanwhile share the next one.
+    # An append after a quiet spell is flushed at once, so the window only adds latency under load.
+    BATCH = "batch"
     NEVER = "never"  # after write(): survives a process crash, not a power loss
 
 
@@ -97,7 +99,7 @@ class Spool:
         self._pending_bytes = 0
         self._pending_records = 0
         self._group: asyncio.Future[None] | None = None
-        self._group_started = 0.0
+        self._flush_started = float("-inf")
         self._inflight_bytes = 0
         self._inflight_records = 0
         self._measured_at = 0.0
@@ -152,10 +154,8 @@ class Spool:
         self._pending_records += len(frames)
         group = self._group
         if group is None:
-            loop = self._loop
-            assert loop is not None
-            group = self._group = loop.create_future()
-            self._group_started = loop.time()
+            assert self._loop is not None
+            group = self._group = self._loop.create_future()
             self._wakeup.set()
         await asyncio.shield(group)
 
@@ -217,7 +217,7 @@ class Spool:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self.fsync is FsyncPolicy.BATCH and not self._closing:
-                delay = self._group_started + self._window_s - loop.time()
+                delay = self._flush_started + self._window_s - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             if self._pending:
@@ -228,6 +228,7 @@ class Spool:
     async def _flush_group(self, loop: asyncio.AbstractEventLoop) -> None:
         group, frames = self._group, self._pending
         assert group is not None
+        self._flush_started = loop.time()
         self._inflight_bytes, self._inflight_records = self._pending_bytes, self._pending_records
         self._group, self._pending, self._pending_bytes, self._pending_records = None, [], 0, 0
         try:
