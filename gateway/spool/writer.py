@@ -6,8 +6,10 @@ blocks on disk. Every append waiting on a group is acknowledged by the same writ
 
 Each writer session starts a new segment: offsets a reader saw before a crash can never point into
 bytes written after it. Recovery checks only the newest segment (older ones were fsynced when they
-were sealed) and truncates it at the first incomplete or corrupt frame: that tail was never
-acknowledged under ALWAYS/BATCH, and nothing before it is touched.
+were sealed) and truncates it at the first incomplete or corrupt frame, as a torn tail: after a
+crash that tail was never acknowledged under ALWAYS/BATCH, and nothing before it is touched. (Media
+damage inside the newest segment therefore also drops the records after the damage; in older
+segments readers skip only the damaged rest of the segment, see reader.py.)
 """
 
 from __future__ import annotations

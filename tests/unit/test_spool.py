@@ -166,6 +166,23 @@ def test_every_policy_acks_and_batch_policies_group_fsyncs(
         assert spool.stats().flushes == data_syncs
 
 
+def test_batch_window_caps_fsync_rate_without_delaying_a_lone_append(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        spool = Spool(tmp_path, fsync=FsyncPolicy.BATCH, fsync_window_ms=100)
+        await spool.open()
+        started = time.monotonic()
+        await spool.append([rec(0)])
+        assert time.monotonic() - started < 0.08  # quiet spool: flushed at once
+        started = time.monotonic()
+        for round_ in range(1, 4):
+            await asyncio.gather(*(spool.append([rec(round_ * 100 + i)]) for i in range(64)))
+        assert time.monotonic() - started >= 0.25  # at most one fsync per 100 ms window
+        assert spool.stats().flushes == 4
+        await spool.close()
+
+    asyncio.run(scenario())
+
+
 def test_segments_roll_and_are_read_in_order(tmp_path: Path) -> None:
     asyncio.run(write(tmp_path, [[rec(i, size=300)] for i in range(100)], segment_bytes=2048))
     paths = segment_paths(tmp_path)
