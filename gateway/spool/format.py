@@ -24,10 +24,9 @@ SEGMENT_HEADER = struct.Struct("<8sII")
 HEADER_SIZE = SEGMENT_HEADER.size
 FRAME = struct.Struct("<II")
 FRAME_SIZE = FRAME.size
-# Larger lengths can only come from damage; refusing them on write keeps that check exact.
-MAX_PAYLOAD = 1 << 28
-
 _FIXED = struct.Struct("<HiH")
+# Other lengths can only come from damage (e.g. zeros after a crash); writes refuse larger payloads.
+MAX_PAYLOAD = 1 << 28
 _HEADER_ITEM = struct.Struct("<HI")
 _crc32 = zlib.crc32
 
@@ -79,7 +78,7 @@ def check_frame(view: memoryview, pos: int) -> tuple[FrameStatus, int]:
     if len(view) - pos < FRAME_SIZE:
         return FrameStatus.INCOMPLETE, pos + FRAME_SIZE
     length, crc = FRAME.unpack_from(view, pos)
-    if length > MAX_PAYLOAD:
+    if length < _FIXED.size or length > MAX_PAYLOAD:
         return FrameStatus.CORRUPT, pos
     end = pos + FRAME_SIZE + length
     if end > len(view):

@@ -6,8 +6,10 @@ blocks on disk. Every append waiting on a group is acknowledged by the same writ
 
 Each writer session starts a new segment: offsets a reader saw before a crash can never point into
 bytes written after it. Recovery checks only the newest segment (older ones were fsynced when they
-were sealed) and truncates it at the first incomplete or corrupt frame: that tail was never
-acknowledged under ALWAYS/BATCH, and nothing before it is touched.
+were sealed) and truncates it at the first incomplete or corrupt frame, as a torn tail: after a
+crash that tail was never acknowledged under ALWAYS/BATCH, and nothing before it is touched. (Media
+damage inside the newest segment therefore also drops the records after the damage; in older
+segments readers skip only the damaged rest of the segment, see reader.py.)
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ class FsyncPolicy(StrEnum):
     """When an append is acknowledged."""
 
     ALWAYS = "always"  # after an fsync, flushing as soon as the previous flush finished
-    BATCH = "batch"  # after an fsync, waiting up to fsync_window_ms to let more appends share it
+    # After an fsync, at most one per fsync_window_ms: appends arriving meanwhile share the next one.
+    # An append after a quiet spell is flushed at once, so the window only adds latency under load.
+    BATCH = "batch"
     NEVER = "never"  # after write(): survives a process crash, not a power loss
 
 
@@ -97,7 +101,7 @@ class Spool:
         self._pending_bytes = 0
         self._pending_records = 0
         self._group: asyncio.Future[None] | None = None
-        self._group_started = 0.0
+        self._flush_started = float("-inf")
         self._inflight_bytes = 0
         self._inflight_records = 0
         self._measured_at = 0.0
@@ -152,10 +156,8 @@ class Spool:
         self._pending_records += len(frames)
         group = self._group
         if group is None:
-            loop = self._loop
-            assert loop is not None
-            group = self._group = loop.create_future()
-            self._group_started = loop.time()
+            assert self._loop is not None
+            group = self._group = self._loop.create_future()
             self._wakeup.set()
         await asyncio.shield(group)
 
@@ -217,7 +219,7 @@ class Spool:
             await self._wakeup.wait()
             self._wakeup.clear()
             if self.fsync is FsyncPolicy.BATCH and not self._closing:
-                delay = self._group_started + self._window_s - loop.time()
+                delay = self._flush_started + self._window_s - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
             if self._pending:
@@ -228,6 +230,7 @@ class Spool:
     async def _flush_group(self, loop: asyncio.AbstractEventLoop) -> None:
         group, frames = self._group, self._pending
         assert group is not None
+        self._flush_started = loop.time()
         self._inflight_bytes, self._inflight_records = self._pending_bytes, self._pending_records
         self._group, self._pending, self._pending_bytes, self._pending_records = None, [], 0, 0
         try:
