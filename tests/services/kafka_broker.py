@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.services.base import HOST, Service, ServiceError, free_port
+from tests.services.base import HOST, Service, ServiceError, free_ports
 from tests.services.kafka_jars import KAFKA_HOME, ensure_jars
 
 JVM_OPTS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
@@ -74,8 +74,7 @@ class KafkaBroker(Service):
         """Start the broker (formatting storage first if new) and wait until it is unfenced."""
         libs = ensure_jars()
         if not self.port:
-            self.port = free_port()
-            self.controller_port = next(p for p in iter(free_port, None) if p != self.port)
+            self.port, self.controller_port = free_ports(2)
             self.cluster_id = new_cluster_id()
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_config()
