@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,6 +50,16 @@ def free_port(host: str = HOST) -> int:
     raise ServiceError(f"no free port found on {host}")
 
 
+def free_ports(count: int, host: str = HOST) -> list[int]:
+    """`count` distinct free ports (for a service that listens on several)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def port_open(port: int, host: str = HOST) -> bool:
     """Whether something accepts TCP connections on `host:port`."""
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
@@ -65,8 +76,7 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def spawn(argv: Sequence[str], log_path: Path, *, cwd: Path | None = None,
-          env: Mapping[str, str] | None = None) -> int:
+def spawn(argv: Sequence[str], log_path: Path, *, cwd: Path | None = None) -> int:
     """Start `argv` detached in a new session, stdout+stderr appended to `log_path`; return its PID.
 
     The new session makes the PID also the process-group id, so `stop_pid` can reach any
@@ -77,7 +87,7 @@ def spawn(argv: Sequence[str], log_path: Path, *, cwd: Path | None = None,
         try:
             proc = subprocess.Popen(
                 list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=cwd, env=None if env is None else {**os.environ, **env}, start_new_session=True,
+                cwd=cwd, start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise ServiceError(f"{argv[0]} not found; run scripts/install-system-deps") from exc
@@ -154,7 +164,7 @@ def save_state(state: Mapping[str, Mapping[str, Any]], path: Path = STATE_FILE) 
 
 
 @dataclass(kw_only=True)
-class Service:
+class Service(ABC):
     """One service process: subclasses fill in `start()` and the addresses they expose.
 
     The dataclass fields are the record kept in the state file (paths as strings), so a process
@@ -178,9 +188,9 @@ class Service:
         """Whether the recorded process is alive."""
         return self.pid is not None and pid_alive(self.pid)
 
+    @abstractmethod
     def start(self) -> None:
         """Start the process and wait until it serves requests."""
-        raise NotImplementedError
 
     def stop(self) -> None:
         """Stop the process if it runs (keeps its data, so `start()` can resume)."""
@@ -207,10 +217,10 @@ class Service:
         values["root"] = Path(values["root"])
         return cls(**values, state_file=state_file)
 
-    def _spawn(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
-        """Spawn the service process, logging to `log_path`."""
+    def _spawn(self, argv: Sequence[str]) -> None:
+        """Spawn the service process in `root`, logging to `log_path`."""
         self.root.mkdir(parents=True, exist_ok=True)
-        self.pid = spawn(argv, self.log_path, cwd=self.root, env=env)
+        self.pid = spawn(argv, self.log_path, cwd=self.root)
 
     def _wait(self, ready: Callable[[], bool], timeout: float = 60.0) -> None:
         """Wait for readiness of the spawned process, stopping it if it never gets ready."""

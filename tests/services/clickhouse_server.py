@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from tests.services.base import HOST, Service, ServiceError, free_port
+from tests.services.base import HOST, Service, ServiceError, free_ports
 
 CONFIG_XML = """<?xml version="1.0"?>
 <yandex>
@@ -78,8 +78,7 @@ class ClickHouseServer(Service):
     def start(self) -> None:
         """Write the config, start the server and wait until `SELECT 1` answers over HTTP."""
         if not self.http_port:
-            self.http_port = free_port()
-            self.tcp_port = next(p for p in iter(free_port, None) if p != self.http_port)
+            self.http_port, self.tcp_port = free_ports(2)
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.xml"
         config.write_text(CONFIG_XML.format(host=HOST, root=self.root, http_port=self.http_port,

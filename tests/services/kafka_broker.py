@@ -8,6 +8,8 @@ again on the same port and data (broker-outage tests).
 from __future__ import annotations
 
 import base64
+import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable, Mapping
@@ -16,10 +18,13 @@ from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.services.base import HOST, Service, ServiceError, free_port
-from tests.services.kafka_jars import ensure_jars
+from tests.services.base import HOST, Service, ServiceError, free_ports
+from tests.services.kafka_jars import KAFKA_HOME, ensure_jars
 
 JVM_OPTS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
+# Class-data-sharing archive of the broker's classes: recorded by the first broker that exits
+# cleanly, then loaded by every later one, which roughly halves startup on two busy cores.
+CDS_ARCHIVE = KAFKA_HOME / "broker.jsa"
 READY_LINE = b"Kafka Server started"
 TOPIC_ALREADY_EXISTS = 36
 
@@ -69,16 +74,26 @@ class KafkaBroker(Service):
         """Start the broker (formatting storage first if new) and wait until it is unfenced."""
         libs = ensure_jars()
         if not self.port:
-            self.port = free_port()
-            self.controller_port = next(p for p in iter(free_port, None) if p != self.port)
+            self.port, self.controller_port = free_ports(2)
             self.cluster_id = new_cluster_id()
         self.root.mkdir(parents=True, exist_ok=True)
         self._write_config()
         if not (self.data_dir / "meta.properties").exists():
             self._format(libs)
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._spawn(self._java(libs, "kafka.Kafka", str(self.root / "server.properties")))
+        self._spawn(self._java(libs, "kafka.Kafka", str(self.root / "server.properties"),
+                               jvm_opts=self._class_data_opts()))
         self._wait(lambda: self._logged_since(offset, READY_LINE), timeout=90)
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM: a clean shutdown) and keep the class archive it recorded."""
+        super().stop()
+        recorded = self.root / CDS_ARCHIVE.name
+        if recorded.exists() and not CDS_ARCHIVE.exists():
+            partial = CDS_ARCHIVE.with_name(f"{CDS_ARCHIVE.name}.{os.getpid()}.tmp")
+            shutil.copyfile(recorded, partial)
+            partial.replace(CDS_ARCHIVE)
+        recorded.unlink(missing_ok=True)
 
     def restart(self) -> None:
         """Stop and start again on the same port and data."""
@@ -101,10 +116,16 @@ class KafkaBroker(Service):
         if errors:
             raise ServiceError(f"create_topics failed: {errors}")
 
-    def _java(self, libs: Path, main_class: str, *args: str) -> list[str]:
+    def _java(self, libs: Path, main_class: str, *args: str, jvm_opts: Iterable[str] = ()) -> list[str]:
         """A `java` command line running `main_class` on the cached jars with our log4j config."""
-        return ["java", *JVM_OPTS, f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
+        return ["java", *JVM_OPTS, *jvm_opts, f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
                 "-cp", f"{libs}/*", main_class, *args]
+
+    def _class_data_opts(self) -> list[str]:
+        """JVM flags to load the cached class archive, or to record one at exit if there is none."""
+        if CDS_ARCHIVE.exists():
+            return [f"-XX:SharedArchiveFile={CDS_ARCHIVE}"]
+        return [f"-XX:ArchiveClassesAtExit={self.root / CDS_ARCHIVE.name}", "-Xlog:cds*=off"]
 
     def _write_config(self) -> None:
         """Write server.properties and log4j2.properties for this broker."""
