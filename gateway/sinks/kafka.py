@@ -87,6 +87,7 @@ class KafkaSink:
                 return
             except Exception as exc:
                 log.warning("Kafka produce failed (%s: %s); spooling", type(exc).__name__, exc)
+                self.producer.reset()
                 self._set_mode(Mode.SPOOLING)
         await self._to_spool(records)
 

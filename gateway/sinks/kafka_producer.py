@@ -44,33 +44,56 @@ class BatchingProducer:
 
     def __init__(self, make_producer: Callable[[], AIOKafkaProducer], linger_ms: float) -> None:
         self._make_producer = make_producer
-        self._producer = make_producer()
+        self._producer: AIOKafkaProducer | None = None  # created on the event loop by ping()
         self._linger = linger_ms / 1000
         self._pending: list[_PendingRequest] = []
         self._flush_scheduled = False
         self._partitions: dict[str, tuple[int, float]] = {}
-        self._started = False
+        self._connect_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task] = set()
 
     async def ping(self) -> bool:
-        """Connect on first use; afterwards True when fresh metadata could be fetched from a broker."""
-        if not self._started:
-            producer = self._make_producer()
-            try:
-                await producer.start()
-            except BaseException:
-                await producer.stop()  # a failed start cannot be retried on the same client
-                raise
-            self._producer, self._started = producer, True
+        """Connect if needed; True when fresh metadata could be fetched from a broker."""
+        if self._producer is None:
+            await self._connect()
             return True
         return bool(await self._producer.client.force_metadata_update())
 
+    async def _connect(self) -> AIOKafkaProducer:
+        async with self._connect_lock:
+            if self._producer is None:
+                producer = self._make_producer()
+                try:
+                    await producer.start()
+                except BaseException:
+                    await producer.stop()  # a failed start cannot be retried on the same client
+                    raise
+                self._producer = producer
+            return self._producer
+
+    def reset(self, failed: AIOKafkaProducer | None = None) -> None:
+        """Drop the current client after a failure; the next produce connects a fresh one.
+
+        An idempotent producer whose batches timed out can be left with broken sequence numbers
+        (OutOfOrderSequenceNumber forever), so failures get a new producer id rather than retries.
+        """
+        producer = self._producer
+        if producer is None or (failed is not None and failed is not producer):
+            return  # already replaced
+        self._producer = None
+        if producer is not None:
+            task = asyncio.get_running_loop().create_task(asyncio.wait_for(producer.stop(), 30))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+            task.add_done_callback(_consume_exception)
+
     async def stop(self) -> None:
-        if self._started:
+        if self._producer is not None:
             await self._producer.stop()
+        if self._retired:
+            await asyncio.wait(self._retired, timeout=10)
 
     async def produce(self, records: Sequence[Record]) -> None:
-        if not self._started:
-            raise ConnectionError("Kafka producer not connected")
         loop = asyncio.get_running_loop()
         request = _PendingRequest(records, loop.create_future())
         self._pending.append(request)
@@ -90,26 +113,30 @@ class BatchingProducer:
 
     async def _flush(self, requests: list[_PendingRequest]) -> None:
         started = time.perf_counter()
+        producer: AIOKafkaProducer | None = None
         try:
-            groups = await self._group(requests)
+            producer = await self._connect()
+            groups = await self._group(producer, requests)
             for (topic, partition), members in groups.items():
-                for batch, owners in self._build_batches(members):
-                    future = await self._producer.send_batch(batch, topic, partition=partition)
+                for batch, owners in self._build_batches(producer, members):
+                    future = await producer.send_batch(batch, topic, partition=partition)
                     for owner in owners:
                         owner.batches.add(future)
         except Exception as exc:  # metadata or enqueue failure fails every request of this flush
             metrics.KAFKA_PRODUCE_ERRORS.inc()
+            self.reset(producer)
             for request in requests:
                 if not request.done.done():
                     request.done.set_exception(exc)
             return
-        await asyncio.gather(*(self._await_request(request, started) for request in requests))
+        await asyncio.gather(*(self._await_request(producer, request, started) for request in requests))
 
-    async def _await_request(self, request: _PendingRequest, started: float) -> None:
+    async def _await_request(self, producer: AIOKafkaProducer, request: _PendingRequest, started: float) -> None:
         try:
             await asyncio.gather(*request.batches)
         except Exception as exc:
             metrics.KAFKA_PRODUCE_ERRORS.inc()
+            self.reset(producer)
             if not request.done.done():
                 request.done.set_exception(exc)
             return
@@ -118,39 +145,39 @@ class BatchingProducer:
             request.done.set_result(None)
 
     async def _group(
-        self, requests: list[_PendingRequest]
+        self, producer: AIOKafkaProducer, requests: list[_PendingRequest]
     ) -> dict[tuple[str, int], list[tuple[Record, _PendingRequest]]]:
         groups: dict[tuple[str, int], list[tuple[Record, _PendingRequest]]] = defaultdict(list)
         for request in requests:
             for record in request.records:
-                partitions = await self._partition_count(record.topic)
+                partitions = await self._partition_count(producer, record.topic)
                 groups[(record.topic, partition_for(record.key, partitions))].append((record, request))
         return groups
 
     def _build_batches(
-        self, members: list[tuple[Record, _PendingRequest]]
+        self, producer: AIOKafkaProducer, members: list[tuple[Record, _PendingRequest]]
     ) -> list[tuple[object, set[_PendingRequest]]]:
         """Fill batch builders in order (per-partition order = arrival order); start a new one when full."""
         built: list[tuple[object, set[_PendingRequest]]] = []
-        batch = self._producer.create_batch()
+        batch = producer.create_batch()
         owners: set[_PendingRequest] = set()
         for record, request in members:
             headers = list(record.headers)
             if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
                 built.append((batch, owners))
-                batch, owners = self._producer.create_batch(), set()
+                batch, owners = producer.create_batch(), set()
                 if batch.append(key=record.key, value=record.value, timestamp=None, headers=headers) is None:
                     raise ValueError(f"record of {len(record.value)} bytes exceeds the Kafka batch size")
             owners.add(request)
         built.append((batch, owners))
         return built
 
-    async def _partition_count(self, topic: str) -> int:
+    async def _partition_count(self, producer: AIOKafkaProducer, topic: str) -> int:
         cached = self._partitions.get(topic)
         now = time.monotonic()
         if cached is not None and now - cached[1] < METADATA_REFRESH_SECONDS:
             return cached[0]
-        partitions = await self._producer.partitions_for(topic)
+        partitions = await producer.partitions_for(topic)
         count = len(partitions)
         self._partitions[topic] = (count, now)
         return count

@@ -11,6 +11,9 @@ from gateway.sinks.base import Readiness
 from gateway.spool import FsyncPolicy, Spool, SpoolFull
 
 SPOOL_FULL_RETRY_AFTER = 30
+MAX_SEGMENT_BYTES = 64 * 1024 * 1024
+# Several segments per spool, so replayed ones can be deleted while the newest one is still active.
+SEGMENTS_PER_SPOOL = 8
 
 
 class SpoolSink:
