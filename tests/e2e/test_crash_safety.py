@@ -26,7 +26,10 @@ from tests.support.processes import GatewayProcess, spool_dump
 TOKEN = "phc_crash_safety"
 CLIENTS = 6
 CRASHES = 2
-LOAD_SECONDS = 1.5
+# Crash once this many events were acknowledged in the cycle (at least MIN_LOAD_SECONDS in, at most MAX_...).
+ACKED_PER_CRASH = 500
+MIN_LOAD_SECONDS = 1.0
+MAX_LOAD_SECONDS = 8.0
 
 
 @dataclass
@@ -87,7 +90,11 @@ def load_then_crash(gateway: GatewayProcess, outcome: Outcome) -> None:
     ]
     for client in clients:
         client.start()
-    time.sleep(LOAD_SECONDS)
+    started, acked_before = time.monotonic(), len(outcome.acked)
+    time.sleep(MIN_LOAD_SECONDS)
+    deadline = started + MAX_LOAD_SECONDS
+    while len(outcome.acked) - acked_before < ACKED_PER_CRASH and time.monotonic() < deadline:
+        time.sleep(0.05)
     gateway.kill()
     for client in clients:
         client.join(15)
@@ -121,7 +128,8 @@ def test_acknowledged_events_survive_sigkill_exactly_once(tmp_path: Path) -> Non
         finally:
             gateway.stop()
         assert outcome.bad_answers == []
-        assert len(outcome.acked) - acked_before > 100, f"crash {crash}: too little load to prove anything"
+        acked = len(outcome.acked) - acked_before
+        assert acked >= ACKED_PER_CRASH, f"crash {crash}: only {acked} acknowledged"
         # The crashed spool as it lies on disk (no recovery has run yet) ...
         assert_acked_exactly_once(stored_uuids(data_dir), outcome)
 
