@@ -208,3 +208,19 @@ def test_sdk_survives_gateway_restart_between_flushes(tmp_path: Path, wire: Wire
     assert errors == []
     stored = [r["value"]["uuid"] for r in spool_dump(data_dir) if r["value"]["token"] == token]
     assert sorted(stored) == sorted(before + after)
+
+
+def test_historical_migration_client_goes_to_the_historical_topic(gateway: GatewayProcess) -> None:
+    """`historical_migration=True` (backfills) puts the flag in the batch body; capture routes those events
+    to the historical topic so they don't delay live ingestion."""
+    token = f"phc_python_historical_{uuid.uuid4().hex[:8]}"
+    client = Posthog(token, host=gateway.url, historical_migration=True, flush_at=10, max_retries=0)
+    sent = [client.capture("backfilled", distinct_id="d1", timestamp=datetime(2021, 1, 1, tzinfo=UTC))
+            for _ in range(10)]
+    client.shutdown()
+    records = [r for r in spool_dump(gateway.data_dir) if r["value"]["token"] == token]
+    assert sorted(r["value"]["uuid"] for r in records) == sorted(sent)
+    for record in records:
+        assert record["topic"] == "events_plugin_ingestion_historical"
+        assert record["value"]["historical_migration"] is True
+        assert record["headers"]["historical_migration"] == "true"
