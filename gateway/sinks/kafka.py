@@ -131,6 +131,8 @@ class KafkaSink:
                         continue
                     backoff = 0.5
                     await asyncio.to_thread(reader.commit, batch)
+                    if own:
+                        await self.spool.spool.remeasure()
                     metrics.SPOOL_REPLAYED_RECORDS.inc(len(batch.records))
                     continue
                 if own and self.mode is Mode.SPOOLING and self._spool_appends == 0:

@@ -14,6 +14,8 @@ SPOOL_FULL_RETRY_AFTER = 30
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 # Several segments per spool, so replayed ones can be deleted while the newest one is still active.
 SEGMENTS_PER_SPOOL = 8
+# Readiness fails a little before the spool is full, so load balancers move traffic before 503s start.
+READY_HEADROOM = 0.05
 
 
 class SpoolSink:
@@ -22,9 +24,10 @@ class SpoolSink:
 
     @classmethod
     def at(cls, directory: Path, *, fsync: str, fsync_window_ms: float, max_bytes: int) -> SpoolSink:
-        return cls(
-            Spool(directory, fsync=FsyncPolicy(fsync), fsync_window_ms=fsync_window_ms, max_bytes=max_bytes)
-        )
+        segment_bytes = min(MAX_SEGMENT_BYTES, max_bytes // SEGMENTS_PER_SPOOL)
+        spool = Spool(directory, fsync=FsyncPolicy(fsync), fsync_window_ms=fsync_window_ms, max_bytes=max_bytes,
+                      segment_bytes=segment_bytes)
+        return cls(spool)
 
     async def start(self) -> None:
         await self.spool.open()
@@ -39,6 +42,6 @@ class SpoolSink:
         await self.spool.close()
 
     def readiness(self) -> Readiness:
-        if self.spool.is_full:
+        if self.spool.used_bytes >= self.spool.max_bytes * (1 - READY_HEADROOM):
             return Readiness(ready=False, degraded=True, detail="spool full")
         return Readiness(ready=True, degraded=False, detail="spool")

@@ -174,6 +174,12 @@ class Spool:
             self._executor.shutdown()
             self._task = None
 
+    async def remeasure(self) -> None:
+        """Re-read disk usage now, e.g. after a reader in this process deleted consumed segments."""
+        assert self._loop is not None and self._executor is not None
+        self._measured_at = self._loop.time()
+        await self._loop.run_in_executor(self._executor, self._measure)
+
     @property
     def used_bytes(self) -> int:
         """Segment bytes on disk plus bytes accepted but not yet written."""

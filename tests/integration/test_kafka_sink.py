@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import threading
-from collections import Counter
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,12 +24,11 @@ TOKEN = "phc_kafka_test"
 OUTAGE_SECONDS = 30
 
 
-def kafka_settings(data_dir: Path, kafka: KafkaBroker, **overrides: object) -> tuple[ServeSettings, str]:
+def kafka_settings(data_dir: Path, kafka: KafkaBroker, **overrides: object) -> ServeSettings:
     """Settings with topics unique to the test, so tests never see each other's messages."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    settings = settings_for(data_dir, kafka_bootstrap_servers=kafka.bootstrap_servers, topic_main=f"{prefix}-main",
-                            topic_historical=f"{prefix}-historical", kafka_ack_timeout_ms=1500, **overrides)
-    return settings, prefix
+    return settings_for(data_dir, kafka_bootstrap_servers=kafka.bootstrap_servers, topic_main=f"{prefix}-main",
+                        topic_historical=f"{prefix}-historical", kafka_ack_timeout_ms=1500, **overrides)
 
 
 def single_event(distinct_id: str) -> dict:
@@ -48,7 +47,7 @@ def wait_until_direct(gateway: InProcessGateway, timeout: float = 60) -> None:
 def test_conformance_dump_through_kafka(kafka: KafkaBroker, tmp_path: Path) -> None:
     cases = load_cases()
     clock: dict = {"now": None}
-    settings, prefix = kafka_settings(tmp_path, kafka, trusted_proxy_hops=1)
+    settings = kafka_settings(tmp_path, kafka, trusted_proxy_hops=1)
     with InProcessGateway(settings, clock=lambda: clock["now"]) as gateway:
         replay(cases, gateway.url, clock)
         assert requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "ok"
@@ -120,7 +119,7 @@ def broker_restored(kafka: KafkaBroker) -> Iterator[KafkaBroker]:
 
 def test_broker_outage_loses_nothing_and_never_answers_5xx(broker_restored: KafkaBroker, tmp_path: Path) -> None:
     kafka = broker_restored
-    settings, _ = kafka_settings(tmp_path, kafka)
+    settings = kafka_settings(tmp_path, kafka)
     with InProcessGateway(settings) as gateway:
         with Load(gateway.url) as load:
             time.sleep(3)
@@ -139,7 +138,7 @@ def test_broker_outage_loses_nothing_and_never_answers_5xx(broker_restored: Kafk
 
 def test_spool_full_answers_503_then_recovers(broker_restored: KafkaBroker, tmp_path: Path) -> None:
     kafka = broker_restored
-    settings, _ = kafka_settings(tmp_path, kafka, spool_max_bytes=2 * 1024 * 1024)
+    settings = kafka_settings(tmp_path, kafka, spool_max_bytes=2 * 1024 * 1024)
     acked: set[str] = set()
     big = "x" * 20_000
     with InProcessGateway(settings) as gateway:
