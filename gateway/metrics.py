@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 HTTP_REQUESTS = Counter("gateway_http_requests", "HTTP requests answered", ["route", "status"])
 HTTP_LATENCY = Histogram(
@@ -21,3 +21,13 @@ EVENTS_RECEIVED = Counter("capture_events_received", "Events parsed from valid r
 EVENTS_INGESTED = Counter("capture_events_ingested", "Events acknowledged to clients (durable)", ["route"])
 EVENTS_DROPPED = Counter("capture_events_dropped", "Events not stored, by cause", ["cause"])
 REQUEST_ERRORS = Counter("capture_request_errors", "Requests rejected, by PostHog error code", ["code"])
+
+# Edge policy (gateway/edge)
+RATE_LIMITED = Counter(
+    "gateway_rate_limited", "Requests refused with 429, by route and what was limited (ip, token)",
+    ["route", "by"],
+)
+RATE_LIMIT_SYNC_ERRORS = Counter(
+    "gateway_rate_limit_sync_errors", "Failed syncs with the shared rate-limit storage (limits failed open)"
+)
+IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now (bounded by --max-in-flight)")
