@@ -10,6 +10,8 @@ from aiohttp import web
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
+from gateway.edge.setup import Edge
+from gateway.edge.tokens import TokenPolicy
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_endpoint, readiness_handler
 from gateway.sinks.base import Sink
@@ -33,9 +35,12 @@ def utc_now() -> datetime:
 def build_app(
     settings: ServeSettings, sink: Sink, clock: Callable[[], datetime] = utc_now
 ) -> web.Application:
+    specs = capture_routes(settings)
+    edge = Edge.from_settings(settings, [spec.name for spec in specs])
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
-        client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit)
+        client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
+        middlewares=[edge.policy.middleware],
     )
     app[SINK_KEY] = sink
     rerouting = (
@@ -45,19 +50,22 @@ def build_app(
         sink=sink,
         limits=DecodeLimits(settings.max_decompressed_bytes, settings.max_compression_ratio),
         options=RecordOptions(topics=topics_from(settings), historical_rerouting_after=rerouting),
-        trusted_proxy_hops=settings.trusted_proxy_hops,
+        client_ip=edge.client_ip,
+        tokens=TokenPolicy(settings.allow_tokens, settings.drop_events, edge.rate_limits.by_token),
+        body_read_timeout=settings.body_read_timeout,
         clock=clock,
     )
     for prefix in ("", *settings.prefix):
-        for spec in capture_routes(settings):
+        for spec in [spec for spec in specs if edge.serves(spec.name)]:
             handle = handler.handler_for(spec)
             for path in spec.paths:
-                app.router.add_route("*", prefix + path, handle)
-                app.router.add_route("*", prefix + path + "/", handle)
-    app.router.add_get("/_liveness", liveness)
-    app.router.add_get("/_readiness", readiness_handler(sink))
-    app.router.add_get("/metrics", metrics_endpoint)
+                edge.add_route(app.router, prefix + path, handle, spec.name)
+                edge.add_route(app.router, prefix + path + "/", handle, spec.name)
+    edge.add_probe(app.router, "/_liveness", liveness)
+    edge.add_probe(app.router, "/_readiness", readiness_handler(sink))
+    edge.add_management(app, "/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_sink_lifecycle)
+    app.cleanup_ctx.append(edge.lifecycle)
     return app
 
 

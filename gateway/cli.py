@@ -11,6 +11,7 @@ from pathlib import Path
 import orjson
 
 from gateway.config import ConfigError, ServeSettings, add_arguments, settings_from_args
+from gateway.edge.csp import add_csp_command, csp_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=Path("./gateway-data"),
             help="the gateway's --data-dir (all worker spools are read)",
         )
+    add_csp_command(commands)
     return parser
 
 
@@ -53,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "spool":
         return spool_command(args)
+    if args.command == "csp":
+        return csp_command(args)
     return 2
 
 

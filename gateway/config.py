@@ -88,6 +88,111 @@ class ServeSettings:
     shutdown_timeout: float = field(
         default=30.0, metadata={"help": "seconds to finish in-flight requests on SIGTERM"}
     )
+    # --- edge policy (gateway/edge): routes, tokens, rate limits, CORS, client IP, admin, TLS ---
+    routes: tuple[str, ...] = field(
+        default=("events", "batch", "replay"),
+        metadata={"help": "route families to serve; every other path is 404 (repeatable)", "repeat": True},
+    )
+    route_methods: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "ROUTE=M1,M2: methods a route family accepts, e.g. replay=POST (repeatable; "
+            "default GET,POST,HEAD; OPTIONS is always answered)",
+            "repeat": True,
+        },
+    )
+    allow_tokens: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "project tokens accepted; others get 403 (repeatable; empty = any)",
+                  "repeat": True},
+    )
+    drop_events: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "TOKEN or TOKEN:DISTINCT_ID whose events are dropped but answered 200 and counted, "
+            "like PostHog's DROP_EVENTS_BY_TOKEN_DISTINCT_ID (repeatable)",
+            "repeat": True,
+        },
+    )
+    rate_limit_ip: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "[ROUTE=]RATE per client IP, sliding window, `limits` notation, e.g. events=200/2seconds "
+            "or off (repeatable; default 200/2seconds = 100/s with bursts of 200, flags 100/2seconds)",
+            "repeat": True,
+        },
+    )
+    rate_limit_token: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "[ROUTE=]RATE per project token, e.g. 5000/second (repeatable; default off)",
+                  "repeat": True},
+    )
+    rate_limit_storage: str = field(
+        default="memory://",
+        metadata={"help": "memory:// (per worker) or redis://host:port/db to share limits between replicas"},
+    )
+    rate_limit_sync_interval: float = field(
+        default=0.1,
+        metadata={"help": "redis storage: seconds between batched syncs of the local counts"},
+    )
+    max_in_flight: int = field(
+        default=1024,
+        metadata={"help": "requests handled at once per worker; more → 503 + Retry-After (0 = unbounded)"},
+    )
+    body_read_timeout: float = field(
+        default=60.0, metadata={"help": "seconds to receive a request body; slower → 408 body_read_timeout"}
+    )
+    cors_origins: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "allowed CORS origins: https://app.example.com or *.example.com (repeatable; "
+            "empty = mirror any origin, as PostHog does)",
+            "repeat": True,
+        },
+    )
+    content_security_policy: str = field(
+        default="default-src 'none'; frame-ancestors 'none'",
+        metadata={"help": "Content-Security-Policy of the gateway's own responses (empty = none)"},
+    )
+    hsts_max_age: int = field(
+        default=31536000,
+        metadata={"help": "Strict-Transport-Security max-age, sent only under TLS (0 = off)"},
+    )
+    trusted_proxy_cidrs: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "proxies whose X-Forwarded-For entry (or --client-ip-header) is trusted, by CIDR; "
+            "the client is the rightmost untrusted address (repeatable; replaces --trusted-proxy-hops)",
+            "repeat": True,
+        },
+    )
+    client_ip_header: str = field(
+        default="",
+        metadata={
+            "help": "header carrying the client IP, honoured only from --trusted-proxy-cidrs peers: "
+            "CF-Connecting-IP | Fly-Client-IP | True-Client-IP | X-Real-IP",
+            "parse": _choice("", "CF-Connecting-IP", "Fly-Client-IP", "True-Client-IP", "X-Real-IP"),
+        },
+    )
+    admin_allow_cidrs: tuple[str, ...] = field(
+        default=("127.0.0.0/8", "::1/128"),
+        metadata={"help": "client CIDRs allowed to reach /metrics without a token (repeatable)",
+                  "repeat": True},
+    )
+    admin_token_file: Path | None = field(
+        default=None,
+        metadata={"help": "file holding a bearer token that also grants /metrics access", "parse": Path},
+    )
+    admin_port: int = field(
+        default=0, metadata={"help": "serve /metrics (and health) on this separate port only (0 = main port)"}
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata={"help": "PEM certificate chain: serve HTTPS (TLS 1.2+) directly", "parse": Path},
+    )
+    tls_key: Path | None = field(
+        default=None, metadata={"help": "PEM private key of --tls-cert", "parse": Path}
+    )
 
     # Kafka sink (off unless bootstrap servers are given).
     kafka_bootstrap_servers: str = field(
@@ -168,10 +273,22 @@ class ServeSettings:
                 "prefix",
                 "must start with / and not end with /",
             ),
+            (self.max_in_flight >= 0, "max_in_flight", "must be ≥ 0"),
+            (self.body_read_timeout > 0, "body_read_timeout", "must be > 0"),
+            (self.rate_limit_sync_interval > 0, "rate_limit_sync_interval", "must be > 0"),
+            (0 <= self.admin_port <= 65535 and self.admin_port != self.port, "admin_port",
+             "must be 0..65535 and differ from port"),
+            ((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "and tls_key go together"),
+            (not self.client_ip_header or bool(self.trusted_proxy_cidrs), "client_ip_header",
+             "needs trusted_proxy_cidrs (never trust a client-supplied header)"),
         ]
         for ok, name, problem in checks:
             if not ok:
                 raise ConfigError(f"{name} {problem}")
+        # Edge settings are checked by building them (imported here: edge.setup imports this module).
+        from gateway.edge.setup import Edge
+
+        Edge.from_settings(self, self.routes)
         return self
 
 

@@ -33,3 +33,13 @@ SPOOLED_RECORDS = Counter(
     "gateway_spooled_records", "Records written to the spool because Kafka was unavailable"
 )
 SPOOL_REPLAYED_RECORDS = Counter("gateway_spool_replayed_records", "Spooled records replayed into Kafka")
+
+# Edge policy (gateway/edge)
+RATE_LIMITED = Counter(
+    "gateway_rate_limited", "Requests refused with 429, by route and what was limited (ip, token)",
+    ["route", "by"],
+)
+RATE_LIMIT_SYNC_ERRORS = Counter(
+    "gateway_rate_limit_sync_errors", "Failed syncs with the shared rate-limit storage (limits failed open)"
+)
+IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now (bounded by --max-in-flight)")

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gateway.app import build_app
 from gateway.config import ServeSettings
+from gateway.edge.tls import server_ssl_context
 from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
@@ -30,6 +31,7 @@ def run_worker(settings: ServeSettings, worker: int) -> None:
         print=None,
         loop=uvloop.new_event_loop(),
         auto_decompress=False,  # we inflate ourselves, with size and ratio limits
+        ssl_context=server_ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None,
     )
 
 

@@ -1,21 +1,103 @@
-"""The client's IP: the socket peer, or the X-Forwarded-For entry added by the last trusted proxy."""
+"""The client's IP: the socket peer, or what a trusted proxy in front of the gateway says it is.
+
+Three ways to trust proxies, never a client-supplied header on its own:
+- a hop count: the N-th address from the right of X-Forwarded-For + peer;
+- proxy CIDRs: the rightmost address of X-Forwarded-For + peer that is not a trusted proxy;
+- a CDN header (CF-Connecting-IP, Fly-Client-IP, …), honoured only when the peer is a trusted proxy.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
 from aiohttp import web
 
+CLIENT_IP_KEY = web.RequestKey("client_ip", str)
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-def client_ip(request: web.BaseRequest, trusted_hops: int) -> str:
-    """With N trusted proxies in front, the client is the N-th address from the right of XFF + peer.
 
-    Entries further left were written by the client itself and are never trusted.
-    """
-    peer = request.remote or ""
-    if trusted_hops <= 0:
-        return peer
-    forwarded = request.headers.get("X-Forwarded-For")
-    if not forwarded:
-        return peer
-    chain = [part.strip() for part in forwarded.split(",") if part.strip()]
-    chain.append(peer)
-    return chain[max(0, len(chain) - 1 - trusted_hops)]
+def parse_networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
+    """CIDR strings → networks; raises ValueError naming a bad entry."""
+    networks = []
+    for cidr in cidrs:
+        try:
+            networks.append(ipaddress.ip_network(cidr.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"invalid CIDR {cidr!r}") from exc
+    return tuple(networks)
+
+
+def network_matcher(networks: tuple[Network, ...]):
+    """A cached `address → bool` membership test (peers repeat, and parsing an address costs ~1 µs)."""
+
+    @lru_cache(maxsize=4096)
+    def contains(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in networks)
+
+    return contains
+
+
+class ClientIpResolver:
+    """Resolves (once per request, cached on it) the client IP under the configured trust rules."""
+
+    def __init__(self, trusted_hops: int = 0, trusted_cidrs: Iterable[str] = (), header: str = "") -> None:
+        self.trusted_hops = trusted_hops
+        networks = parse_networks(trusted_cidrs)
+        self.is_trusted = network_matcher(networks) if networks else None
+        self.header = header
+
+    def __call__(self, request: web.BaseRequest) -> str:
+        ip = request.get(CLIENT_IP_KEY)
+        if ip is None:
+            ip = request[CLIENT_IP_KEY] = self.resolve(request.remote or "", request.headers)
+        return ip
+
+    def resolve(self, peer: str, headers) -> str:
+        if self.is_trusted is not None:
+            return self._by_cidrs(peer, headers)
+        if self.trusted_hops <= 0:
+            return peer
+        forwarded = headers.get("X-Forwarded-For")
+        if not forwarded:
+            return peer
+        chain = _split(forwarded)
+        chain.append(peer)
+        return chain[max(0, len(chain) - 1 - self.trusted_hops)]
+
+    def _by_cidrs(self, peer: str, headers) -> str:
+        is_trusted = self.is_trusted
+        if not is_trusted(peer):
+            return peer
+        if self.header:
+            value = headers.get(self.header, "").strip()
+            return value if _is_ip(value) else peer
+        forwarded = headers.get("X-Forwarded-For")
+        if not forwarded:
+            return peer
+        client = peer
+        for address in reversed(_split(forwarded)):
+            if not _is_ip(address):
+                break  # garbage left of a trusted hop: stop at the last good address
+            client = address
+            if not is_trusted(address):
+                break
+        return client
+
+
+def _split(forwarded: str) -> list[str]:
+    return [part.strip() for part in forwarded.split(",") if part.strip()]
+
+
+@lru_cache(maxsize=4096)
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True

@@ -13,13 +13,14 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
-from gateway.capture.errors import CaptureError, MethodNotAllowed, PayloadTooLarge, ServiceUnavailable
+from gateway.capture.errors import CaptureError, PayloadTooLarge
 from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
 from gateway.capture.parse import parse_request
 from gateway.capture.record import Record
 from gateway.capture.timestamps import sent_at_from_query
-from gateway.edge.client_ip import client_ip
-from gateway.edge.cors import add_cors_headers, preflight_response
+from gateway.edge.client_ip import ClientIpResolver
+from gateway.edge.errors import BodyReadTimeout
+from gateway.edge.tokens import TokenPolicy
 from gateway.sinks.base import Sink
 
 OK_BODY = b'{"status":"Ok"}'
@@ -43,13 +44,17 @@ class CaptureHandler:
         sink: Sink,
         limits: DecodeLimits,
         options: RecordOptions,
-        trusted_proxy_hops: int,
+        client_ip: ClientIpResolver,
+        tokens: TokenPolicy,
+        body_read_timeout: float,
         clock: Callable[[], datetime],
     ) -> None:
         self.sink = sink
         self.limits = limits
         self.options = options
-        self.trusted_proxy_hops = trusted_proxy_hops
+        self.client_ip = client_ip
+        self.tokens = tokens
+        self.body_read_timeout = body_read_timeout
         self.clock = clock
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
@@ -63,13 +68,10 @@ class CaptureHandler:
         size = metrics.REQUEST_SIZE.labels(spec.name)
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            # Methods, OPTIONS, CORS and client-IP limits are the edge policy's (gateway.edge.policy).
             started = time.perf_counter()
-            if request.method == "OPTIONS":
-                return preflight_response(request)
             try:
-                if request.method not in ("GET", "POST", "HEAD"):
-                    raise MethodNotAllowed(f"method {request.method} not allowed")
-                body = await read_body(request, spec.body_limit)
+                body = await read_body(request, spec.body_limit, self.body_read_timeout)
                 size.observe(len(body))
                 records = await self._records(request, spec, body)
                 if records:
@@ -87,7 +89,7 @@ class CaptureHandler:
 
     async def _records(self, request: web.Request, spec: RouteSpec, body: bytes) -> list[Record]:
         context = RequestContext(
-            client_ip=client_ip(request, self.trusted_proxy_hops),
+            client_ip=self.client_ip(request),
             now=self.clock(),
             user_agent=request.headers.get("User-Agent", ""),
         )
@@ -125,17 +127,30 @@ class CaptureHandler:
         if parsed is None:
             metrics.EVENTS_DROPPED.labels("performance_event").inc()
             return []
+        parsed = self.tokens.apply(spec.name, parsed)
+        if parsed is None:
+            return []
         if spec.replay:
             return [replay_record(parsed, context, self.options)]
         return analytics_records(parsed, context, self.options)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; larger bodies are refused without being buffered whole."""
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """Read at most `limit` bytes within `timeout` seconds; larger bodies are refused unbuffered."""
     length = request.content_length
-    if length is not None:
-        if length > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    if request.content.is_eof():  # already received with the headers: no wait, no timer
+        return await request.read()
+    try:
+        async with asyncio.timeout(timeout):
+            return await _read_streamed(request, limit)
+    except TimeoutError:
+        raise BodyReadTimeout(f"request body not received within {timeout:g} s") from None
+
+
+async def _read_streamed(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None:
         return await request.read()
     chunks = bytearray()
     async for chunk in request.content.iter_any():
@@ -147,23 +162,20 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 def success_response(request: web.Request) -> web.Response:
     if request.query.get("beacon") == "1":
-        response = web.Response(status=204)
-    else:
-        response = web.Response(body=OK_BODY, content_type="application/json")
-    add_cors_headers(request, response.headers)
-    return response
+        return web.Response(status=204)
+    return web.Response(body=OK_BODY, content_type="application/json")
 
 
 def error_response(request: web.Request, route: str, error: CaptureError) -> web.Response:
     response = web.Response(
         status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
     )
-    if isinstance(error, ServiceUnavailable):
-        response.headers["Retry-After"] = str(error.retry_after)
-    if isinstance(error, PayloadTooLarge) or error.status == 405:
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    if error.status in (405, 408, 413):
         # The unread rest of the body would otherwise be parsed as the next request.
         response.force_close()
-    add_cors_headers(request, response.headers)
     metrics.HTTP_REQUESTS.labels(route, str(error.status)).inc()
     metrics.REQUEST_ERRORS.labels(error.code).inc()
     return response

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.app import build_app, utc_now
 from gateway.config import ServeSettings
+from gateway.edge.tls import server_ssl_context
 from gateway.sinks.base import Sink
 from gateway.sinks.factory import build_sink
 
@@ -36,7 +37,7 @@ class InProcessGateway:
         self.settings = settings
         self.sink = sink or build_sink(settings, 0)
         self.clock = clock
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if settings.tls_cert else 'http'}://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -65,7 +66,9 @@ class InProcessGateway:
         app = build_app(self.settings, self.sink, clock=self.clock)
         self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        settings = self.settings
+        tls = server_ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=tls).start()
 
     def stop(self) -> None:
         if self._runner is not None:

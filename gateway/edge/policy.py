@@ -1,0 +1,99 @@
+"""The edge policy as one aiohttp middleware: a single fast path instead of one middleware per concern.
+
+Order, cheapest rejection first: unknown route → 404, OPTIONS → local preflight, method → 405,
+management access → 403, in-flight bound → 503 + Retry-After, client-IP rate → 429 + Retry-After.
+Every answer, the handler's included, then gets CORS and security headers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+from aiohttp.web import AbstractRoute
+
+from gateway import metrics
+from gateway.capture.errors import CaptureError, MethodNotAllowed
+from gateway.edge.access import AdminAccess
+from gateway.edge.client_ip import ClientIpResolver
+from gateway.edge.cors import CorsPolicy
+from gateway.edge.errors import Forbidden, Overloaded, RateLimited, RouteNotFound
+from gateway.edge.ratelimit import SlidingWindow
+from gateway.routes.capture import error_response
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OVERLOAD_RETRY_AFTER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """What the edge enforces on one route family before its handler runs."""
+
+    name: str
+    methods: frozenset[str]
+    ip_limit: SlidingWindow | None = None
+    management: bool = False
+    bounded: bool = True  # counts toward --max-in-flight (probes and metrics do not)
+
+
+class EdgePolicy:
+    def __init__(
+        self,
+        *,
+        client_ip: ClientIpResolver,
+        cors: CorsPolicy,
+        admin: AdminAccess,
+        headers: tuple[tuple[str, str], ...],
+        max_in_flight: int,
+    ) -> None:
+        self.client_ip = client_ip
+        self.cors = cors
+        self.admin = admin
+        self.headers = headers
+        self.max_in_flight = max_in_flight or float("inf")
+        self.in_flight = 0
+        self.routes: dict[AbstractRoute, RoutePolicy] = {}
+
+    def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, policy: RoutePolicy) -> None:
+        """Register `handler` for every method; the middleware enforces `policy.methods`."""
+        self.routes[router.add_route("*", path, handler)] = policy
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = self.routes.get(request.match_info.route)
+        if route is None:
+            return self._refuse(request, "unknown", RouteNotFound(f"no route for {request.path[:200]}"))
+        method = request.method
+        if method == "OPTIONS":
+            return self._finish(request, self.cors.preflight(request))
+        if method not in route.methods:
+            return self._refuse(request, route.name, MethodNotAllowed(f"method {method[:20]} not allowed"))
+        if route.management and not self.admin.allows(request):
+            refusal = Forbidden("management endpoints need an allowed address or a token")
+            return self._refuse(request, route.name, refusal)
+        if not route.bounded:
+            return self._finish(request, await handler(request))
+        if self.in_flight >= self.max_in_flight:
+            return self._refuse(
+                request, route.name, Overloaded("gateway overloaded, retry later", OVERLOAD_RETRY_AFTER)
+            )
+        if route.ip_limit is not None and (retry_after := route.ip_limit.hit(self.client_ip(request))):
+            metrics.RATE_LIMITED.labels(route.name, "ip").inc()
+            refusal = RateLimited("too many requests from this client", retry_after)
+            return self._refuse(request, route.name, refusal)
+        self.in_flight += 1
+        try:
+            response = await handler(request)
+        finally:
+            self.in_flight -= 1
+        return self._finish(request, response)
+
+    def _refuse(self, request: web.Request, route: str, error: CaptureError) -> web.StreamResponse:
+        return self._finish(request, error_response(request, route, error))
+
+    def _finish(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        headers = response.headers
+        self.cors.apply(request, headers)
+        headers.update(self.headers)
+        return response

@@ -1,0 +1,167 @@
+"""Builds the edge policy from `ServeSettings` and runs what it needs alongside the app.
+
+`build_app` asks this module for the middleware, the client-IP resolver and token policy, and
+registers every route through `Edge.add_route`; the Redis sync task and the separate management
+listener live in `Edge.lifecycle` (an aiohttp cleanup context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.config import ConfigError, ServeSettings
+from gateway.edge.access import AdminAccess
+from gateway.edge.client_ip import ClientIpResolver
+from gateway.edge.cors import CorsPolicy
+from gateway.edge.headers import security_headers
+from gateway.edge.policy import EdgePolicy, Handler, RoutePolicy
+from gateway.edge.ratelimit import DEFAULT_IP_RATE, DEFAULT_IP_RATES, RateLimits, route_rates
+from gateway.edge.ratelimit_sync import RedisRateSync
+from gateway.edge.tls import server_ssl_context
+
+DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
+PROBE_METHODS = frozenset({"GET", "HEAD"})
+MANAGEMENT = RoutePolicy("admin", PROBE_METHODS, management=True, bounded=False)
+PROBE = RoutePolicy("health", PROBE_METHODS, bounded=False)
+
+
+def route_methods(entries: Iterable[str], routes: Iterable[str]) -> dict[str, frozenset[str]]:
+    """`ROUTE=M1,M2` entries → the methods of each route family (default GET, POST, HEAD)."""
+    methods = dict.fromkeys(routes, DEFAULT_METHODS)
+    for entry in entries:
+        route, sep, listed = entry.partition("=")
+        if not sep or route not in methods:
+            raise ValueError(f"invalid route methods {entry!r} (expected ROUTE=GET,POST with a served route)")
+        methods[route] = frozenset(m.strip().upper() for m in listed.split(",") if m.strip())
+    return methods
+
+
+@dataclass
+class Edge:
+    settings: ServeSettings
+    policy: EdgePolicy
+    client_ip: ClientIpResolver
+    rate_limits: RateLimits
+    methods: dict[str, frozenset[str]]
+    ssl_context: ssl.SSLContext | None
+    management: dict[str, Handler] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: ServeSettings, route_names: Iterable[str]) -> Edge:
+        """Raises ConfigError naming the setting when a value cannot be used."""
+        served = [name for name in route_names if name in settings.routes]
+        unknown = set(settings.routes) - set(route_names)
+        if unknown:
+            raise ConfigError(f"routes: unknown route families {sorted(unknown)}")
+        with _setting("trusted_proxy_cidrs"):
+            client_ip = ClientIpResolver(
+                settings.trusted_proxy_hops, settings.trusted_proxy_cidrs, settings.client_ip_header
+            )
+        with _setting("rate_limit_ip"):
+            defaults = {name: DEFAULT_IP_RATES.get(name, DEFAULT_IP_RATE) for name in served}
+            by_ip = route_rates(settings.rate_limit_ip, served, defaults)
+        with _setting("rate_limit_token"):
+            by_token = route_rates(settings.rate_limit_token, served, {})
+        storage = settings.rate_limit_storage
+        if not storage.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ConfigError("rate_limit_storage: expected memory:// or redis://host:port/db")
+        with _setting("cors_origins"):
+            cors = CorsPolicy(settings.cors_origins)
+        with _setting("admin_token_file"):
+            token = read_secret(settings.admin_token_file) if settings.admin_token_file else None
+        with _setting("admin_allow_cidrs"):
+            admin = AdminAccess(client_ip, settings.admin_allow_cidrs, token)
+        with _setting("route_methods"):
+            methods = route_methods(settings.route_methods, served)
+        with _setting("tls_cert"):
+            context = server_ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
+        headers = security_headers(
+            tls=context is not None,
+            hsts_max_age=settings.hsts_max_age,
+            content_security_policy=settings.content_security_policy,
+        )
+        policy = EdgePolicy(
+            client_ip=client_ip, cors=cors, admin=admin, headers=headers, max_in_flight=settings.max_in_flight
+        )
+        limits = RateLimits(by_ip, by_token, shared=not storage.startswith("memory://"))
+        return cls(settings, policy, client_ip, limits, methods, context)
+
+    def serves(self, route: str) -> bool:
+        return route in self.methods
+
+    def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, route: str) -> None:
+        """A capture route family's path, with its methods and client-IP limit."""
+        policy = RoutePolicy(route, self.methods[route], self.rate_limits.by_ip.get(route))
+        self.policy.add_route(router, path, handler, policy)
+
+    def add_probe(self, router: web.UrlDispatcher, path: str, handler: Handler) -> None:
+        """A health probe: GET/HEAD, open to load balancers, never rate limited."""
+        self.policy.add_route(router, path, handler, PROBE)
+
+    def add_management(self, app: web.Application, path: str, handler: Handler) -> None:
+        """A management endpoint (allowed CIDRs or bearer token): here, or on --admin-port only."""
+        if self.settings.admin_port:
+            self.management[path] = handler
+        else:
+            self.policy.add_route(app.router, path, handler, MANAGEMENT)
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """Runs the Redis sync task and the management listener for the app's lifetime."""
+        metrics.IN_FLIGHT.set_function(lambda: self.policy.in_flight)
+        sync = None
+        settings = self.settings
+        if self.rate_limits.windows() and not settings.rate_limit_storage.startswith("memory://"):
+            sync = RedisRateSync(
+                settings.rate_limit_storage, self.rate_limits.windows(), settings.rate_limit_sync_interval
+            )
+        task = asyncio.create_task(sync.run()) if sync else None
+        runner = await self._start_management() if self.management else None
+        try:
+            yield
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await sync.close()
+
+    async def _start_management(self) -> web.AppRunner:
+        admin_app = web.Application(middlewares=[self.policy.middleware])
+        for path, handler in self.management.items():
+            self.policy.add_route(admin_app.router, path, handler, MANAGEMENT)
+        runner = web.AppRunner(admin_app, access_log=None)
+        await runner.setup()
+        # Every worker binds the same admin port, as they do the main one.
+        settings = self.settings
+        site = web.TCPSite(
+            runner, settings.host, settings.admin_port, ssl_context=self.ssl_context, reuse_port=True
+        )
+        await site.start()
+        return runner
+
+
+def read_secret(path: Path) -> str:
+    """A secret kept in a file (never in a flag, where `ps` would show it)."""
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"{path} is empty")
+    return secret
+
+
+@contextlib.contextmanager
+def _setting(name: str):
+    """Turn a ValueError/OSError while building from setting `name` into a ConfigError naming it."""
+    try:
+        yield
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
