@@ -98,14 +98,31 @@ def extract_distinct_id(event: RawEvent) -> str:
     return text[:MAX_DISTINCT_ID_LENGTH]
 
 
+@dataclass(slots=True, frozen=True)
+class _RequestFields:
+    """What every record of one request shares, formatted once per request instead of once per event."""
+
+    token: str
+    token_header: bytes
+    now_text: str
+    now_header: bytes
+    sent_at_text: str | None
+
+    @classmethod
+    def of(cls, parsed: ParsedRequest, context: RequestContext) -> _RequestFields:
+        now_text = format_now(context.now)
+        sent_at = format_rfc3339(parsed.sent_at) if parsed.sent_at is not None else None
+        return cls(parsed.token, parsed.token.encode(), now_text, now_text.encode(), sent_at)
+
+
 def analytics_records(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> list[Record]:
     """One record per event; any invalid event fails the whole request, as capture does."""
-    now_text = format_now(context.now)
-    return [_analytics_record(event, parsed, context, options, now_text) for event in parsed.events]
+    shared = _RequestFields.of(parsed, context)
+    return [_analytics_record(event, parsed, context, options, shared) for event in parsed.events]
 
 
 def _analytics_record(
-    event: RawEvent, parsed: ParsedRequest, context: RequestContext, options: RecordOptions, now_text: str
+    event: RawEvent, parsed: ParsedRequest, context: RequestContext, options: RecordOptions, shared: _RequestFields
 ) -> Record:
     name = event["event"]
     if not name:
@@ -140,8 +157,7 @@ def _analytics_record(
         distinct_id=distinct_id,
         ip=ip,
         data=event,
-        now_text=now_text,
-        parsed=parsed,
+        shared=shared,
         name=name,
         timestamp=timestamp,
         cookieless=cookieless,
@@ -197,8 +213,7 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
         distinct_id=distinct_id,
         ip=context.client_ip,
         data=data,
-        now_text=format_now(context.now),
-        parsed=parsed,
+        shared=_RequestFields.of(parsed, context),
         name="$snapshot_items",
         timestamp=timestamp,
         cookieless=False,
@@ -214,8 +229,7 @@ def _record(
     distinct_id: str,
     ip: str,
     data: dict[str, Any],
-    now_text: str,
-    parsed: ParsedRequest,
+    shared: _RequestFields,
     name: str,
     timestamp: datetime,
     cookieless: bool,
@@ -226,11 +240,11 @@ def _record(
         "distinct_id": distinct_id,
         "ip": ip,
         "data": orjson.dumps(data).decode(),
-        "now": now_text,
+        "now": shared.now_text,
     }
-    if parsed.sent_at is not None:
-        value["sent_at"] = format_rfc3339(parsed.sent_at)
-    value["token"] = parsed.token
+    if shared.sent_at_text is not None:
+        value["sent_at"] = shared.sent_at_text
+    value["token"] = shared.token
     value["event"] = name
     value["timestamp"] = format_rfc3339(timestamp)
     if cookieless:
@@ -238,12 +252,12 @@ def _record(
     if historical:
         value["historical_migration"] = True
     headers = [
-        ("token", parsed.token.encode()),
+        ("token", shared.token_header),
         ("distinct_id", distinct_id.encode()),
         ("timestamp", str(epoch_millis(timestamp)).encode()),
         ("event", name.encode()),
         ("uuid", uuid.encode()),
-        ("now", now_text.encode()),
+        ("now", shared.now_header),
     ]
     if historical:
         headers.append(("historical_migration", b"true"))

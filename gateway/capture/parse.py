@@ -6,6 +6,7 @@ request PostHog would reject is rejected here with the same error code.
 
 from __future__ import annotations
 
+import re
 import uuid as uuid_lib
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ from gateway.capture.errors import (
 from gateway.capture.timestamps import parse_timestamp
 
 PERFORMANCE_EVENT = "$performance_event"
+# SDKs send lowercase hyphenated uuids; only other spellings need a parse to normalise them.
+_CANONICAL_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 MAX_TOKEN_LENGTH = 64
 
 RawEvent = dict[str, Any]
@@ -174,6 +177,8 @@ def _optional_uuid(item: dict[str, Any]) -> str | None:
         return None
     if not isinstance(value, str):
         raise RequestParsingError("failed to parse request: uuid must be a string")
+    if _CANONICAL_UUID.match(value):
+        return value
     try:
         return str(uuid_lib.UUID(value))
     except ValueError as exc:

@@ -82,13 +82,9 @@ def compute_timestamp(
 
 def format_rfc3339(value: datetime) -> str:
     """chrono's `to_rfc3339_opts(AutoSi, true)`: 'Z', and 0, 3 or 6 fractional digits as needed."""
-    base = value.strftime("%Y-%m-%dT%H:%M:%S")
     micros = value.microsecond
-    if micros == 0:
-        return base + "Z"
-    if micros % 1000 == 0:
-        return f"{base}.{micros // 1000:03d}Z"
-    return f"{base}.{micros:06d}Z"
+    spec = "seconds" if micros == 0 else "milliseconds" if micros % 1000 == 0 else "microseconds"
+    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
 
 
 def format_now(value: datetime) -> str:

@@ -10,6 +10,7 @@ client's default partitioner (murmur2 of the key), so PostHog's consumers co-par
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
 from collections import defaultdict
@@ -25,11 +26,17 @@ from gateway.capture.record import Record
 METADATA_REFRESH_SECONDS = 60.0
 
 
+@functools.lru_cache(maxsize=65_536)
+def _positive_murmur2(key: bytes) -> int:
+    """aiokafka's murmur2 is pure Python (~µs per key); hot keys (token:distinct_id) repeat a lot."""
+    return murmur2(key) & 0x7FFFFFFF
+
+
 def partition_for(key: bytes | None, partitions: int) -> int:
     """Java's default partitioner: positive murmur2 of the key modulo the partition count."""
     if key is None:
         return random.randrange(partitions)
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    return _positive_murmur2(key) % partitions
 
 
 @dataclass(slots=True, eq=False)
