@@ -70,7 +70,9 @@ def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--connections", type=_positive(int), default=64)
     p.add_argument("--wrk-threads", type=_positive(int), default=1)
     p.add_argument("--processes", type=_positive(int), default=1, help="python generator processes")
-    p.add_argument("--open-rate", type=_positive(float), default=1000.0, help="python-open req/s")
+    p.add_argument(
+        "--open-events-per-s", type=_positive(float), default=1000.0, help="python-open offered load"
+    )
     p.add_argument("--workers", type=_positive(int), default=1, help="server processes (all targets)")
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
     p.add_argument("--targets", default="nginx,aiohttp,gateway", help="comma list of nginx, aiohttp, gateway")
@@ -128,7 +130,7 @@ def _suite(args: argparse.Namespace) -> int:
         connections=args.connections,
         wrk_threads=args.wrk_threads,
         processes=args.processes,
-        open_rate=args.open_rate,
+        open_events_per_s=args.open_events_per_s,
         workers=args.workers,
         token=args.token,
         tools=tools,

@@ -23,9 +23,7 @@ def plot_summary(summary: RunSummary, path: str) -> None:
     top.legend(loc="lower right")
     top.grid(alpha=0.3)
     for key in ("p50_ms", "p99_ms", "max_ms"):
-        bottom.plot(
-            seconds, [max(row[key], 0.001) for row in timeline], label=key.removesuffix("_ms")
-        )
+        bottom.plot(seconds, [max(row[key], 0.001) for row in timeline], label=key.removesuffix("_ms"))
     bottom.set_yscale("log")
     bottom.set_ylabel("latency (ms, from scheduled send)")
     bottom.set_xlabel("second of run")

@@ -62,7 +62,7 @@ class SuiteOptions:
     connections: int = 64
     wrk_threads: int = 1
     processes: int = 1
-    open_rate: float = 1000.0
+    open_events_per_s: float = 1000.0
     workers: int = 1
     token: str = "phc_bench_token"
     tools: tuple[str, ...] = TOOLS
@@ -83,7 +83,8 @@ class Measurement:
     p50_ms: float = 0.0
     p99_ms: float = 0.0
     non_200: int = 0
-    generator_cpu: list[float] = field(default_factory=list)
+    generator_cpu: float = 0.0
+    generator_lag_ms: float = 0.0
     error: str | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
@@ -100,6 +101,7 @@ def _measure_wrk(url: str, scenario: Scenario, options: SuiteOptions) -> Measure
         p50_ms=result.latency_ms["p50"],
         p99_ms=result.latency_ms["p99"],
         non_200=result.non_2xx + sum(result.socket_errors.values()),
+        generator_cpu=result.cpu_busy,
     )
 
 
@@ -108,7 +110,7 @@ def _measure_python(url: str, scenario: Scenario, options: SuiteOptions, open_lo
         target=url,
         profile=scenario.profile,
         mode="open" if open_loop else "closed",
-        rate=options.open_rate if open_loop else None,
+        rate=options.open_events_per_s / (scenario.batch_size or 1) if open_loop else None,
         connections=options.connections,
         duration_s=options.duration_s,
         processes=options.processes,
@@ -125,7 +127,8 @@ def _measure_python(url: str, scenario: Scenario, options: SuiteOptions, open_lo
         p50_ms=summary.percentile_ms(50),
         p99_ms=summary.percentile_ms(99),
         non_200=summary.requests - summary.statuses.get("200", 0),
-        generator_cpu=summary.cpu_busy,
+        generator_cpu=sum(summary.cpu_busy),
+        generator_lag_ms=summary.max_lag_s * 1000,
     )
 
 
@@ -191,7 +194,7 @@ def suite_table(measurements: list[Measurement], notes: list[str], options: Suit
     """The suite's figures as a fixed-width table, followed by caveats that apply to this machine."""
     header = (
         f"{'scenario':<14} {'target':<8} {'tool':<12} {'req/s':>9} {'events/s':>10} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'non-200':>8} {'x aiohttp':>9} {'x nginx':>8}"
+        f"{'p99 ms':>8} {'non-200':>8} {'x aiohttp':>9} {'x nginx':>8} {'gen cpu':>7}"
     )
     lines = [header, "-" * len(header)]
     for m in measurements:
@@ -202,25 +205,30 @@ def suite_table(measurements: list[Measurement], notes: list[str], options: Suit
         lines.append(
             f"{m.scenario:<14} {m.target:<8} {m.tool:<12} {m.req_per_s:>9,.0f} {m.events_per_s:>10,.0f} "
             f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {m.non_200:>8,} {ratio.get('aiohttp', '-'):>9} "
-            f"{ratio.get('nginx', '-'):>8}"
+            f"{ratio.get('nginx', '-'):>8} {m.generator_cpu:>7.0%}"
         )
     lines += [
         "",
         f"wrk: {options.wrk_threads} thread(s), {options.connections} connections, closed loop, "
         "max throughput; latency is service time at saturation (not coordinated-omission corrected).",
-        f"python: aiohttp client, {options.processes} process(es), {options.connections} connections, closed "
-        "loop; python-open: constant "
-        f"{options.open_rate:g} req/s, latency from scheduled send time (coordinated-omission correct).",
-        "The load generator shares this machine's 2 cores with the server: every req/s figure is what the "
-        "server achieved on the CPU left over by the generator; compare ratios, not absolutes.",
+        f"python: aiohttp client, {options.processes} process(es), {options.connections} connections, "
+        f"closed loop. python-open: constant {options.open_events_per_s:g} events/s (req/s = events/s / "
+        "batch size), latency from each request's scheduled send time (coordinated-omission correct).",
+        "gen cpu: CPU the load generator used (cores, 100% = one core). The generator shares this "
+        "machine's 2 cores with the server, so req/s is what the server achieved on the CPU left over; "
+        "compare ratios from the same run, not absolutes.",
         *notes,
     ]
-    busy = [m for m in measurements if m.generator_cpu and max(m.generator_cpu) >= 0.9 and m.tool == "python"]
-    if busy:
-        lines.append(
-            f"python closed loop was generator-bound (>= 90% CPU) in {len(busy)}/"
-            f"{sum(m.tool == 'python' for m in measurements)} runs: its req/s is the client's ceiling."
-        )
+    for m in measurements:
+        if m.tool == "python" and m.generator_cpu >= 0.9:
+            lines.append(
+                f"{m.scenario} -> {m.target}: python closed loop was generator-bound (client ceiling)."
+            )
+        if m.tool == "python-open" and m.generator_lag_ms > 50:
+            lines.append(
+                f"{m.scenario} -> {m.target}: open-loop schedule fell {m.generator_lag_ms:.0f} ms behind "
+                "(generator or machine overloaded; latency includes that wait)."
+            )
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +39,7 @@ class WrkResult:
     socket_errors: dict[str, int]
     latency_ms: dict[str, float]
     events_per_request: float
+    cpu_busy: float
 
     @property
     def req_per_s(self) -> float:
@@ -48,6 +50,12 @@ class WrkResult:
         """Events in requests answered 2xx, per second (the pool's mean events per request)."""
         ok = self.requests - self.non_2xx
         return ok * self.events_per_request / self.duration_s if self.duration_s else 0.0
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds used so far by waited-for child processes (wrk's share of the 2 cores)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def write_requests(path: Path, requests: list[BenchRequest], prefix: str) -> None:
@@ -92,7 +100,9 @@ def run_wrk(
             "--",
             str(bodies),
         ]
+        cpu_before = _children_cpu_s()
         completed = subprocess.run(argv, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+        cpu_s = _children_cpu_s() - cpu_before
     for line in completed.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
             raw = json.loads(line.removeprefix(RESULT_PREFIX))
@@ -109,6 +119,7 @@ def run_wrk(
         socket_errors={k: v for k, v in errors.items() if k != "status" and v},
         latency_ms={k: v / 1000 for k, v in raw["latency_us"].items()},
         events_per_request=sum(len(r.uuids) for r in requests) / len(requests),
+        cpu_busy=cpu_s / (raw["duration_us"] / 1e6) if raw["duration_us"] else 0.0,
     )
 
 
