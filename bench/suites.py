@@ -85,8 +85,14 @@ class Measurement:
     non_200: int = 0
     generator_cpu: float = 0.0
     generator_lag_ms: float = 0.0
+    server_cpu: float = 0.0
     error: str | None = None
     ratios: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def req_per_server_cpu_s(self) -> float:
+        """Requests per CPU-second the server spent: throughput independent of how much CPU it got."""
+        return self.req_per_s / self.server_cpu if self.server_cpu else 0.0
 
 
 def _measure_wrk(url: str, scenario: Scenario, options: SuiteOptions) -> Measurement:
@@ -163,7 +169,7 @@ def run_suite(
                     for tool in options.tools:
                         log.write(f"suite: {scenario.name} -> {target} ({tool}, {options.duration_s:g} s)\n")
                         log.flush()
-                        measurements.append(_run_one(server.url, target, tool, scenario, options))
+                        measurements.append(_run_one(server, target, tool, scenario, options))
         except ServerUnavailable as exc:
             notes.append(f"{target} skipped: {exc}")
             log.write(f"suite: {target} skipped: {exc}\n")
@@ -171,30 +177,39 @@ def run_suite(
     return measurements, notes
 
 
-def _run_one(url: str, target: str, tool: str, scenario: Scenario, options: SuiteOptions) -> Measurement:
+def _run_one(
+    server: ManagedServer, target: str, tool: str, scenario: Scenario, options: SuiteOptions
+) -> Measurement:
+    cpu_before = server.cpu_seconds()
     try:
-        measurement = MEASURES[tool](url, scenario, options)
+        measurement = MEASURES[tool](server.url, scenario, options)
     except (WrkUnavailable, RuntimeError) as exc:
         measurement = Measurement(scenario.name, target, tool, error=str(exc))
     measurement.target = target
+    measurement.server_cpu = (server.cpu_seconds() - cpu_before) / options.duration_s
     return measurement
 
 
 def _add_ratios(measurements: list[Measurement]) -> None:
-    """Divide each req/s by the baseline's req/s for the same scenario and tool."""
+    """Divide each req/s (and req per server CPU-second) by the baseline's, same scenario and tool."""
     index = {(m.scenario, m.tool, m.target): m for m in measurements if m.error is None}
     for m in measurements:
         for baseline in BASELINES:
             base = index.get((m.scenario, m.tool, baseline))
-            if base is not None and base.req_per_s and m.error is None:
+            if base is None or m.error is not None:
+                continue
+            if base.req_per_s:
                 m.ratios[baseline] = m.req_per_s / base.req_per_s
+            if base.req_per_server_cpu_s:
+                m.ratios[f"{baseline}_per_cpu"] = m.req_per_server_cpu_s / base.req_per_server_cpu_s
 
 
 def suite_table(measurements: list[Measurement], notes: list[str], options: SuiteOptions) -> str:
     """The suite's figures as a fixed-width table, followed by caveats that apply to this machine."""
     header = (
         f"{'scenario':<14} {'target':<8} {'tool':<12} {'req/s':>9} {'events/s':>10} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'non-200':>8} {'x aiohttp':>9} {'x nginx':>8} {'gen cpu':>7}"
+        f"{'p99 ms':>8} {'non-200':>8} {'x aiohttp':>9} {'x nginx':>8} {'gen cpu':>7} {'srv cpu':>7} "
+        f"{'req/cpu-s':>9} {'x aiohttp/cpu':>13}"
     )
     lines = [header, "-" * len(header)]
     for m in measurements:
@@ -205,7 +220,8 @@ def suite_table(measurements: list[Measurement], notes: list[str], options: Suit
         lines.append(
             f"{m.scenario:<14} {m.target:<8} {m.tool:<12} {m.req_per_s:>9,.0f} {m.events_per_s:>10,.0f} "
             f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {m.non_200:>8,} {ratio.get('aiohttp', '-'):>9} "
-            f"{ratio.get('nginx', '-'):>8} {m.generator_cpu:>7.0%}"
+            f"{ratio.get('nginx', '-'):>8} {m.generator_cpu:>7.0%} {m.server_cpu:>7.0%} "
+            f"{m.req_per_server_cpu_s:>9,.0f} {ratio.get('aiohttp_per_cpu', '-'):>13}"
         )
     lines += [
         "",
@@ -214,9 +230,10 @@ def suite_table(measurements: list[Measurement], notes: list[str], options: Suit
         f"python: aiohttp client, {options.processes} process(es), {options.connections} connections, "
         f"closed loop. python-open: constant {options.open_events_per_s:g} events/s (req/s = events/s / "
         "batch size), latency from each request's scheduled send time (coordinated-omission correct).",
-        "gen cpu: CPU the load generator used (cores, 100% = one core). The generator shares this "
-        "machine's 2 cores with the server, so req/s is what the server achieved on the CPU left over; "
-        "compare ratios from the same run, not absolutes.",
+        "gen cpu / srv cpu: CPU the load generator / the server used (100% = one core). They share "
+        "this machine's 2 cores (with anything else running), so req/s is what the server achieved on "
+        "the CPU it got; req/cpu-s (req/s per server core) is the figure least disturbed by that. "
+        "Compare ratios from the same run, not absolutes.",
         *notes,
     ]
     for m in measurements:
@@ -233,4 +250,8 @@ def suite_table(measurements: list[Measurement], notes: list[str], options: Suit
 
 
 def suite_json(measurements: list[Measurement], notes: list[str], options: SuiteOptions) -> dict[str, Any]:
-    return {"options": asdict(options), "measurements": [asdict(m) for m in measurements], "notes": notes}
+    return {
+        "options": asdict(options),
+        "measurements": [asdict(m) | {"req_per_server_cpu_s": m.req_per_server_cpu_s} for m in measurements],
+        "notes": notes,
+    }
