@@ -53,6 +53,7 @@ class ManagedServer:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _wait_ready(self) -> None:
         assert self.process is not None
@@ -60,8 +61,10 @@ class ManagedServer:
         try:
             wait_http(self.url + "/", START_TIMEOUT_S, lambda: process.poll() is None)
         except (ProcessLookupError, TimeoutError) as exc:
+            tail = self.log_tail()
             self.stop()
-            raise ServerUnavailable(f"{self.name}: {exc}: {self.log_tail()}") from None
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise ServerUnavailable(f"{self.name}: {exc}: {tail}") from None
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system) used so far by every live process in the server's session.

@@ -22,7 +22,7 @@ from bench.payloads import PROFILES, BenchRequest, PayloadContext
 from bench.recorder import Recorder, merge
 from bench.runner import run_load
 from bench.servers import ManagedServer, baseline_app
-from bench.worker import LoadConfig
+from bench.worker import LoadConfig, run_process
 from bench.wrk import write_requests
 
 TOKEN = "phc_test_bench"
@@ -199,9 +199,9 @@ def test_open_loop_over_two_processes(baseline: ManagedServer, tmp_path: Path) -
 
 def test_connection_errors_are_counted_by_name() -> None:
     """Nothing listens on the port: every request ends as a named client error, none is lost."""
-    summary = run_load(
-        LoadConfig(target=f"http://127.0.0.1:{free_port()}", profile="single", max_requests=5, connections=1),
-        progress_stream=None,
+    config = LoadConfig(
+        target=f"http://127.0.0.1:{free_port()}", profile="single", max_requests=5, connections=1
     )
+    summary = merge({}, [run_process(config, lambda counters: None)])  # in-process: no spawn needed
     assert summary.requests == 5 and summary.events_acked == 0
     assert list(summary.statuses) == ["error:ClientConnectorError"]
