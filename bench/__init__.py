@@ -1,1 +1,1 @@
-"""Load-test harness and benchmark suites (python -m bench)."""
+"""Load harness and benchmark suites for the PostHog-compatible gateway (`python -m bench`)."""

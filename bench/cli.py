@@ -1,0 +1,154 @@
+"""Command line: `python -m bench load ...` (one load run) and `python -m bench suite NAME ...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from bench.net import NotLoopbackError, require_loopback
+from bench.payloads import PROFILES
+from bench.report import summary_json, summary_table
+from bench.runner import run_load
+from bench.suites import SUITES, TOOLS, SuiteOptions, run_suite, suite_json, suite_table
+from bench.worker import LoadConfig
+
+MAX_DURATION_S = 3600.0
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    """An argparse type that converts with `kind` and rejects values <= 0."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _duration(text: str) -> float:
+    value = _positive(float)(text)
+    if value > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"at most {MAX_DURATION_S:g} s")
+    return value
+
+
+def _add_load_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("load", help="generate load against one loopback target")
+    p.add_argument("--target", required=True, help="base URL on loopback, e.g. http://127.0.0.1:8000")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="js-gzip")
+    p.add_argument("--mode", choices=("open", "closed"), default=None, help="default: open if --rate given")
+    p.add_argument("--rate", type=_positive(float), help="open loop: total requests per second")
+    p.add_argument("--connections", type=_positive(int), default=64, help="total across processes")
+    p.add_argument("--duration", type=_duration, default=10.0, help="seconds (<= 3600)")
+    p.add_argument("--requests", type=_positive(int), help="stop after this many requests")
+    p.add_argument("--processes", type=_positive(int), default=1, help="generator processes")
+    p.add_argument("--timeout", type=_positive(float), default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--token", default="phc_bench_token")
+    p.add_argument("--distinct-ids", type=_positive(int), default=1000, help="distinct_id pool size")
+    p.add_argument("--batch-size", type=_positive(int), help="events per batch (default: the SDK's)")
+    p.add_argument("--event-bytes", type=_positive(int), default=1024, help="size of a `single` event")
+    p.add_argument("--replay-bytes", type=_positive(int), default=64 * 1024, help="snapshot data per /s/")
+    p.add_argument("--max-pending", type=_positive(int), default=10_000, help="open loop in-flight cap")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--json", type=Path, help="write the full result as JSON")
+    p.add_argument("--plot", type=Path, help="write a PNG of throughput and latency over time")
+    p.add_argument("--acked-log", type=Path, help="write the uuid of every event answered 200")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+
+def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("suite", help="run a benchmark suite against its own baselines")
+    p.add_argument("name", choices=sorted(SUITES))
+    p.add_argument("--duration", type=_duration, default=10.0, help="seconds per measurement")
+    p.add_argument("--connections", type=_positive(int), default=64)
+    p.add_argument("--wrk-threads", type=_positive(int), default=1)
+    p.add_argument("--processes", type=_positive(int), default=1, help="python generator processes")
+    p.add_argument(
+        "--open-events-per-s", type=_positive(float), default=1000.0, help="python-open offered load"
+    )
+    p.add_argument("--workers", type=_positive(int), default=1, help="server processes (all targets)")
+    p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
+    p.add_argument("--targets", default="nginx,aiohttp,gateway", help="comma list of nginx, aiohttp, gateway")
+    p.add_argument("--kafka-bootstrap-servers", help="broker for the gateway (needed by `suite kafka`)")
+    p.add_argument("--gateway-command", help="command that runs the gateway CLI (default: autodetect)")
+    p.add_argument("--token", default="phc_bench_token")
+    p.add_argument("--json", type=Path, help="write all measurements as JSON")
+
+
+def _load(args: argparse.Namespace) -> int:
+    mode = args.mode or ("open" if args.rate else "closed")
+    if mode == "open" and not args.rate:
+        raise SystemExit("--mode open needs --rate")
+    try:
+        target = require_loopback(args.target)
+    except NotLoopbackError as exc:
+        raise SystemExit(f"refusing to load a non-loopback target: {exc}") from None
+    config = LoadConfig(
+        target=target,
+        profile=args.profile,
+        mode=mode,
+        rate=args.rate,
+        connections=args.connections,
+        duration_s=args.duration,
+        max_requests=args.requests,
+        processes=args.processes,
+        timeout_s=args.timeout,
+        token=args.token,
+        distinct_ids=args.distinct_ids,
+        batch_size=args.batch_size,
+        event_bytes=args.event_bytes,
+        replay_bytes=args.replay_bytes,
+        seed=args.seed,
+        max_pending=args.max_pending,
+        acked_log=str(args.acked_log) if args.acked_log else None,
+    )
+    summary = run_load(config, progress_stream=None if args.quiet else sys.stderr)
+    print(summary_table(summary))
+    if args.json:
+        args.json.write_bytes(orjson.dumps(summary_json(summary), option=orjson.OPT_INDENT_2))
+    if args.plot:
+        from bench.plot import plot_summary
+
+        plot_summary(summary, str(args.plot))
+    return 0
+
+
+def _suite(args: argparse.Namespace) -> int:
+    tools = tuple(t for t in args.tools.split(",") if t)
+    unknown = set(tools) - set(TOOLS)
+    if unknown:
+        raise SystemExit(f"unknown tools: {', '.join(sorted(unknown))}")
+    options = SuiteOptions(
+        duration_s=args.duration,
+        connections=args.connections,
+        wrk_threads=args.wrk_threads,
+        processes=args.processes,
+        open_events_per_s=args.open_events_per_s,
+        workers=args.workers,
+        token=args.token,
+        tools=tools,
+        targets=tuple(t for t in args.targets.split(",") if t),
+        kafka_bootstrap_servers=args.kafka_bootstrap_servers,
+        gateway_command=args.gateway_command.split() if args.gateway_command else None,
+    )
+    measurements, notes = run_suite(SUITES[args.name], options)
+    print(suite_table(measurements, notes, options))
+    if args.json:
+        args.json.write_text(json.dumps(suite_json(measurements, notes, options), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description="PostHog gateway load tests")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_load_parser(sub)
+    _add_suite_parser(sub)
+    args = parser.parse_args(argv)
+    return _load(args) if args.command == "load" else _suite(args)
