@@ -176,7 +176,8 @@ def gateway(
         "--data-dir",
         str(workdir / "data"),
     ]
-    argv += ["--workers", str(workers)]
+    # One load generator on loopback is one client IP: per-IP rate limiting would refuse it.
+    argv += ["--workers", str(workers), "--rate-limit-ip", "off"]
     if kafka_bootstrap_servers:
         argv += ["--kafka-bootstrap-servers", kafka_bootstrap_servers]
     return ManagedServer("gateway", argv, port, workdir)

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(slots=True, frozen=True)
-class Record:
+class Record(NamedTuple):
     """A Kafka message: topic, partition key, headers and the serialized CapturedEvent value.
 
-    `key` is None for messages produced without a key (random partition).
+    `key` is None for messages produced without a key (random partition). A NamedTuple because one
+    is built per event on the hot path, and tuples are several times cheaper to create than
+    frozen dataclasses.
     """
 
     topic: str

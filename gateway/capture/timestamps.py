@@ -84,7 +84,7 @@ def format_rfc3339(value: datetime) -> str:
     """chrono's `to_rfc3339_opts(AutoSi, true)`: 'Z', and 0, 3 or 6 fractional digits as needed."""
     micros = value.microsecond
     spec = "seconds" if micros == 0 else "milliseconds" if micros % 1000 == 0 else "microseconds"
-    return value.replace(tzinfo=None).isoformat(timespec=spec) + "Z"
+    return value.isoformat(timespec=spec).removesuffix("+00:00") + "Z"  # values here are always UTC
 
 
 def format_now(value: datetime) -> str:
@@ -93,4 +93,5 @@ def format_now(value: datetime) -> str:
 
 
 def epoch_millis(value: datetime) -> int:
-    return (value - EPOCH) // timedelta(milliseconds=1)
+    delta = value - EPOCH  # exact integer arithmetic; float timestamps can land a millisecond early
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
