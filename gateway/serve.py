@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
+import time
 
 import uvloop
 from aiohttp import web
@@ -16,6 +18,9 @@ from gateway.edge.tls import server_ssl_context
 from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
+
+PR_SET_PDEATHSIG = 1
+RESTART_DELAY_SECONDS = 1.0
 
 
 def run_worker(settings: ServeSettings, worker: int) -> None:
@@ -40,20 +45,47 @@ def serve(settings: ServeSettings) -> None:
     if settings.workers == 1:
         run_worker(settings, 0)
         return
-    context = multiprocessing.get_context("fork")
-    workers = [
-        context.Process(target=run_worker, args=(settings, i), name=f"worker-{i}")
-        for i in range(settings.workers)
-    ]
-    for process in workers:
-        process.start()
+    Supervisor(settings).run()
 
-    def forward(signum: int, _frame: object) -> None:
-        for process in workers:
+
+class Supervisor:
+    """Parent of N workers: forwards SIGTERM/SIGINT, restarts a worker that dies, exits when all stopped."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.context = multiprocessing.get_context("fork")
+        self.workers: dict[int, multiprocessing.process.BaseProcess] = {}
+        self.stopping = False
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        for index in range(self.settings.workers):
+            self._spawn(index)
+        while self.workers:
+            for index, process in list(self.workers.items()):
+                process.join(0.2)
+                if process.exitcode is None:
+                    continue
+                del self.workers[index]
+                if not self.stopping:
+                    log.error("worker %d exited with %s; restarting it", index, process.exitcode)
+                    time.sleep(RESTART_DELAY_SECONDS)
+                    self._spawn(index)
+
+    def _spawn(self, index: int) -> None:
+        process = self.context.Process(target=_worker_main, args=(self.settings, index), name=f"worker-{index}")
+        process.start()
+        self.workers[index] = process
+
+    def _forward(self, signum: int, _frame: object) -> None:
+        self.stopping = True
+        for process in self.workers.values():
             if process.pid and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for process in workers:
-        process.join()
+
+def _worker_main(settings: ServeSettings, worker: int) -> None:
+    # If the supervisor is killed outright, take the workers down with it rather than orphan them.
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    run_worker(settings, worker)
