@@ -224,9 +224,9 @@ class ServeSettings:
             "parse": _choice("none", "gzip", "lz4", "zstd", "snappy"),
         },
     )
-    kafka_linger_ms: float = field(
-        default=0.0,
-        metadata={"help": "extra wait to gather concurrent requests into one produce (0 = one loop turn)"},
+    kafka_linger_ms: int = field(
+        default=5,
+        metadata={"help": "how long the producer waits to fill a batch (concurrent requests share batches)"},
     )
     kafka_max_batch_bytes: int = field(
         default=1 * MiB,

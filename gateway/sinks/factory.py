@@ -13,7 +13,7 @@ from gateway.capture.events import Topics
 from gateway.config import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.kafka import KafkaSink
-from gateway.sinks.kafka_producer import BatchingProducer
+from gateway.sinks.kafka_producer import ReconnectingProducer, java_partitioner
 from gateway.sinks.spool import SpoolSink
 
 _WORKER_DIR = re.compile(r"^worker-(\d+)$")
@@ -58,7 +58,8 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
         "compression_type": None if settings.kafka_compression == "none" else settings.kafka_compression,
         "max_batch_size": settings.kafka_max_batch_bytes,
         "max_request_size": settings.kafka_max_batch_bytes + _REQUEST_OVERHEAD,
-        "linger_ms": 0,  # BatchingProducer already gathers concurrent requests
+        "linger_ms": settings.kafka_linger_ms,
+        "partitioner": java_partitioner,
         "request_timeout_ms": int(max(settings.kafka_ack_timeout_ms * 2, 10_000)),
         "security_protocol": settings.kafka_security_protocol,
     }
@@ -87,7 +88,7 @@ def build_sink(settings: ServeSettings, worker: int) -> Sink:
     if not settings.kafka_bootstrap_servers:
         return spool
     config = producer_config(settings)
-    producer = BatchingProducer(lambda: AIOKafkaProducer(**config), settings.kafka_linger_ms)
+    producer = ReconnectingProducer(lambda: AIOKafkaProducer(**config))
     return KafkaSink(
         producer,
         spool,

@@ -24,7 +24,7 @@ from gateway import metrics
 from gateway.capture.errors import PayloadTooLarge
 from gateway.capture.record import Record
 from gateway.sinks.base import Readiness
-from gateway.sinks.kafka_producer import BatchingProducer
+from gateway.sinks.kafka_producer import ReconnectingProducer
 from gateway.sinks.spool import SpoolSink
 from gateway.spool import SpoolLocked, SpoolReader
 
@@ -45,7 +45,7 @@ class Mode(Enum):
 class KafkaSink:
     def __init__(
         self,
-        producer: BatchingProducer,
+        producer: ReconnectingProducer,
         spool: SpoolSink,
         ack_timeout: float,
         max_record_bytes: int,
