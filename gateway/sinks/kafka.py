@@ -121,7 +121,7 @@ class KafkaSink:
                 if batch.records:
                     try:
                         await asyncio.wait_for(
-                            self.producer.produce(batch.records), max(self.ack_timeout, 30)
+                            self.producer.produce_bulk(batch.records), max(self.ack_timeout, 30)
                         )
                     except Exception as exc:
                         log.warning("spool replay to Kafka failed (%s); retrying in %.1fs", exc, backoff)

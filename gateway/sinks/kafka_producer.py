@@ -14,6 +14,7 @@ import asyncio
 import functools
 import random
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaProducer
@@ -65,6 +66,44 @@ class ReconnectingProducer:
             self.reset(producer)
             raise
         metrics.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
+
+    async def produce_bulk(self, records: Sequence[Record]) -> None:
+        """Like `produce`, for one large batch (spool replay): fills per-partition batches directly,
+        which costs a third of the CPU of `send()` per record; partitions are sent concurrently."""
+        producer = await self._connect()
+        try:
+            by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
+            partitions: dict[str, list[int]] = {}
+            for record in records:
+                if record.topic not in partitions:
+                    partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
+                every = partitions[record.topic]
+                by_partition[(record.topic, java_partitioner(record.key, every, every))].append(record)
+            sent = await asyncio.gather(
+                *(self._send_partition(producer, topic, partition, members)
+                  for (topic, partition), members in by_partition.items())
+            )
+            await asyncio.gather(*(ack for acks in sent for ack in acks))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            metrics.KAFKA_PRODUCE_ERRORS.inc()
+            self.reset(producer)
+            raise
+
+    @staticmethod
+    async def _send_partition(
+        producer: AIOKafkaProducer, topic: str, partition: int, records: list[Record]
+    ) -> list[asyncio.Future]:
+        acks = []
+        batch = producer.create_batch()
+        for record in records:
+            if batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers)) is None:
+                acks.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+        acks.append(await producer.send_batch(batch, topic, partition=partition))
+        return acks
 
     async def _connect(self) -> AIOKafkaProducer:
         if self._producer is not None:
