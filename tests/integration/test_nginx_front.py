@@ -42,8 +42,6 @@ CDN = "127.0.0.3"  # the address the test's real-ip.conf trusts as a CDN edge
 DIRECT = "127.0.0.2"  # a client talking to nginx directly
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx not installed")
-
 
 def replace_once(text: str, old: str, new: str) -> str:
     assert text.count(old) == 1, f"expected exactly one {old!r} in the shipped nginx config"
