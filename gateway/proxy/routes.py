@@ -218,7 +218,9 @@ class Proxy:
         if upstream.status == 200 and etag_matches(request.headers.get("If-None-Match", ""),
                                                    upstream.headers.get("ETag")):
             return self._not_modified(upstream.headers)
-        return self._answer("assets", upstream)
+        response = self._answer("assets", upstream)
+        response.headers["X-Cache"] = "MISS"
+        return response
 
     def _store(self, key: tuple[str, str], upstream: UpstreamResponse) -> None:
         assert self.cache is not None
