@@ -84,9 +84,14 @@ def _cause(exc: BaseException) -> str:
 
 
 class UpstreamClient:
-    """`request()` with a keep-alive pool and a circuit breaker per upstream origin."""
+    """`request()` with a keep-alive pool and a circuit breaker per upstream origin.
 
-    def __init__(self, *, connections: int, retries: int, circuit_failures: int, circuit_reset: float) -> None:
+    `circuit_failures=0` turns the breaker off (the upstream sink has its own failover and backoff).
+    """
+
+    def __init__(
+        self, *, connections: int, retries: int, circuit_failures: int = 0, circuit_reset: float = 0.0
+    ) -> None:
         self.connections = connections
         self.retries = retries
         self.circuit_failures = circuit_failures
@@ -110,7 +115,9 @@ class UpstreamClient:
             await self._session.close()
             self._session = None
 
-    def breaker(self, url: URL) -> CircuitBreaker:
+    def breaker(self, url: URL) -> CircuitBreaker | None:
+        if not self.circuit_failures:
+            return None
         origin = str(url.origin())
         breaker = self._breakers.get(origin)
         if breaker is None:
@@ -138,7 +145,8 @@ class UpstreamClient:
         idempotent = method in ("GET", "HEAD")
         attempt = 0
         while True:
-            breaker.check()
+            if breaker is not None:
+                breaker.check()
             started = time.perf_counter()
             try:
                 async with self._session.request(
@@ -152,7 +160,8 @@ class UpstreamClient:
                 ) as response:
                     data = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                breaker.failure()
+                if breaker is not None:
+                    breaker.failure()
                 cause = _cause(exc)
                 metrics.UPSTREAM_LATENCY.labels(route, cause).observe(time.perf_counter() - started)
                 metrics.UPSTREAM_ERRORS.labels(route, cause).inc()
@@ -163,13 +172,12 @@ class UpstreamClient:
                 raise UpstreamError(cause, f"{type(exc).__name__}: {exc}") from exc
             status = response.status
             metrics.UPSTREAM_LATENCY.labels(route, str(status)).observe(time.perf_counter() - started)
+            if breaker is not None:
+                breaker.failure() if status >= 500 else breaker.success()
             if status >= 500:
-                breaker.failure()
                 metrics.UPSTREAM_ERRORS.labels(route, f"status_{status}").inc()
                 if status in RETRY_STATUSES and idempotent and attempt < self.retries:
                     await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
                     attempt += 1
                     continue
-            else:
-                breaker.success()
             return UpstreamResponse(status, response_headers(response.headers), data)

@@ -101,12 +101,8 @@ def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSin
         fsync_window_ms=settings.fsync_window_ms,
         max_bytes=settings.spool_max_bytes,
     )
-    client = UpstreamClient(
-        connections=settings.upstream_connections,
-        retries=settings.upstream_retries,
-        circuit_failures=settings.upstream_circuit_failures,
-        circuit_reset=settings.upstream_circuit_reset,
-    )
+    # No circuit breaker: the first failure already sends requests to the spool until replay catches up.
+    client = UpstreamClient(connections=settings.upstream_connections, retries=settings.upstream_retries)
     remote = UpstreamRemote(api, client, timeout=settings.upstream_timeout)
     return UpstreamSink(remote, spool, settings.upstream_ack_timeout_ms / 1000,
                         adopt=orphaned_spools(settings, worker, UPSTREAM_SPOOL))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from gateway.sinks.spool import SpoolSink
 PASSTHROUGH_TOPIC = "upstream-passthrough"  # marks a raw request record; never a Kafka topic
 MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # PostHog's /batch/ takes 20 MiB; stay well under it
-POST_CONCURRENCY = 8
+POST_CONCURRENCY = 16  # events of different client IPs cannot share a request
 RETRYABLE_4XX = frozenset({404, 408, 429})
 USER_AGENT = "posthog-gateway"
 _RAW_HEADERS = ("content-type", "content-encoding", "user-agent")
@@ -68,6 +69,10 @@ class Post:
     headers: tuple[tuple[str, str], ...]
     events: int
     kind: str  # events | replay | passthrough
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.blake2b(b"\0".join((self.path.encode(), self.client_ip.encode(), self.body))).digest()
 
 
 def upstream_event(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -156,6 +161,7 @@ class UpstreamRemote:
         self.client = client
         self.timeout = timeout
         self._limit = asyncio.Semaphore(POST_CONCURRENCY)
+        self._delivered: set[bytes] = set()  # digests of posts that landed in a batch that then failed
 
     async def ping(self) -> bool:
         """Any HTTP answer below 500 from the upstream's root means it is reachable."""
@@ -166,9 +172,16 @@ class UpstreamRemote:
         return response.status < 500
 
     async def produce(self, records: Sequence[Record]) -> None:
-        posts = upstream_posts(records)
+        """Post every record; on a partial failure, remember which posts landed so that the retry of
+        the same spooled batch (re-read identically) does not send them twice."""
+        posts = [post for post in upstream_posts(records) if post.digest not in self._delivered]
         results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
+        if not failures:
+            self._delivered.clear()
+        else:
+            self._delivered.update(post.digest for post, result in zip(posts, results, strict=True)
+                                   if result is None)
         retryable = [failure for failure in failures if not isinstance(failure, Rejected)]
         if retryable:
             raise retryable[0]

@@ -51,6 +51,7 @@ class Received:
     raw_path: str
     headers: CIMultiDict[str]
     body: bytes
+    status: int = 0  # what the fake answered (0 while it has not)
 
     @property
     def path(self) -> str:
@@ -98,8 +99,9 @@ class FakePostHog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def requests_to(self, path: str) -> list[Received]:
-        return [r for r in list(self.received) if r.path == path]
+    def requests_to(self, path: str, status: int | None = None) -> list[Received]:
+        """Requests received on `path` (only those answered `status`, if given)."""
+        return [r for r in list(self.received) if r.path == path and (status is None or r.status == status)]
 
     async def _start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -110,13 +112,19 @@ class FakePostHog:
 
     # --- what PostHog answers ---
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        self.received.append(Received(request.method, request.raw_path, CIMultiDict(request.headers), body))
+        received = Received(request.method, request.raw_path, CIMultiDict(request.headers), await request.read())
+        self.received.append(received)
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.status_override is not None:
+            received.status = self.status_override
             return web.json_response({"error": "injected"}, status=self.status_override)
-        response = self._answer(request)
+        try:
+            response = self._answer(request)
+        except web.HTTPException as redirect:
+            received.status = redirect.status
+            raise
+        received.status = response.status
         # What a careless proxy would pass on: the upstream's own CORS headers and cookies.
         response.headers["Access-Control-Allow-Origin"] = "*"
         response.headers["Set-Cookie"] = "ph_upstream=1; Path=/"
