@@ -300,9 +300,6 @@ class ServeSettings:
         metadata={"help": "how long a capture request waits for the upstream's 200 before its events are "
                   "spooled instead"},
     )
-    upstream_linger_ms: float = field(
-        default=2.0, metadata={"help": "wait to gather concurrent requests' events into one upstream /batch/"}
-    )
     upstream_connections: int = field(
         default=100, metadata={"help": "keep-alive connection pool size per upstream host"}
     )

@@ -169,8 +169,9 @@ class Proxy:
             except CircuitOpen as exc:
                 refusal = UpstreamUnavailable(str(exc), retry_after=max(1, math.ceil(exc.retry_after)))
                 return error_response(request, route.family, refusal)
-            except UpstreamError as exc:
-                error = UpstreamTimeout(str(exc)) if exc.cause == "timeout" else BadGateway(str(exc))
+            except UpstreamError as exc:  # the detail (hosts, addresses) stays out of the answer
+                message = f"no answer from upstream ({exc.cause})"
+                error = UpstreamTimeout(message) if exc.cause == "timeout" else BadGateway(message)
                 return error_response(request, route.family, error)
 
         return handle
