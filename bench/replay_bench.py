@@ -19,7 +19,8 @@ from aiokafka import AIOKafkaProducer
 from gateway.capture.record import Record
 from gateway.config import ServeSettings
 from gateway.sinks.factory import producer_config
-from gateway.sinks.kafka import KafkaSink, Mode
+from gateway.sinks.failover import Mode
+from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.kafka_producer import ReconnectingProducer
 from gateway.sinks.spool import SpoolSink
 

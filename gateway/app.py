@@ -12,6 +12,9 @@ from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
 from gateway.edge.tokens import TokenPolicy
+from gateway.proxy.passthrough import passthrough_handler
+from gateway.proxy.routes import PROXY_FAMILIES, Proxy
+from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_endpoint, readiness_handler
 from gateway.sinks.base import Sink
@@ -28,6 +31,14 @@ def capture_routes(settings: ServeSettings) -> list[RouteSpec]:
     ]
 
 
+def route_families(settings: ServeSettings) -> list[str]:
+    """Every route family this configuration can serve (`--routes` picks among them)."""
+    names = [spec.name for spec in capture_routes(settings)]
+    if Upstreams.from_settings(settings).enabled:
+        names += PROXY_FAMILIES
+    return names
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -36,7 +47,7 @@ def build_app(
     settings: ServeSettings, sink: Sink, clock: Callable[[], datetime] = utc_now
 ) -> web.Application:
     specs = capture_routes(settings)
-    edge = Edge.from_settings(settings, [spec.name for spec in specs])
+    edge = Edge.from_settings(settings, route_families(settings))
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
@@ -57,7 +68,10 @@ def build_app(
     )
     for prefix in ("", *settings.prefix):
         for spec in [spec for spec in specs if edge.serves(spec.name)]:
-            handle = handler.handler_for(spec)
+            if settings.upstream_passthrough:
+                handle = passthrough_handler(spec, sink, edge.client_ip, settings.body_read_timeout)
+            else:
+                handle = handler.handler_for(spec)
             for path in spec.paths:
                 edge.add_route(app.router, prefix + path, handle, spec.name)
                 edge.add_route(app.router, prefix + path + "/", handle, spec.name)
@@ -66,6 +80,11 @@ def build_app(
     edge.add_management(app, "/metrics", metrics_endpoint)
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)
+    upstreams = Upstreams.from_settings(settings)
+    if upstreams.enabled:  # reverse-proxy mode: flags, /api, logs, assets (gateway/proxy)
+        proxy = Proxy(settings, upstreams, edge)
+        proxy.add_routes(app, edge, ("", *settings.prefix))
+        app.cleanup_ctx.append(proxy.lifecycle)
     return app
 
 

@@ -7,8 +7,9 @@ env vars and `--help` can never drift apart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -90,8 +91,12 @@ class ServeSettings:
     )
     # --- edge policy (gateway/edge): routes, tokens, rate limits, CORS, client IP, admin, TLS ---
     routes: tuple[str, ...] = field(
-        default=("events", "batch", "replay"),
-        metadata={"help": "route families to serve; every other path is 404 (repeatable)", "repeat": True},
+        default=(),
+        metadata={
+            "help": "route families to serve; every other path is 404 (repeatable; default: all of "
+            "events, batch, replay, and with --upstream also flags, api, logs, assets)",
+            "repeat": True,
+        },
     )
     route_methods: tuple[str, ...] = field(
         default=(),
@@ -257,6 +262,70 @@ class ServeSettings:
         default="session_recording_snapshot_item_events", metadata={"help": "topic for session replay"}
     )
 
+    # --- reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py); off unless an upstream is set ---
+    upstream: str = field(
+        default="",
+        metadata={"help": "PostHog API host to proxy flags, /api, logs and events to, e.g. https://eu.i.posthog.com"},
+    )
+    assets_upstream: str = field(
+        default="",
+        metadata={"help": "host for /static and /array (default: the cloud assets host of --upstream, else it)"},
+    )
+    region: str = field(
+        default="",
+        metadata={"help": "us | eu: PostHog Cloud's API and assets hosts (instead of --upstream)",
+                  "parse": _choice("", "us", "eu")},
+    )
+    upstream_events_mode: str = field(
+        default="forward",
+        metadata={
+            "help": "with an upstream, capture goes: forward (to the upstream only) | mirror (to Kafka/spool "
+            "and the upstream) | off (to Kafka/spool only)",
+            "parse": _choice("forward", "mirror", "off"),
+        },
+    )
+    upstream_passthrough: bool = field(
+        default=False,
+        metadata={"help": "forward capture requests byte for byte (body, content type and encoding, query) "
+                  "instead of re-batched events; no gateway-side event policy applies"},
+    )
+    upstream_timeout: float = field(
+        default=10.0, metadata={"help": "seconds for one upstream request (assets, api, logs)"}
+    )
+    upstream_flags_timeout: float = field(
+        default=3.0, metadata={"help": "seconds for one upstream /flags or /decide request (SDKs wait 3 s)"}
+    )
+    upstream_ack_timeout_ms: float = field(
+        default=3000.0,
+        metadata={"help": "how long a capture request waits for the upstream's 200 before its events are "
+                  "spooled instead"},
+    )
+    upstream_connections: int = field(
+        default=100, metadata={"help": "keep-alive connection pool size per upstream host"}
+    )
+    upstream_retries: int = field(
+        default=1,
+        metadata={"help": "retries of idempotent upstream GETs and of connect errors (never of a sent POST)"},
+    )
+    upstream_circuit_failures: int = field(
+        default=5, metadata={"help": "consecutive upstream failures that open the circuit (fast 503s)"}
+    )
+    upstream_circuit_reset: float = field(
+        default=5.0, metadata={"help": "seconds an open circuit waits before letting one probe request through"}
+    )
+    proxy_cache_bytes: int = field(
+        default=64 * MiB,
+        metadata={"help": "memory budget of the LRU cache for /static and /array answers (0 = off)", "parse": _size},
+    )
+    path_alias: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "ALIAS=PATH: serve PATH (and everything under it) also at ALIAS, e.g. /k7q=/e or "
+            "/assets-x=/static, against ad-blocker path lists (repeatable)",
+            "repeat": True,
+        },
+    )
+
     def validate(self) -> ServeSettings:
         checks = [
             (1 <= self.port <= 65535, "port", "must be 1..65535"),
@@ -281,15 +350,38 @@ class ServeSettings:
             ((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "and tls_key go together"),
             (not self.client_ip_header or bool(self.trusted_proxy_cidrs), "client_ip_header",
              "needs trusted_proxy_cidrs (never trust a client-supplied header)"),
+            (not (self.region and self.upstream), "region", "and upstream exclude each other"),
+            (not self.upstream_passthrough or (bool(self.upstream or self.region)
+                                               and self.upstream_events_mode == "forward"),
+             "upstream_passthrough", "needs an upstream and --upstream-events-mode forward"),
+            (self.upstream_timeout > 0 and self.upstream_flags_timeout > 0, "upstream_timeout", "must be > 0"),
+            (self.upstream_ack_timeout_ms > 0, "upstream_ack_timeout_ms", "must be > 0"),
+            (self.upstream_connections >= 1, "upstream_connections", "must be at least 1"),
+            (self.upstream_retries >= 0, "upstream_retries", "must be ≥ 0"),
+            (self.upstream_circuit_failures >= 1, "upstream_circuit_failures", "must be at least 1"),
+            (self.proxy_cache_bytes >= 0, "proxy_cache_bytes", "must be ≥ 0"),
         ]
         for ok, name, problem in checks:
             if not ok:
                 raise ConfigError(f"{name} {problem}")
         # Edge settings are checked by building them (imported here: edge.setup imports this module).
+        from gateway.app import route_families
         from gateway.edge.setup import Edge
+        from gateway.proxy.upstreams import Upstreams
 
-        Edge.from_settings(self, self.routes)
+        with _named("upstream"):
+            Upstreams.from_settings(self)
+        Edge.from_settings(self, route_families(self))
         return self
+
+
+@contextlib.contextmanager
+def _named(name: str) -> Iterator[None]:
+    """Turn a ValueError raised while checking setting `name` into a ConfigError naming it."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from exc
 
 
 def env_name(name: str) -> str:
@@ -303,6 +395,8 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type = ServeS
         help_text = f"{f.metadata['help']} (env {env_name(f.name)}; default: %(default)s)"
         if f.metadata.get("repeat"):
             parser.add_argument(flag, action="append", default=None, help=help_text)
+        elif isinstance(f.default, bool):  # a bare `--flag` means true; `--flag false` is also accepted
+            parser.add_argument(flag, nargs="?", const="true", default=None, help=help_text, metavar="BOOL")
         else:
             parser.add_argument(flag, default=None, help=help_text, metavar=f.name.upper())
 

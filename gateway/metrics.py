@@ -43,3 +43,36 @@ RATE_LIMIT_SYNC_ERRORS = Counter(
     "gateway_rate_limit_sync_errors", "Failed syncs with the shared rate-limit storage (limits failed open)"
 )
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now (bounded by --max-in-flight)")
+
+# Reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py)
+UPSTREAM_LATENCY = Histogram(
+    "gateway_upstream_request_duration_seconds",
+    "Time for one upstream request, by route family and outcome (HTTP status, timeout, connect_error)",
+    ["route", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors", "Failed upstream requests, by route family and cause", ["route", "cause"]
+)
+UPSTREAM_CIRCUIT_STATE = Gauge(
+    "gateway_upstream_circuit_state", "Circuit breaker per upstream host: 0 closed, 1 open, 2 half-open",
+    ["upstream"],
+)
+PROXY_CACHE = Counter(
+    "gateway_proxy_cache", "Asset/remote-config cache lookups by result (hit, miss, stale, revalidated)",
+    ["result"],
+)
+PROXY_CACHE_BYTES = Gauge("gateway_proxy_cache_bytes", "Bytes held by the asset/remote-config cache")
+UPSTREAM_FORWARDED_EVENTS = Counter(
+    "gateway_upstream_forwarded_events", "Events (or pass-through requests) acknowledged by the upstream",
+    ["kind"],
+)
+UPSTREAM_SPOOLING = Gauge(
+    "gateway_upstream_spooling", "1 while captured events go to the local spool instead of the upstream"
+)
+UPSTREAM_SPOOLED_RECORDS = Counter(
+    "gateway_upstream_spooled_records", "Records spooled because the upstream was unavailable or slow"
+)
+UPSTREAM_REPLAYED_RECORDS = Counter(
+    "gateway_upstream_replayed_records", "Spooled records replayed to the upstream"
+)

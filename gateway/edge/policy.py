@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.web import AbstractRoute
+from yarl import URL
 
 from gateway import metrics
 from gateway.capture.errors import CaptureError, MethodNotAllowed
 from gateway.edge.access import AdminAccess
+from gateway.edge.aliases import PathAlias
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import Forbidden, Overloaded, RateLimited, RouteNotFound
@@ -35,6 +37,7 @@ class RoutePolicy:
     ip_limit: SlidingWindow | None = None
     management: bool = False
     bounded: bool = True  # counts toward --max-in-flight (probes and metrics do not)
+    alias: PathAlias | None = None  # registered under a path alias: handlers see the real path
 
 
 class EdgePolicy:
@@ -64,6 +67,8 @@ class EdgePolicy:
         route = self.routes.get(request.match_info.route)
         if route is None:
             return self._refuse(request, "unknown", RouteNotFound(f"no route for {request.path[:200]}"))
+        if route.alias is not None:
+            request = request.clone(rel_url=URL(route.alias.rewrite(request.raw_path), encoded=True))
         method = request.method
         if method == "OPTIONS":
             return self._finish(request, self.cors.preflight(request))

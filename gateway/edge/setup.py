@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.config import ConfigError, ServeSettings
 from gateway.edge.access import AdminAccess
+from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.headers import security_headers
@@ -53,11 +55,12 @@ class Edge:
     methods: dict[str, frozenset[str]]
     ssl_context: ssl.SSLContext | None
     management: dict[str, Handler] = field(default_factory=dict)
+    aliases: tuple[PathAlias, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: ServeSettings, route_names: Iterable[str]) -> Edge:
         """Raises ConfigError naming the setting when a value cannot be used."""
-        served = [name for name in route_names if name in settings.routes]
+        served = [name for name in route_names if name in settings.routes] if settings.routes else list(route_names)
         unknown = set(settings.routes) - set(route_names)
         if unknown:
             raise ConfigError(f"routes: unknown route families {sorted(unknown)}")
@@ -92,15 +95,19 @@ class Edge:
             client_ip=client_ip, cors=cors, admin=admin, headers=headers, max_in_flight=settings.max_in_flight
         )
         limits = RateLimits(by_ip, by_token, shared=not storage.startswith("memory://"))
-        return cls(settings, policy, client_ip, limits, methods, context)
+        with _setting("path_alias"):
+            aliases = parse_aliases(settings.path_alias)
+        return cls(settings, policy, client_ip, limits, methods, context, aliases=aliases)
 
     def serves(self, route: str) -> bool:
         return route in self.methods
 
     def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, route: str) -> None:
-        """A capture route family's path, with its methods and client-IP limit."""
+        """A route family's path (and its --path-alias paths), with its methods and client-IP limit."""
         policy = RoutePolicy(route, self.methods[route], self.rate_limits.by_ip.get(route))
         self.policy.add_route(router, path, handler, policy)
+        for alias_path, alias in aliased_paths(path, self.aliases):
+            self.policy.add_route(router, alias_path, handler, dataclasses.replace(policy, alias=alias))
 
     def add_probe(self, router: web.UrlDispatcher, path: str, handler: Handler) -> None:
         """A health probe: GET/HEAD, open to load balancers, never rate limited."""

@@ -8,17 +8,23 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
+from yarl import URL
 
 from gateway.capture.events import Topics
 from gateway.config import ServeSettings
+from gateway.proxy.client import UpstreamClient
+from gateway.proxy.upstreams import Upstreams
 from gateway.sinks.base import Sink
 from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.kafka_producer import ReconnectingProducer, java_partitioner
 from gateway.sinks.spool import SpoolSink
+from gateway.sinks.tee import TeeSink
+from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
 
 _WORKER_DIR = re.compile(r"^worker-(\d+)$")
 # Headroom over the largest batch for the produce request's own framing.
 _REQUEST_OVERHEAD = 64 * 1024
+UPSTREAM_SPOOL = "upstream-spool"
 
 
 def spool_dir(settings: ServeSettings, worker: int) -> Path:
@@ -37,9 +43,9 @@ def topics_from(settings: ServeSettings) -> Topics:
     )
 
 
-def orphaned_spools(settings: ServeSettings, worker: int) -> list[Path]:
+def orphaned_spools(settings: ServeSettings, worker: int, kind: str = "spool") -> list[Path]:
     """Spools of workers that no longer exist (a previous run had more); worker j goes to j mod N."""
-    root = settings.data_dir / "spool"
+    root = settings.data_dir / kind
     if not root.is_dir():
         return []
     found = []
@@ -79,6 +85,31 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
 
 
 def build_sink(settings: ServeSettings, worker: int) -> Sink:
+    """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror)."""
+    upstreams = Upstreams.from_settings(settings)
+    if upstreams.api is None or settings.upstream_events_mode == "off":
+        return local_sink(settings, worker)
+    upstream = upstream_sink(settings, worker, upstreams.api)
+    if settings.upstream_events_mode == "forward":
+        return upstream
+    return TeeSink(local_sink(settings, worker), upstream)
+
+
+def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSink:
+    spool = SpoolSink.at(
+        settings.data_dir / UPSTREAM_SPOOL / f"worker-{worker}",
+        fsync=settings.fsync,
+        fsync_window_ms=settings.fsync_window_ms,
+        max_bytes=settings.spool_max_bytes,
+    )
+    # No circuit breaker: the first failure already sends requests to the spool until replay catches up.
+    client = UpstreamClient(connections=settings.upstream_connections, retries=settings.upstream_retries)
+    remote = UpstreamRemote(api, client, timeout=settings.upstream_timeout)
+    return UpstreamSink(remote, spool, settings.upstream_ack_timeout_ms / 1000,
+                        adopt=orphaned_spools(settings, worker, UPSTREAM_SPOOL))
+
+
+def local_sink(settings: ServeSettings, worker: int) -> Sink:
     spool = SpoolSink.at(
         spool_dir(settings, worker),
         fsync=settings.fsync,

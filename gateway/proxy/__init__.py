@@ -1,0 +1,1 @@
+"""Reverse-proxy mode: PostHog's flags, assets, remote config and SDK API routes through the gateway."""

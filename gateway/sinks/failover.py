@@ -1,0 +1,232 @@
+"""Deliver to a remote (Kafka, an upstream PostHog) with spool failover; 200 means the remote acked or
+the records are fsynced locally.
+
+Two modes:
+- DIRECT: records go to the remote; a request waits for its ack up to `ack_timeout`. A failure or a
+  timeout sends that request's records to the spool instead and switches to SPOOLING.
+- SPOOLING: every record goes to the spool, so per-key order is kept while the remote is away; a
+  background replayer drains the spool into the remote in order and switches back to DIRECT once it
+  has caught up. Records are delivered at least once (a timed-out send may still land; consumers
+  dedupe by uuid).
+The replayer also drains spools left by a previous run (and, with fewer workers now, the spools of
+workers that no longer exist), so nothing acknowledged is ever stranded on disk.
+
+A remote may refuse records for good (`Rejected`, e.g. an upstream's 400): a request sees that error
+in DIRECT mode; the replayer drops and counts them, since retrying can never succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import NamedTuple, Protocol
+
+from prometheus_client import Counter, Gauge
+
+from gateway import metrics as gateway_metrics
+from gateway.capture.errors import CaptureError
+from gateway.capture.record import Record
+from gateway.sinks.base import Readiness
+from gateway.sinks.spool import SpoolSink
+from gateway.spool import SpoolLocked, SpoolReader
+
+log = logging.getLogger("gateway.failover")
+
+REPLAY_BATCH_RECORDS = 5_000
+REPLAY_BATCH_BYTES = 8 * 1024 * 1024
+IDLE_POLL_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 10.0
+
+
+class Mode(Enum):
+    DIRECT = "direct"
+    SPOOLING = "spooling"
+
+
+class Rejected(CaptureError):
+    """The remote refused records for good (its 4xx); `status` is what the client is answered."""
+
+    code = "upstream_rejected"
+
+    def __init__(self, message: str, status: int, dropped: int) -> None:
+        super().__init__(message)
+        self.status = status
+        self.dropped = dropped
+
+
+class Remote(Protocol):
+    """Where a FailoverSink delivers: `produce` returns once every record is acknowledged, or raises."""
+
+    async def ping(self) -> bool: ...
+
+    async def produce(self, records: Sequence[Record]) -> None: ...
+
+    async def produce_bulk(self, records: Sequence[Record]) -> None:
+        """`produce` for one large batch from the replayer (may trade latency for throughput)."""
+
+    def reset(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class FailoverMetrics(NamedTuple):
+    spooling: Gauge
+    spooled: Counter
+    replayed: Counter
+
+
+class FailoverSink:
+    def __init__(
+        self,
+        remote: Remote,
+        spool: SpoolSink,
+        *,
+        name: str,
+        ack_timeout: float,
+        metrics: FailoverMetrics,
+        adopt: Sequence[Path] = (),
+    ) -> None:
+        self.remote = remote
+        self.spool = spool
+        self.name = name  # in logs, readiness and the spool cursor's name
+        self.ack_timeout = ack_timeout
+        self.metrics = metrics
+        self._rejected = gateway_metrics.EVENTS_DROPPED.labels(f"rejected_by_{name}")
+        self.mode = Mode.DIRECT
+        self._adopt = list(adopt)
+        self._spool_appends = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._closing = False
+
+    async def start(self) -> None:
+        await self.spool.start()
+        try:
+            await asyncio.wait_for(self.remote.ping(), self.ack_timeout)
+        except Exception as exc:  # remote down at boot: serve from the spool until it is back
+            log.warning("%s unavailable at start (%s); spooling", self.name, exc)
+            self._set_mode(Mode.SPOOLING)
+        directory = self.spool.spool.directory
+        if await asyncio.to_thread(self._has_backlog, directory):
+            self._set_mode(Mode.SPOOLING)
+        self._tasks = [asyncio.create_task(self._replay_forever(directory, own=True))]
+        self._tasks += [asyncio.create_task(self._replay_forever(d, own=False)) for d in self._adopt]
+
+    async def deliver(self, records: Sequence[Record]) -> None:
+        if self.mode is Mode.DIRECT:
+            try:
+                await asyncio.wait_for(self.remote.produce(records), self.ack_timeout)
+                return
+            except Rejected as rejected:
+                self._rejected.inc(rejected.dropped)
+                raise
+            except Exception as exc:
+                log.warning("%s delivery failed (%s: %s); spooling", self.name, type(exc).__name__, exc)
+                self.remote.reset()
+                self._set_mode(Mode.SPOOLING)
+        await self._to_spool(records)
+
+    async def _to_spool(self, records: Sequence[Record]) -> None:
+        self._spool_appends += 1
+        try:
+            await self.spool.deliver(records)
+        finally:
+            self._spool_appends -= 1
+        self.metrics.spooled.inc(len(records))
+        self._wake.set()
+
+    def _set_mode(self, mode: Mode) -> None:
+        if mode is not self.mode:
+            log.info("%s sink mode: %s", self.name, mode.value)
+        self.mode = mode
+        self.metrics.spooling.set(1 if mode is Mode.SPOOLING else 0)
+        self._wake.set()
+
+    async def _replay_forever(self, directory: Path, own: bool) -> None:
+        """Drain `directory` into the remote; for our own spool also decide when to go back to DIRECT."""
+        try:
+            reader = await asyncio.to_thread(SpoolReader, directory, self.name)
+        except SpoolLocked:
+            log.info("spool %s is replayed by another process", directory)
+            return
+        backoff = 0.5
+        try:
+            while not self._closing:
+                batch = await asyncio.to_thread(reader.read_batch, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES)
+                if batch.records:
+                    try:
+                        await asyncio.wait_for(self.remote.produce_bulk(batch.records), max(self.ack_timeout, 30))
+                    except Rejected as rejected:
+                        log.error("%s refused %d spooled records for good: %s", self.name, rejected.dropped,
+                                  rejected.message)
+                        self._rejected.inc(rejected.dropped)
+                    except Exception as exc:
+                        log.warning("spool replay to %s failed (%s); retrying in %.1fs", self.name, exc, backoff)
+                        await self._sleep(backoff)
+                        backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                        reader = await asyncio.to_thread(_rewind, reader)
+                        continue
+                    backoff = 0.5
+                    await asyncio.to_thread(reader.commit, batch)
+                    if own:
+                        await self.spool.spool.remeasure()
+                    self.metrics.replayed.inc(len(batch.records))
+                    continue
+                if own and self.mode is Mode.SPOOLING and self._spool_appends == 0:
+                    await self._probe_and_resume()
+                if not own:
+                    log.info("adopted spool %s fully replayed", directory)
+                    return
+                await self._sleep(IDLE_POLL_SECONDS if self.mode is Mode.DIRECT else backoff)
+        finally:
+            await asyncio.to_thread(reader.close)
+
+    async def _probe_and_resume(self) -> None:
+        """Caught up with our spool: go DIRECT once the remote can be reached."""
+        try:
+            reachable = await asyncio.wait_for(self.remote.ping(), self.ack_timeout)
+        except Exception:
+            return
+        if reachable:
+            self._set_mode(Mode.DIRECT)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.remote.stop(), 10)
+        await self.spool.close()
+
+    def readiness(self) -> Readiness:
+        spool = self.spool.readiness()
+        if not spool.ready:
+            return spool
+        if self.mode is Mode.SPOOLING:
+            return Readiness(ready=True, degraded=True,
+                             detail=f"spooling: {self.name} unavailable or catching up")
+        return Readiness(ready=True, degraded=False, detail=self.name)
+
+    def _has_backlog(self, directory: Path) -> bool:
+        with SpoolReader(directory, self.name) as reader:
+            return reader.lag() > 0
+
+
+def _rewind(reader: SpoolReader) -> SpoolReader:
+    """Re-open the reader at its committed cursor so a failed batch is read again."""
+    directory, name = reader.directory, reader.name
+    reader.close()
+    return SpoolReader(directory, name)

@@ -1,0 +1,232 @@
+"""Forwards captured events to an upstream PostHog over HTTP, as durable as the Kafka sink.
+
+The pipeline's records are Kafka records (CapturedEvent JSON). They are turned back into PostHog
+requests:
+- analytics events → `POST /batch/` `{api_key, batch, historical_migration?}`, one request per
+  (token, client IP, historical): PostHog takes the IP of every event in a request from its
+  X-Forwarded-For, so events of different clients never share a request;
+- replay (`$snapshot_items`) → `POST /s/`, one `$snapshot` event per record (PostHog re-joins it);
+- pass-through records (raw requests, `--upstream-passthrough`) → re-sent byte for byte.
+
+Timestamps: the upstream must not re-apply clock-skew correction with its own (later) `now`, or an
+event replayed from the spool an hour late would be an hour late. Each event is therefore sent with
+`timestamp` = the time this gateway computed at receipt (the CapturedEvent's `timestamp`), without
+`offset` and without a batch `sent_at`: PostHog then takes that timestamp as is.
+
+Durability is FailoverSink's: a request waits for the upstream's 2xx, and on failure or after
+`--upstream-ack-timeout-ms` its records are spooled and replayed in order. A 4xx other than 404, 408
+and 429 is the upstream refusing the payload for good: the client gets that status (DIRECT), or the
+records are dropped and counted (replay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from yarl import URL
+
+from gateway import metrics
+from gateway.capture.record import Record
+from gateway.proxy.client import UpstreamClient
+from gateway.sinks.failover import FailoverMetrics, FailoverSink, Rejected
+from gateway.sinks.spool import SpoolSink
+
+PASSTHROUGH_TOPIC = "upstream-passthrough"  # marks a raw request record; never a Kafka topic
+MAX_BATCH_EVENTS = 1000
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # PostHog's /batch/ takes 20 MiB; stay well under it
+POST_CONCURRENCY = 16  # events of different client IPs cannot share a request
+RETRYABLE_4XX = frozenset({404, 408, 429})
+USER_AGENT = "posthog-gateway"
+_RAW_HEADERS = ("content-type", "content-encoding", "user-agent")
+
+UPSTREAM_METRICS = FailoverMetrics(
+    spooling=metrics.UPSTREAM_SPOOLING,
+    spooled=metrics.UPSTREAM_SPOOLED_RECORDS,
+    replayed=metrics.UPSTREAM_REPLAYED_RECORDS,
+)
+
+
+def passthrough_record(raw_path: str, headers: Mapping[str, str], client_ip: str, body: bytes) -> Record:
+    """A capture request kept as received: path+query as key, the headers that shape the body, the body."""
+    kept = tuple((name, headers[name].encode()) for name in _RAW_HEADERS if name in headers)
+    return Record(PASSTHROUGH_TOPIC, raw_path.encode(), (("ip", client_ip.encode()), *kept), body)
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    """One upstream request: what to send, from which client, and how many events it carries."""
+
+    path: str
+    client_ip: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+    events: int
+    kind: str  # events | replay | passthrough
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.blake2b(b"\0".join((self.path.encode(), self.client_ip.encode(), self.body))).digest()
+
+
+def upstream_event(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw event with its timestamp fixed to the one computed at receipt (see the module doc)."""
+    event = orjson.loads(value["data"])
+    event["timestamp"] = value["timestamp"]
+    event.pop("offset", None)
+    return event
+
+
+def _json_post(path: str, client_ip: str, body: dict[str, Any], events: int, kind: str) -> Post:
+    headers = (("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("User-Agent", USER_AGENT))
+    return Post(path, client_ip, gzip.compress(orjson.dumps(body), compresslevel=5, mtime=0), headers, events, kind)
+
+
+def _replay_post(value: Mapping[str, Any]) -> Post:
+    properties = orjson.loads(value["data"])["properties"]
+    snapshot = {
+        "event": "$snapshot",
+        "uuid": value["uuid"],
+        "distinct_id": value["distinct_id"],
+        "timestamp": value["timestamp"],
+        "properties": {
+            "$session_id": properties["$session_id"],
+            "$window_id": properties["$window_id"],
+            "$snapshot_source": properties["$snapshot_source"],
+            "$lib": properties["$lib"],
+            "$snapshot_data": properties["$snapshot_items"],
+        },
+    }
+    return _json_post("/s/", value["ip"], {"api_key": value["token"], "batch": [snapshot]}, 1, "replay")
+
+
+def _passthrough_post(record: Record) -> Post:
+    headers = dict(record.headers)
+    ip = headers.pop("ip").decode()
+    return Post(record.key.decode(), ip, record.value, tuple((k, v.decode()) for k, v in headers.items()), 1,
+                "passthrough")
+
+
+def upstream_posts(records: Sequence[Record]) -> list[Post]:
+    """Records → upstream requests; events of one (token, client IP, historical) share batches, in order."""
+    posts: list[Post] = []
+    groups: dict[tuple[str, str, bool], list[tuple[dict[str, Any], int]]] = {}
+    for record in records:
+        if record.topic == PASSTHROUGH_TOPIC:
+            posts.append(_passthrough_post(record))
+            continue
+        value = orjson.loads(record.value)
+        if value["event"] == "$snapshot_items":
+            posts.append(_replay_post(value))
+            continue
+        key = (value["token"], value["ip"], bool(value.get("historical_migration")))
+        groups.setdefault(key, []).append((upstream_event(value), len(value["data"])))
+    for (token, ip, historical), events in groups.items():
+        for chunk in _chunks(events):
+            body: dict[str, Any] = {"api_key": token, "batch": chunk}
+            if historical:
+                body["historical_migration"] = True
+            posts.append(_json_post("/batch/", ip, body, len(chunk), "events"))
+    return posts
+
+
+def _chunks(events: list[tuple[dict[str, Any], int]]) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for event, event_size in events:
+        if chunk and (len(chunk) >= MAX_BATCH_EVENTS or size + event_size > MAX_BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(event)
+        size += event_size
+    if chunk:
+        yield chunk
+
+
+class UpstreamStatus(Exception):
+    """The upstream answered with a status worth retrying (5xx, 404, 408, 429)."""
+
+
+class UpstreamRemote:
+    """FailoverSink's remote: posts records to the upstream; `produce` returns once all got a 2xx."""
+
+    def __init__(self, base: URL, client: UpstreamClient, timeout: float) -> None:
+        self.base = base
+        self.client = client
+        self.timeout = timeout
+        self._limit = asyncio.Semaphore(POST_CONCURRENCY)
+        self._delivered: set[bytes] = set()  # digests of posts that landed in a batch that then failed
+
+    async def ping(self) -> bool:
+        """Any HTTP answer below 500 from the upstream's root means it is reachable."""
+        response = await self.client.request(
+            "GET", self.base / "", route="events", headers={"User-Agent": USER_AGENT}, body=None,
+            timeout=self.timeout,
+        )
+        return response.status < 500
+
+    async def produce(self, records: Sequence[Record]) -> None:
+        """Post every record; on a partial failure, remember which posts landed so that the retry of
+        the same spooled batch (re-read identically) does not send them twice."""
+        posts = [post for post in upstream_posts(records) if post.digest not in self._delivered]
+        results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
+        failures = [result for result in results if isinstance(result, BaseException)]
+        if not failures:
+            self._delivered.clear()
+        else:
+            self._delivered.update(post.digest for post, result in zip(posts, results, strict=True)
+                                   if result is None)
+        retryable = [failure for failure in failures if not isinstance(failure, Rejected)]
+        if retryable:
+            raise retryable[0]
+        if failures:
+            first = failures[0]
+            assert isinstance(first, Rejected)
+            raise Rejected(first.message, first.status, sum(f.dropped for f in failures if isinstance(f, Rejected)))
+
+    async def _post(self, post: Post) -> None:
+        headers = dict(post.headers)
+        headers["X-Forwarded-For"] = post.client_ip
+        async with self._limit:
+            response = await self.client.request(
+                "POST", URL(str(self.base).rstrip("/") + post.path, encoded=True), route=f"forward_{post.kind}",
+                headers=headers, body=post.body, timeout=self.timeout,
+            )
+        status = response.status
+        if 200 <= status < 300:
+            metrics.UPSTREAM_FORWARDED_EVENTS.labels(post.kind).inc(post.events)
+            return
+        detail = response.body[:200].decode(errors="replace")
+        if 400 <= status < 500 and status not in RETRYABLE_4XX:
+            raise Rejected(f"upstream refused {post.kind} with {status}: {detail}", status, post.events)
+        raise UpstreamStatus(f"upstream answered {status} to {post.path}: {detail}")
+
+    async def produce_bulk(self, records: Sequence[Record]) -> None:
+        await self.produce(records)
+
+    def reset(self) -> None:
+        """Nothing to reset: the connection pool drops broken connections itself."""
+
+    async def stop(self) -> None:
+        await self.client.close()
+
+
+class UpstreamSink(FailoverSink):
+    """Events to the upstream PostHog, spooled under `<data-dir>/upstream-spool` while it is away."""
+
+    def __init__(
+        self, remote: UpstreamRemote, spool: SpoolSink, ack_timeout: float, adopt: Sequence[Path] = ()
+    ) -> None:
+        super().__init__(remote, spool, name="upstream", ack_timeout=ack_timeout, metrics=UPSTREAM_METRICS,
+                         adopt=adopt)
+        self.client = remote.client
+
+    async def start(self) -> None:
+        await self.client.start()
+        await super().start()

@@ -1,0 +1,231 @@
+"""Event forwarding in reverse-proxy mode: re-batched per client IP and token, timestamps kept,
+spooled while the upstream is down or slow and replayed in order, pass-through and mirror modes."""
+
+from __future__ import annotations
+
+import gzip
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+
+from gateway.capture.timestamps import compute_timestamp, parse_timestamp
+from gateway.spool import iter_records
+from tests.support.fake_posthog import FakePostHog
+from tests.support.inprocess import InProcessGateway, settings_for
+
+TOKEN = "phc_upstream_a"
+OTHER_TOKEN = "phc_upstream_b"
+
+
+def event(distinct_id: str = "user-1", token: str = TOKEN, **extra: object) -> dict:
+    body = {"event": "$pageview", "uuid": str(uuid.uuid4()), "distinct_id": distinct_id,
+            "properties": {"token": token}}
+    return body | extra
+
+
+def forwarded(upstream: FakePostHog) -> list[tuple[str, dict, dict]]:
+    """(X-Forwarded-For, batch body, event) for every event the upstream accepted (200) on /batch/."""
+    out = []
+    for request in upstream.requests_to("/batch/", status=200):
+        body = request.json()
+        out += [(request.headers["X-Forwarded-For"], body, e) for e in body["batch"]]
+    return out
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def start_gateway(tmp_path: Path, upstream: FakePostHog, clock=None, **overrides: object) -> InProcessGateway:
+    settings = settings_for(tmp_path, upstream=upstream.url, trusted_proxy_hops=1, fsync="never",
+                            upstream_circuit_reset=0.3, **overrides)
+    return InProcessGateway(settings, **({"clock": clock} if clock else {})).start()
+
+
+def post(gateway: InProcessGateway, path: str, body: object, ip: str) -> requests.Response:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return requests.post(gateway.url + path, data=data, headers={"X-Forwarded-For": ip}, timeout=10)
+
+
+def test_events_grouped_by_client_ip_and_token(tmp_path: Path) -> None:
+    sent = {
+        ("198.51.100.1", TOKEN): [event(), event()],
+        ("198.51.100.2", TOKEN): [event("user-2")],
+        ("198.51.100.1", OTHER_TOKEN): [event(token=OTHER_TOKEN)],
+    }
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream)
+        try:
+            for (ip, token), events in sent.items():
+                if len(events) > 1:
+                    assert post(gateway, "/batch/", {"api_key": token, "batch": events}, ip).status_code == 200
+                else:
+                    assert post(gateway, "/e/", events[0], ip).status_code == 200
+        finally:
+            gateway.stop()
+    got: dict[tuple[str, str], list[str]] = {}
+    for ip, body, e in forwarded(upstream):
+        got.setdefault((ip, body["api_key"]), []).append(e["uuid"])
+        assert "sent_at" not in body and "historical_migration" not in body
+    assert got == {key: [e["uuid"] for e in events] for key, events in sent.items()}
+    for request in upstream.requests_to("/batch/"):
+        assert request.headers.getall("X-Forwarded-For") == [request.headers["X-Forwarded-For"]]
+        assert request.headers["Content-Encoding"] == "gzip"
+
+
+def test_timestamps_survive_forwarding_and_late_replay(tmp_path: Path) -> None:
+    """PostHog recomputes timestamps with its own `now`; the forwarded event must land at the same time
+    whether it is forwarded at once or replayed from the spool hours later."""
+    now = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+    sent_at = "2026-03-01T11:59:50.000Z"  # the client's clock is 10.5 s behind
+    events = [
+        event(timestamp="2026-03-01T11:59:45.000Z"),  # skew-corrected: now - 5 s
+        event(offset=1500),  # now - 1.5 s
+        event(timestamp="2026-02-01T00:00:00Z", properties={"token": TOKEN, "$ignore_sent_at": True}),
+        event(),  # no time at all: now
+    ]
+    expected = [now - timedelta(seconds=5), now - timedelta(milliseconds=1500),
+                datetime(2026, 2, 1, tzinfo=UTC), now]
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, clock=lambda: now)
+        try:
+            body = {"api_key": TOKEN, "sent_at": sent_at, "batch": events}
+            assert post(gateway, "/batch/", body, "203.0.113.5").status_code == 200
+        finally:
+            gateway.stop()
+    out = [e for _, _, e in forwarded(upstream)]
+    assert [e["uuid"] for e in out] == [e["uuid"] for e in events]
+    for upstream_now in (now + timedelta(milliseconds=30), now + timedelta(hours=3)):
+        # What PostHog derives from the forwarded request (no batch sent_at is sent).
+        derived = [compute_timestamp(e.get("timestamp"), e.get("offset"), None,
+                                     e["properties"].get("$ignore_sent_at") is True, upstream_now) for e in out]
+        assert derived == expected
+    assert all(parse_timestamp(e["timestamp"]) for e in out) and not any("offset" in e for e in out)
+
+
+@pytest.mark.parametrize("outage", ["stopped", "status_503", "slow"])
+def test_outage_spools_then_replays_everything(tmp_path: Path, outage: str) -> None:
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, upstream_ack_timeout_ms=300, upstream_timeout=2.0)
+        try:
+            sent: list[str] = []
+            sent_from: dict[str, list[str]] = {}
+
+            def send(count: int) -> None:
+                for i in range(count):
+                    e, ip = event(f"user-{i % 3}"), f"198.51.100.{i % 4}"
+                    sent.append(e["uuid"])
+                    sent_from.setdefault(ip, []).append(e["uuid"])
+                    started = time.perf_counter()
+                    response = post(gateway, "/e/", e, ip)
+                    assert response.status_code == 200, response.text
+                    assert time.perf_counter() - started < 1.5
+
+            send(10)
+            if outage == "stopped":
+                upstream.stop()
+            elif outage == "status_503":
+                upstream.status_override = 503
+            else:
+                upstream.delay = 1.0
+            send(25)
+            readiness = requests.get(gateway.url + "/_readiness", timeout=5).json()
+            assert readiness["status"] == "degraded" and "upstream" in readiness["detail"]
+            if outage == "stopped":
+                upstream.start()
+            upstream.status_override, upstream.delay = None, 0.0
+            wait_for(lambda: set(sent) <= {e["uuid"] for _, _, e in forwarded(upstream)})
+            wait_for(lambda: requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "ok")
+            metrics = requests.get(gateway.url + "/metrics", timeout=5).text
+        finally:
+            gateway.stop()
+    counts = Counter(e["uuid"] for _, _, e in forwarded(upstream))
+    if outage == "slow":  # a timed-out request may still have landed: at least once
+        assert set(counts) == set(sent)
+    else:  # refused or unanswered requests stored nothing: exactly once
+        assert counts == Counter(sent)
+    # Per client IP, events arrive in the order they were accepted.
+    by_ip: dict[str, list[str]] = {}
+    for ip, _, e in forwarded(upstream):
+        if e["uuid"] not in by_ip.setdefault(ip, []):
+            by_ip[ip].append(e["uuid"])
+    assert by_ip == sent_from
+    assert "gateway_upstream_spooling 0.0" in metrics
+
+
+def test_upstream_refusal_is_the_clients_answer(tmp_path: Path) -> None:
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream)
+        try:
+            upstream.status_override = 400
+            refused = post(gateway, "/e/", event(), "198.51.100.1")
+            readiness = requests.get(gateway.url + "/_readiness", timeout=5).json()
+        finally:
+            gateway.stop()
+    assert refused.status_code == 400 and refused.json()["code"] == "upstream_rejected"
+    assert readiness["status"] == "ok"  # a refused payload is not an outage: nothing was spooled
+
+
+def test_replay_snapshots_forwarded_to_s(tmp_path: Path) -> None:
+    items = [{"type": 2, "data": {"x": 1}, "timestamp": 1}, {"type": 3, "data": {"y": 2}, "timestamp": 2}]
+    snapshot = [{"event": "$snapshot", "uuid": str(uuid.uuid4()), "distinct_id": "u",
+                 "properties": {"token": TOKEN, "$session_id": "sess-1", "$window_id": "win-1",
+                                "$snapshot_data": items}}]
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream)
+        try:
+            assert post(gateway, "/s/", snapshot, "198.51.100.7").status_code == 200
+        finally:
+            gateway.stop()
+    (request,) = upstream.requests_to("/s/")
+    body = request.json()
+    assert request.headers["X-Forwarded-For"] == "198.51.100.7" and body["api_key"] == TOKEN
+    (sent,) = body["batch"]
+    assert sent["event"] == "$snapshot" and sent["uuid"] == snapshot[0]["uuid"]
+    assert sent["properties"]["$snapshot_data"] == items
+    assert sent["properties"]["$session_id"] == "sess-1" and sent["properties"]["$window_id"] == "win-1"
+
+
+def test_passthrough_is_byte_exact_and_durable(tmp_path: Path) -> None:
+    body = gzip.compress(orjson.dumps([event(), event()]))
+    raw = "/e/?compression=gzip-js&ver=1.200.0&_=1700000000000"
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, upstream_passthrough=True)
+        try:
+            headers = {"Content-Type": "text/plain", "X-Forwarded-For": "198.51.100.3", "User-Agent": "ua/1"}
+            assert requests.post(gateway.url + raw, data=body, headers=headers, timeout=10).status_code == 200
+            upstream.stop()
+            assert requests.post(gateway.url + raw, data=body, headers=headers, timeout=10).status_code == 200
+            upstream.start()
+            wait_for(lambda: len(upstream.requests_to("/e/")) == 2)
+        finally:
+            gateway.stop()
+    for request in upstream.requests_to("/e/"):
+        assert request.raw_path == raw and request.body == body
+        assert request.headers["Content-Type"] == "text/plain" and request.headers["User-Agent"] == "ua/1"
+        assert request.headers["X-Forwarded-For"] == "198.51.100.3"
+        assert "Content-Encoding" not in request.headers
+
+
+def test_mirror_mode_writes_both(tmp_path: Path) -> None:
+    sent = event()
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, upstream_events_mode="mirror")
+        try:
+            assert post(gateway, "/e/", sent, "198.51.100.1").status_code == 200
+        finally:
+            gateway.stop()
+    local = [orjson.loads(r.value)["uuid"] for r in iter_records(tmp_path / "spool" / "worker-0")]
+    assert local == [sent["uuid"]]
+    assert [e["uuid"] for _, _, e in forwarded(upstream)] == [sent["uuid"]]
