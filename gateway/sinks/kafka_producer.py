@@ -11,11 +11,12 @@ key, so PostHog's consumers co-partition with us.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
@@ -54,24 +55,18 @@ class ReconnectingProducer:
     async def produce(self, records: Sequence[Record]) -> None:
         producer = await self._connect()
         started = time.perf_counter()
-        try:
+        with self._reset_on_failure(producer):
             acks = [
                 await producer.send(r.topic, r.value, r.key, headers=list(r.headers)) for r in records
             ]
             await asyncio.gather(*acks)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            metrics.KAFKA_PRODUCE_ERRORS.inc()
-            self.reset(producer)
-            raise
         metrics.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
     async def produce_bulk(self, records: Sequence[Record]) -> None:
         """Like `produce`, for one large batch (spool replay): fills per-partition batches directly,
         which costs a third of the CPU of `send()` per record; partitions are sent concurrently."""
         producer = await self._connect()
-        try:
+        with self._reset_on_failure(producer):
             by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
             partitions: dict[str, list[int]] = {}
             for record in records:
@@ -84,6 +79,12 @@ class ReconnectingProducer:
                   for (topic, partition), members in by_partition.items())
             )
             await asyncio.gather(*(ack for acks in sent for ack in acks))
+
+    @contextlib.contextmanager
+    def _reset_on_failure(self, producer: AIOKafkaProducer) -> Iterator[None]:
+        """Count a failed produce and retire its client (cancellation by a caller's timeout is not one)."""
+        try:
+            yield
         except asyncio.CancelledError:
             raise
         except Exception:

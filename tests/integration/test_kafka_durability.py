@@ -16,6 +16,7 @@ from tests.services.kafka_broker import KafkaBroker
 from tests.support.kafka import consume_all
 from tests.support.load import Load, event
 from tests.support.processes import GatewayProcess
+from tests.support.waiting import wait_until_not_degraded
 
 
 @pytest.fixture
@@ -29,15 +30,6 @@ def gateway_args(kafka: KafkaBroker, topic: str, *extra: str) -> tuple[str, ...]
     return ("--kafka-bootstrap-servers", kafka.bootstrap_servers, "--topic-main", topic,
             "--kafka-ack-timeout-ms", "1000", "--rate-limit-ip", "off", *extra)
 
-
-def wait_drained(gateway: GatewayProcess, timeout: float = 90) -> None:
-    """Until readiness says ok: direct mode, own spool and adopted spools replayed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "ok":
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"spool not drained:\n{gateway.log()}")
 
 
 def kafka_uuids(kafka: KafkaBroker, topic: str, at_least: int) -> set[str]:
@@ -75,7 +67,7 @@ def test_sigkill_under_load_with_broker_up_then_down(kafka_up_afterwards: KafkaB
     acked |= run_load(gateway.url, 2)
 
     kafka.start()
-    wait_drained(gateway)
+    wait_until_not_degraded(gateway.url)
     assert gateway.terminate() == 0
     assert len(acked) > 300
     missing = acked - kafka_uuids(kafka, topic, len(acked))
@@ -103,4 +95,4 @@ def test_spools_of_more_workers_are_replayed_by_fewer(kafka_up_afterwards: Kafka
     kafka.start()
     with GatewayProcess(data_dir, *gateway_args(kafka, topic, "--workers", "1")) as gateway:
         assert kafka_uuids(kafka, topic, len(acked)) >= acked
-        wait_drained(gateway)
+        wait_until_not_degraded(gateway.url)

@@ -19,6 +19,7 @@ from tests.support.conformance import assert_record_matches, expected_records, l
 from tests.support.inprocess import InProcessGateway, settings_for
 from tests.support.kafka import consume_all
 from tests.support.load import Load
+from tests.support.waiting import wait_until_not_degraded
 
 TOKEN = "phc_kafka_test"
 OUTAGE_SECONDS = 30
@@ -34,14 +35,6 @@ def kafka_settings(data_dir: Path, kafka: KafkaBroker, **overrides: object) -> S
 def single_event(distinct_id: str) -> dict:
     return {"event": "load", "uuid": str(uuid.uuid4()), "distinct_id": distinct_id, "properties": {"token": TOKEN}}
 
-
-def wait_until_direct(gateway: InProcessGateway, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "ok":
-            return
-        time.sleep(0.25)
-    raise AssertionError("gateway did not leave spooling mode")
 
 
 def test_conformance_dump_through_kafka(kafka: KafkaBroker, tmp_path: Path) -> None:
@@ -88,7 +81,7 @@ def test_broker_outage_loses_nothing_and_never_answers_5xx(broker_restored: Kafk
             assert requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "degraded"
             kafka.start()
             time.sleep(3)
-        wait_until_direct(gateway, timeout=90)
+        wait_until_not_degraded(gateway.url)
     assert not any(status >= 500 or status == 0 for status in load.statuses), load.statuses
     consumed = consume_all(kafka.bootstrap_servers, [settings.topic_main], at_least=len(load.acked), timeout=90)
     uuids = [orjson.loads(record.value)["uuid"] for _, record in consumed]
@@ -118,7 +111,7 @@ def test_spool_full_answers_503_then_recovers(broker_restored: KafkaBroker, tmp_
             assert requests.get(gateway.url + "/_readiness", timeout=5).status_code == 503
         finally:
             kafka.start()
-        wait_until_direct(gateway)
+        wait_until_not_degraded(gateway.url)
         event = single_event("after")
         assert requests.post(gateway.url + "/e/", data=orjson.dumps(event), timeout=30).status_code == 200
         acked.add(event["uuid"])

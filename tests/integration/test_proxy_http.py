@@ -14,6 +14,7 @@ import requests
 
 from tests.support.fake_posthog import ARRAY_JS, BINARY, FLAGS_V1, FLAGS_V2, GZIP_JS, FakePostHog, etag_of
 from tests.support.inprocess import InProcessGateway, settings_for
+from tests.support.waiting import wait_for
 
 TOKEN = "phc_proxy_test"
 
@@ -28,14 +29,6 @@ def gateway_for(tmp_path: Path, upstream: FakePostHog, **overrides: object) -> I
     settings = settings_for(tmp_path, upstream=upstream.url, **overrides)
     return InProcessGateway(settings)
 
-
-def wait_for(predicate, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_header_hygiene_and_byte_exact_path(tmp_path: Path, upstream: FakePostHog) -> None:

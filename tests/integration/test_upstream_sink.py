@@ -18,6 +18,7 @@ from gateway.capture.timestamps import compute_timestamp, parse_timestamp
 from gateway.spool import iter_records
 from tests.support.fake_posthog import FakePostHog
 from tests.support.inprocess import InProcessGateway, settings_for
+from tests.support.waiting import wait_for
 
 TOKEN = "phc_upstream_a"
 OTHER_TOKEN = "phc_upstream_b"
@@ -37,14 +38,6 @@ def forwarded(upstream: FakePostHog) -> list[tuple[str, dict, dict]]:
         out += [(request.headers["X-Forwarded-For"], body, e) for e in body["batch"]]
     return out
 
-
-def wait_for(predicate, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def start_gateway(tmp_path: Path, upstream: FakePostHog, clock=None, **overrides: object) -> InProcessGateway:
