@@ -51,7 +51,9 @@ class ChdbWriter:
         return [line.split("\t") for line in text.splitlines()]
 
     async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
-        settings = f" SETTINGS insert_deduplication_token = {quote_string(dedup_token)}" if dedup_token else ""
+        settings = ""
+        if dedup_token is not None:
+            settings = f" SETTINGS insert_deduplication_token = {quote_string(dedup_token)}"
         await self._run(_insert, self._session, f"INSERT INTO {table}{settings}", body)
 
     async def close(self) -> None:

@@ -108,7 +108,7 @@ class RowEncoder:
             "properties": orjson.dumps(properties).decode(),
             "timestamp": format_clickhouse(timestamp, self.subsecond),
             "team_id": team_id,
-            "distinct_id": distinct_id if isinstance(distinct_id, str) else orjson.dumps(distinct_id).decode(),
+            "distinct_id": distinct_id if isinstance(distinct_id, str) else _text(distinct_id),
             "elements_chain": elements_chain if isinstance(elements_chain, str) else "",
             "created_at": format_clickhouse(now, self.subsecond),
             "token": token,
@@ -139,6 +139,11 @@ def _load_object(raw: Any, reason: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Rejected(reason, "not a JSON object")
     return value
+
+
+def _text(value: Any) -> str:
+    """Non-string JSON values serialized, as capture does for distinct_id."""
+    return orjson.dumps(value).decode()
 
 
 def _uuid(value: Any) -> str:

@@ -14,9 +14,7 @@ from typing import Protocol
 from gateway.sinkworker.schema import ServerCaps
 
 # ClickHouse error codes meaning "this input is malformed" (ErrorCodes.cpp).
-BAD_DATA_CODES = frozenset(
-    {6, 26, 27, 32, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 691}
-)
+BAD_DATA_CODES = frozenset({6, 26, 27, 32, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 691})
 _CODE = re.compile(r"Code:\s*(\d+)")
 
 
