@@ -1,0 +1,119 @@
+"""On-disk format of the spool: segment header, record frames and the record payload encoding.
+
+A segment file is a 16-byte header followed by frames:
+
+    header  = magic b"GWSPOOL\\0" | u32 version | u32 reserved (0)
+    frame   = u32 payload length | u32 crc32(payload) | payload
+    payload = u16 topic length | i32 key length (-1: no key) | u16 header count
+              | topic | key | (u16 name length | u32 value length | name | value) * count | value
+
+All integers are little-endian. The record value takes the rest of the payload, so it needs no length.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from enum import Enum
+
+from gateway.capture.record import Record
+
+MAGIC = b"GWSPOOL\0"
+VERSION = 1
+SEGMENT_HEADER = struct.Struct("<8sII")
+HEADER_SIZE = SEGMENT_HEADER.size
+FRAME = struct.Struct("<II")
+FRAME_SIZE = FRAME.size
+# Larger lengths can only come from damage; refusing them on write keeps that check exact.
+MAX_PAYLOAD = 1 << 28
+
+_FIXED = struct.Struct("<HiH")
+_HEADER_ITEM = struct.Struct("<HI")
+_crc32 = zlib.crc32
+
+
+class FrameStatus(Enum):
+    """What `check_frame` found at a position."""
+
+    OK = "ok"
+    INCOMPLETE = "incomplete"  # the buffer ends inside the frame: not written (yet), or torn
+    CORRUPT = "corrupt"  # impossible length or checksum mismatch
+
+
+def segment_header() -> bytes:
+    """The header every segment file starts with."""
+    return SEGMENT_HEADER.pack(MAGIC, VERSION, 0)
+
+
+def header_is_valid(data: bytes) -> bool:
+    """True when `data` starts with a segment header of a version this code reads."""
+    if len(data) < HEADER_SIZE:
+        return False
+    magic, version, _ = SEGMENT_HEADER.unpack_from(data)
+    return magic == MAGIC and version == VERSION
+
+
+def encode_record(record: Record) -> bytes:
+    """Frame one record (hot path: one struct call per part, one join, one checksum)."""
+    try:
+        topic = record.topic.encode()
+        key = record.key
+        headers = record.headers
+        parts = [_FIXED.pack(len(topic), -1 if key is None else len(key), len(headers)), topic]
+        if key:
+            parts.append(key)
+        for name, value in headers:
+            name_bytes = name.encode()
+            parts += (_HEADER_ITEM.pack(len(name_bytes), len(value)), name_bytes, value)
+        parts.append(record.value)
+        payload = b"".join(parts)
+    except struct.error as exc:
+        raise ValueError(f"record cannot be spooled: {exc}") from exc
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"record of {len(payload)} bytes exceeds the spool limit of {MAX_PAYLOAD}")
+    return FRAME.pack(len(payload), _crc32(payload)) + payload
+
+
+def check_frame(view: memoryview, pos: int) -> tuple[FrameStatus, int]:
+    """Validate the frame starting at `pos`; returns its status and where it ends (or would end)."""
+    if len(view) - pos < FRAME_SIZE:
+        return FrameStatus.INCOMPLETE, pos + FRAME_SIZE
+    length, crc = FRAME.unpack_from(view, pos)
+    if length > MAX_PAYLOAD:
+        return FrameStatus.CORRUPT, pos
+    end = pos + FRAME_SIZE + length
+    if end > len(view):
+        return FrameStatus.INCOMPLETE, end
+    if _crc32(view[pos + FRAME_SIZE : end]) != crc:
+        return FrameStatus.CORRUPT, pos
+    return FrameStatus.OK, end
+
+
+def decode_record(data: bytes, start: int, end: int) -> Record:
+    """Decode the payload `data[start:end]` of a frame `check_frame` accepted (ValueError if malformed)."""
+    try:
+        return _decode(data, start, end)
+    except struct.error as exc:
+        raise ValueError(f"malformed record payload: {exc}") from exc
+
+
+def _decode(data: bytes, start: int, end: int) -> Record:
+    topic_len, key_len, count = _FIXED.unpack_from(data, start)
+    pos = start + _FIXED.size
+    topic = data[pos : pos + topic_len].decode()
+    pos += topic_len
+    key = None
+    if key_len >= 0:
+        key = data[pos : pos + key_len]
+        pos += key_len
+    headers = []
+    for _ in range(count):
+        name_len, value_len = _HEADER_ITEM.unpack_from(data, pos)
+        pos += _HEADER_ITEM.size
+        name = data[pos : pos + name_len].decode()
+        pos += name_len
+        headers.append((name, data[pos : pos + value_len]))
+        pos += value_len
+    if pos > end:
+        raise ValueError("record payload is shorter than its fields")
+    return Record(topic=topic, key=key, headers=tuple(headers), value=data[pos:end])

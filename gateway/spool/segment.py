@@ -1,0 +1,143 @@
+"""Segment files: naming, listing and scanning frames from a position.
+
+Shared by the writer (recovery) and the readers; nothing here takes locks or writes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from gateway.capture.record import Record
+from gateway.spool.format import (
+    FRAME_SIZE,
+    HEADER_SIZE,
+    FrameStatus,
+    check_frame,
+    decode_record,
+    header_is_valid,
+)
+
+SUFFIX = ".seg"
+_NAME_DIGITS = 20
+_READ_CHUNK = 1 << 20
+
+
+def segment_name(number: int) -> str:
+    """File name of segment `number`: zero-padded so names sort like numbers."""
+    return f"{number:0{_NAME_DIGITS}d}{SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[int]:
+    """Numbers of the segment files in `directory`, oldest first."""
+    numbers = []
+    for name in os.listdir(directory):
+        if name.endswith(SUFFIX) and name[: -len(SUFFIX)].isdigit():
+            numbers.append(int(name[: -len(SUFFIX)]))
+    numbers.sort()
+    return numbers
+
+
+def segment_sizes(directory: Path) -> dict[int, int]:
+    """Size in bytes of every segment file (files deleted meanwhile are left out)."""
+    sizes = {}
+    for number in list_segments(directory):
+        try:
+            sizes[number] = os.stat(directory / segment_name(number)).st_size
+        except FileNotFoundError:
+            continue
+    return sizes
+
+
+class Stop(Enum):
+    """Why `scan_segment` stopped."""
+
+    LIMIT = "limit"  # max_records or max_bytes reached: more may follow
+    END = "end"  # clean end of the data written so far
+    INCOMPLETE = "incomplete"  # the file ends inside a frame (being written, or torn)
+    CORRUPT = "corrupt"  # bad header, impossible length or checksum mismatch
+    MISSING = "missing"  # the file is gone (consumed and deleted by a reader)
+
+
+@dataclass(slots=True)
+class Scan:
+    """Result of `scan_segment`: records (if decoded), how many, and the offset after the last good frame."""
+
+    end: int
+    stop: Stop
+    count: int = 0
+    size: int = 0
+    records: list[Record] = field(default_factory=list)
+
+
+def scan_segment(
+    path: Path,
+    offset: int = HEADER_SIZE,
+    *,
+    max_records: int | None = None,
+    max_bytes: int | None = None,
+    decode: bool = True,
+) -> Scan:
+    """Read valid frames of one segment from `offset` until a limit, the end, or the first bad frame.
+
+    `max_bytes` counts frame bytes and is checked after each frame, so one frame is always returned
+    even when it alone is larger. With `decode=False` frames are only validated and counted.
+    """
+    try:
+        file = open(path, "rb")  # noqa: SIM115 - closed below, on every path
+    except FileNotFoundError:
+        return Scan(offset, Stop.MISSING)
+    with file:
+        if offset <= HEADER_SIZE:
+            if not header_is_valid(file.read(HEADER_SIZE)):
+                return Scan(offset, Stop.CORRUPT)
+            offset = HEADER_SIZE
+        file.seek(offset)
+        result = Scan(offset, Stop.END)
+        chunk = _READ_CHUNK if max_bytes is None else max(FRAME_SIZE, min(_READ_CHUNK, max_bytes))
+        data = file.read(chunk)
+        view = memoryview(data)
+        pos = 0
+        while True:
+            if (max_records is not None and result.count >= max_records) or (
+                max_bytes is not None and result.size >= max_bytes
+            ):
+                result.stop = Stop.LIMIT
+                break
+            status, end = check_frame(view, pos)
+            if status is FrameStatus.INCOMPLETE:
+                more = file.read(max(chunk, end - len(data)))
+                if not more:
+                    result.stop = Stop.END if pos == len(data) else Stop.INCOMPLETE
+                    break
+                view.release()
+                data = data[pos:] + more
+                view = memoryview(data)
+                pos = 0
+                continue
+            if status is FrameStatus.CORRUPT:
+                result.stop = Stop.CORRUPT
+                break
+            if decode:
+                try:
+                    result.records.append(decode_record(data, pos + FRAME_SIZE, end))
+                except ValueError:
+                    result.stop = Stop.CORRUPT
+                    break
+            result.count += 1
+            result.size += end - pos
+            result.end += end - pos
+            pos = end
+        view.release()
+    return result
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make file creations, renames and deletions in `directory` durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
