@@ -1,0 +1,75 @@
+"""Session-scoped pytest fixtures for the real services.
+
+Each service starts lazily, on the first test that asks for it, and stops at the end of the
+session. Services already started by `python -m tests.services start` (and still alive) are
+reused instead and left running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from tests.services.base import STATE_FILE, Service, load_state
+from tests.services.clickhouse_server import ClickHouseServer
+from tests.services.kafka_broker import KafkaBroker
+from tests.services.redis_server import RedisServer
+
+S = TypeVar("S", bound=Service)
+
+
+class SessionServices:
+    """The services of one pytest session: reused from the state file or started here."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.started: list[Service] = []
+
+    def get(self, cls: type[S]) -> S:
+        """A running instance of `cls`: the CLI's if it is alive, else a new one in `root`."""
+        record = load_state().get(cls.name)
+        if record is not None:
+            service = cls.from_record(record, state_file=STATE_FILE)
+            if service.running:
+                return service
+        service = cls(root=self.root / cls.name)
+        service.start()
+        self.started.append(service)
+        return service
+
+    def stop_started(self) -> None:
+        """Stop the services this session started (not the reused ones)."""
+        for service in reversed(self.started):
+            service.stop()
+
+
+@pytest.fixture(scope="session")
+def session_services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SessionServices]:
+    """The session's service registry; stops what it started when the session ends."""
+    services = SessionServices(tmp_path_factory.mktemp("services"))
+    yield services
+    services.stop_started()
+
+
+@pytest.fixture(scope="session")
+def kafka(session_services: SessionServices) -> KafkaBroker:
+    """A running Kafka broker: `.bootstrap_servers`, `.stop()`, `.start()`, `.create_topics()`.
+
+    A test that stops the broker must start it again (try/finally): the broker is shared.
+    """
+    return session_services.get(KafkaBroker)
+
+
+@pytest.fixture(scope="session")
+def redis_url(session_services: SessionServices) -> str:
+    """`redis://` URL of a running Redis (database 0)."""
+    return session_services.get(RedisServer).url
+
+
+@pytest.fixture(scope="session")
+def clickhouse_http_url(session_services: SessionServices) -> str:
+    """Base HTTP URL of a running ClickHouse server (user `default`, no password)."""
+    return session_services.get(ClickHouseServer).http_url

@@ -1,0 +1,206 @@
+"""A real single-node Apache Kafka (KRaft, combined broker+controller) run from Maven Central jars.
+
+The jars are resolved once with Maven into `.cache/kafka-<version>/libs` and reused. Each broker
+gets its own directory with a generated `server.properties`, a formatted data dir and a log; it
+can be stopped and started again on the same port and data (broker-outage tests).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from tests.services.base import CACHE_DIR, HOST, Service, ServiceError, free_port
+
+KAFKA_VERSION = "4.4.0"
+# slf4j binding for Kafka's slf4j-api 1.7; same version as the log4j-core that kafka-server pulls in.
+LOG4J_VERSION = "2.25.5"
+KAFKA_HOME = CACHE_DIR / f"kafka-{KAFKA_VERSION}"
+LIBS_DIR = KAFKA_HOME / "libs"
+JVM_OPTS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
+READY_LINE = b"Kafka Server started"
+TOPIC_ALREADY_EXISTS = 36
+
+POM = f"""<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.tests</groupId>
+  <artifactId>kafka-runtime</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId>
+      <artifactId>kafka_2.13</artifactId>
+      <version>{KAFKA_VERSION}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId>
+      <artifactId>log4j-slf4j-impl</artifactId>
+      <version>{LOG4J_VERSION}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+# Warnings and errors only, plus the one INFO line that says the broker is up (readiness).
+LOG4J2_PROPERTIES = """\
+rootLogger.level = WARN
+rootLogger.appenderRef.stdout.ref = STDOUT
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+logger.server.name = kafka.server.KafkaRaftServer
+logger.server.level = INFO
+"""
+
+
+def ensure_jars() -> Path:
+    """Resolve the broker's runtime jars from Maven Central into the cache (once); return the dir."""
+    marker = LIBS_DIR / ".complete"
+    if marker.exists():
+        return LIBS_DIR
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise ServiceError("mvn not found; run scripts/install-system-deps")
+    KAFKA_HOME.mkdir(parents=True, exist_ok=True)
+    with (KAFKA_HOME / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be resolving right now
+        if marker.exists():
+            return LIBS_DIR
+        pom = KAFKA_HOME / "pom.xml"
+        pom.write_text(POM)
+        result = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(pom), "dependency:copy-dependencies",
+             "-DincludeScope=runtime", f"-DoutputDirectory={LIBS_DIR}"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"resolving Kafka {KAFKA_VERSION} jars failed:\n{result.stdout[-4000:]}")
+        marker.touch()
+    return LIBS_DIR
+
+
+def new_cluster_id() -> str:
+    """A random cluster id in Kafka's format (URL-safe base64 of 16 bytes, unpadded)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+@dataclass(kw_only=True)
+class KafkaBroker(Service):
+    """A KRaft broker+controller on loopback; ports and cluster id stay fixed across restarts."""
+
+    name = "kafka"
+    port: int = 0
+    controller_port: int = 0
+    cluster_id: str = ""
+    partitions: int = 4
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """`host:port` for Kafka clients."""
+        return f"{HOST}:{self.port}"
+
+    @property
+    def data_dir(self) -> Path:
+        """The broker's log dir (also holds the KRaft metadata log)."""
+        return self.root / "data"
+
+    def addresses(self) -> dict[str, str]:
+        """The bootstrap address."""
+        return {"bootstrap_servers": self.bootstrap_servers}
+
+    def start(self) -> None:
+        """Start the broker (formatting storage first if new) and wait until it is unfenced."""
+        libs = ensure_jars()
+        if not self.port:
+            self.port = free_port()
+            self.controller_port = next(p for p in iter(free_port, None) if p != self.port)
+            self.cluster_id = new_cluster_id()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        if not (self.data_dir / "meta.properties").exists():
+            self._format(libs)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._spawn(self._java(libs, "kafka.Kafka", str(self.root / "server.properties")))
+        self._wait(lambda: self._logged_since(offset, READY_LINE), timeout=90)
+
+    def restart(self) -> None:
+        """Stop and start again on the same port and data."""
+        self.stop()
+        self.start()
+
+    async def create_topics(self, names: Iterable[str], *, partitions: int | None = None,
+                            configs: Mapping[str, str] | None = None) -> None:
+        """Create topics (replication 1); topics that already exist are left as they are."""
+        topics = [NewTopic(name, partitions or self.partitions, 1, topic_configs=dict(configs or {}))
+                  for name in names]
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            response = await admin.create_topics(topics, timeout_ms=30_000)
+        finally:
+            await admin.close()
+        # Each entry is (topic, error_code, error_message).
+        errors = [err for err in response.topic_errors if err[1] not in (0, TOPIC_ALREADY_EXISTS)]
+        if errors:
+            raise ServiceError(f"create_topics failed: {errors}")
+
+    def _java(self, libs: Path, main_class: str, *args: str) -> list[str]:
+        """A `java` command line running `main_class` on the cached jars with our log4j config."""
+        return ["java", *JVM_OPTS, f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
+                "-cp", f"{libs}/*", main_class, *args]
+
+    def _write_config(self) -> None:
+        """Write server.properties and log4j2.properties for this broker."""
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            # Several partitions by default, so tests can see key-based (murmur2) partitioning.
+            "num.partitions": str(self.partitions),
+            "auto.create.topics.enable": "true",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.segment.bytes": str(16 * 1024 * 1024),
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+        }
+        (self.root / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        (self.root / "log4j2.properties").write_text(LOG4J2_PROPERTIES)
+
+    def _format(self, libs: Path) -> None:
+        """Format the data dir with this broker's cluster id (kafka-storage.sh format)."""
+        result = subprocess.run(
+            self._java(libs, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                       "-c", str(self.root / "server.properties")),
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+
+    def _logged_since(self, offset: int, line: bytes) -> bool:
+        """Whether the log contains `line` after byte `offset` (ignores earlier runs)."""
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return line in log.read()
