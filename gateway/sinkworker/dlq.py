@@ -89,7 +89,9 @@ class FileDeadLetters:
         lines = b"".join(
             orjson.dumps(
                 {
-                    "headers": {key: value.decode(errors="replace") for key, value in dlq_headers(m, e, now_ms)},
+                    "headers": {
+                        key: value.decode(errors="replace") for key, value in dlq_headers(m, e, now_ms)
+                    },
                     "key": base64.b64encode(m.key).decode() if m.key is not None else None,
                     "value": base64.b64encode(m.value or b"").decode(),
                 },

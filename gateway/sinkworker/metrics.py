@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-MESSAGES_CONSUMED = Counter("gateway_sink_messages_consumed_total", "Messages read from the source", ["topic"])
+MESSAGES_CONSUMED = Counter(
+    "gateway_sink_messages_consumed_total", "Messages read from the source", ["topic"]
+)
 ROWS_INSERTED = Counter("gateway_sink_rows_inserted_total", "Rows stored in ClickHouse (rate = rows/s)")
 ROWS_SKIPPED_REPLAY = Counter(
     "gateway_sink_rows_skipped_replay_total", "Re-read messages skipped because their row was already stored"
 )
-DLQ_MESSAGES = Counter("gateway_sink_dlq_messages_total", "Messages sent to the dead-letter queue", ["reason"])
+DLQ_MESSAGES = Counter(
+    "gateway_sink_dlq_messages_total", "Messages sent to the dead-letter queue", ["reason"]
+)
 INSERT_ERRORS = Counter("gateway_sink_insert_errors_total", "Failed insert attempts", ["kind"])
 INSERT_SECONDS = Histogram(
     "gateway_sink_insert_seconds",

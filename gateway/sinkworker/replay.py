@@ -1,11 +1,12 @@
 """Exactly-once across crashes: skip messages whose rows are already stored.
 
-A crash between an insert and its offset commit makes the next owner of the partition re-read
+A crash between an insert and its offset commit makes the next reader of the partition re-read
 messages that are already in the table, in batches whose boundaries (and so dedup tokens) differ.
-When the worker starts reading a partition, it asks the table which offsets at or past its start
-position are stored (`_topic`, `_partition`, `_offset` columns) and skips those. Servers without
-insert deduplication tokens (18.16) also use this before retrying an insert whose outcome is
-unknown. The query scans three small columns; it runs only on (re)assignment and on retries.
+When the worker starts reading a partition (at start-up or after a reassignment), it asks the table
+which offsets at or past its first fetched offset are stored (`_topic`, `_partition`, `_offset`
+columns) and skips those. Servers without insert deduplication tokens (18.16) also use this before
+retrying an insert whose outcome is unknown. The query scans three small columns; it runs only when
+a partition starts and on such retries.
 """
 
 from __future__ import annotations
@@ -40,33 +41,27 @@ async def stored_offsets(
 
 
 class ReplayGuard:
-    """Per-partition sets of stored offsets ahead of the consumer, loaded when a partition starts."""
+    """Per-partition sets of stored offsets ahead of the reader, looked up when a partition starts."""
 
     def __init__(self) -> None:
-        self._unchecked: set[TopicPartition] = set()
+        self._checked: set[TopicPartition] = set()
         self._stored: dict[TopicPartition, set[int]] = {}
         self._until: dict[TopicPartition, int] = {}
 
-    def assigned(self, partitions: set[TopicPartition]) -> None:
-        """Partitions (re)assigned: check them again when their first message arrives."""
-        self._unchecked |= partitions
+    def reset(self, partitions: set[TopicPartition]) -> None:
+        """Partitions (re)assigned or revoked: look them up again when next read."""
+        self._checked -= partitions
         for tp in partitions:
             self._stored.pop(tp, None)
             self._until.pop(tp, None)
 
-    def revoked(self, partitions: set[TopicPartition]) -> None:
-        self._unchecked -= partitions
-        for tp in partitions:
-            self._stored.pop(tp, None)
-            self._until.pop(tp, None)
-
-    def starts(self, first_offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, tuple[int, None]]:
-        """Of these partitions' first fetched offsets, the open ranges still to look up."""
-        return {tp: (offset, None) for tp, offset in first_offsets.items() if tp in self._unchecked}
+    def to_check(self, first_offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, tuple[int, None]]:
+        """Open ranges to look up for partitions not checked since they started."""
+        return {tp: (offset, None) for tp, offset in first_offsets.items() if tp not in self._checked}
 
     def loaded(self, checked: set[TopicPartition], found: dict[TopicPartition, set[int]]) -> None:
         """Record a lookup's result for the partitions in `checked`."""
-        self._unchecked -= checked
+        self._checked |= checked
         for tp, offsets in found.items():
             if offsets:
                 self._stored[tp] = offsets
