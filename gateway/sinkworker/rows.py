@@ -6,6 +6,7 @@ from `REJECT_REASONS`; the worker sends them to the dead-letter queue.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ REJECT_REASONS = (
     "unknown_token",
     "rejected_by_clickhouse",
 )
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 class SourceMessage(Protocol):
@@ -150,6 +152,8 @@ def _uuid(value: Any) -> str:
     """Canonical UUID text, or Rejected."""
     if not isinstance(value, str):
         raise Rejected("invalid_uuid", "missing")
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
     try:
         return str(uuid.UUID(value))
     except ValueError:

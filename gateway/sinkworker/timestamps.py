@@ -13,7 +13,7 @@ from typing import Any
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(hours=23)
 MIN_YEAR, MAX_YEAR = 1970, 2105
-_SHORT_OFFSET = re.compile(r"([+-]\d\d)$")
+_SHORT_OFFSET = re.compile(r"(:\d\d(?:\.\d+)?[+-]\d\d)$")  # a time ending in "+HH"
 
 
 def parse_timestamp(value: Any) -> datetime | None:
@@ -27,8 +27,10 @@ def parse_timestamp(value: Any) -> datetime | None:
     text = value.strip()
     if text.isdigit():
         return _from_epoch(float(text))
+    if text[-3:-2] in ("+", "-"):
+        text = _SHORT_OFFSET.sub(r"\1:00", text)
     try:
-        parsed = datetime.fromisoformat(_SHORT_OFFSET.sub(r"\1:00", text))
+        parsed = datetime.fromisoformat(text)
     except ValueError:
         try:
             parsed = parsedate_to_datetime(text)

@@ -119,6 +119,8 @@ def test_timestamp_rules() -> None:
     assert compute_timestamp({"timestamp": "2023-09-17T09:15:00Z"}, NOW, None) == NOW  # > 23 h ahead
     assert compute_timestamp({"timestamp": "garbage"}, NOW, None) == NOW
     assert parse_timestamp("2023-09-15T11:15:02+02") == parse_timestamp("2023-09-15T09:15:02Z")
+    assert parse_timestamp("2023-09-15T11:15:02.5-02") == parse_timestamp("2023-09-15T13:15:02.5Z")
+    assert parse_timestamp("2023-09-15") == parse_timestamp("2023-09-15T00:00:00Z")
     assert (
         parse_timestamp("1694769302000")
         == parse_timestamp(1694769302)
