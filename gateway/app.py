@@ -12,6 +12,7 @@ from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
 from gateway.edge.tokens import TokenPolicy
+from gateway.privacy.policy import PrivacyPolicy
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_endpoint, readiness_handler
 from gateway.sinks.base import Sink
@@ -54,6 +55,7 @@ def build_app(
         tokens=TokenPolicy(settings.allow_tokens, settings.drop_events, edge.rate_limits.by_token),
         body_read_timeout=settings.body_read_timeout,
         clock=clock,
+        privacy=PrivacyPolicy.from_settings(settings),
     )
     for prefix in ("", *settings.prefix):
         for spec in [spec for spec in specs if edge.serves(spec.name)]:

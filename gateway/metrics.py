@@ -43,3 +43,8 @@ RATE_LIMIT_SYNC_ERRORS = Counter(
     "gateway_rate_limit_sync_errors", "Failed syncs with the shared rate-limit storage (limits failed open)"
 )
 IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now (bounded by --max-in-flight)")
+
+# Privacy rules at the edge (gateway/privacy)
+PRIVACY_ACTIONS = Counter(
+    "gateway_privacy_actions", "Privacy rule applications (events, properties or values, per rule)", ["rule"]
+)
