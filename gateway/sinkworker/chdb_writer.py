@@ -50,6 +50,9 @@ class ChdbWriter:
         text = await self._run(_query, self._session, sql)
         return [line.split("\t") for line in text.splitlines()]
 
+    async def fetch(self, sql: str, fmt: str) -> bytes:
+        return await self._run(_fetch, self._session, sql, fmt)
+
     async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
         settings = ""
         if dedup_token is not None:
@@ -70,6 +73,11 @@ def _open_session(path: str) -> Any:
 def _query(session: Any, sql: str) -> str:
     result = session.query(sql, "TabSeparated")
     return result.bytes().decode() if result is not None else ""
+
+
+def _fetch(session: Any, sql: str, fmt: str) -> bytes:
+    result = session.query(sql, fmt)
+    return result.bytes() if result is not None else b""
 
 
 def _insert(session: Any, statement: str, body: bytes) -> None:

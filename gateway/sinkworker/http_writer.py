@@ -65,6 +65,9 @@ class HttpWriter:
         text = (await self._post({}, (sql + " FORMAT TabSeparated").encode())).decode()
         return [line.split("\t") for line in text.splitlines()]
 
+    async def fetch(self, sql: str, fmt: str) -> bytes:
+        return await self._post({}, f"{sql} FORMAT {fmt}".encode())
+
     async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
         params = {"query": f"INSERT INTO {table} FORMAT JSONEachRow"}
         if dedup_token is not None and self.caps.dedup_token:

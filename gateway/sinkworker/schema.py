@@ -57,6 +57,11 @@ def table_name(database: str, table: str) -> str:
     return f"{quote_identifier(database)}.{quote_identifier(table)}"
 
 
+def ttl_clause(retention_days: int) -> str:
+    """The events table's retention TTL (servers with `caps.ttl`)."""
+    return f"TTL toDateTime(timestamp) + INTERVAL {int(retention_days)} DAY"
+
+
 def events_table_ddl(caps: ServerCaps, database: str, table: str, retention_days: int = 0) -> str:
     """CREATE TABLE IF NOT EXISTS for the events table the sink fills."""
     modern = caps.modern_types
@@ -89,7 +94,7 @@ def events_table_ddl(caps: ServerCaps, database: str, table: str, retention_days
         "SAMPLE BY cityHash64(distinct_id)",
     ]
     if retention_days > 0 and caps.ttl:
-        clauses.append(f"TTL toDateTime(timestamp) + INTERVAL {int(retention_days)} DAY")
+        clauses.append(ttl_clause(retention_days))
     if caps.dedup_token:
         clauses.append(f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}")
     return "\n".join(clauses)

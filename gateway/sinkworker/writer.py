@@ -50,6 +50,10 @@ class Writer(Protocol):
         """Rows of a query as TSV fields (small results only)."""
         ...
 
+    async def fetch(self, sql: str, fmt: str) -> bytes:
+        """A query's whole result as raw bytes in ClickHouse format `fmt` (e.g. JSONEachRow)."""
+        ...
+
     async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
         """INSERT a JSONEachRow body into `table` (already quoted `db`.`t`); raise WriteError."""
         ...
