@@ -70,7 +70,10 @@ def gdpr_in_subprocess(dsn: str, *argv: str) -> int:
 
 
 def seed_in_subprocess(dsn: str, table: str) -> None:
-    code = f"import asyncio; from tests.integration.test_gdpr_clickhouse import seed; asyncio.run(seed({dsn!r}, {table!r}))"
+    code = (
+        "import asyncio; from tests.integration.test_gdpr_clickhouse import seed; "
+        f"asyncio.run(seed({dsn!r}, {table!r}))"
+    )
     subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
                    check=True, timeout=120)
 
