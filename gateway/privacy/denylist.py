@@ -9,12 +9,12 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Any
 
 PROTECTED = frozenset({"distinct_id", "token", "$session_id", "$window_id", "$snapshot_data"})
 PERSON_KEYS = ("$set", "$set_once")
 _GLOB_CHARS = frozenset("*?[")
+_CACHE_LIMIT = 8192
 
 
 class PropertyDenylist:
@@ -25,13 +25,19 @@ class PropertyDenylist:
         self.exact = frozenset(n for n in names if not _GLOB_CHARS & set(n)) - PROTECTED
         globs = [n for n in names if _GLOB_CHARS & set(n)]
         self._glob = re.compile("|".join(fnmatch.translate(g) for g in globs)) if globs else None
-        self._denied = lru_cache(maxsize=8192)(self._matches_glob)
+        self._glob_cache: dict[str, bool] = {}  # property names repeat: match each once
 
     def __bool__(self) -> bool:
         return bool(self.exact) or self._glob is not None
 
-    def _matches_glob(self, key: str) -> bool:
-        return key not in PROTECTED and self._glob is not None and self._glob.match(key) is not None
+    def _denied(self, key: str) -> bool:
+        denied = self._glob_cache.get(key)
+        if denied is None:
+            if len(self._glob_cache) >= _CACHE_LIMIT:
+                self._glob_cache.clear()
+            denied = key not in PROTECTED and self._glob is not None and self._glob.match(key) is not None
+            self._glob_cache[key] = denied
+        return denied
 
     def remove(self, properties: dict[str, Any]) -> int:
         """Delete denied keys from one dict in place."""

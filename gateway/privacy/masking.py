@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.privacy.denylist import PERSON_KEYS, PROTECTED
 
 EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-# 13-19 digits, optionally grouped by spaces or dashes, starting like a card network IIN (2-6).
-CARD = r"(?<![\d-])[2-6](?:[ -]?\d){12,18}(?![\d-])"
-MASKS = {"email": "[email]", "card": "[card]"}
+# 13-19 digits, optionally grouped by spaces or dashes, starting like a card network IIN (2-6). The
+# "not preceded by a digit or dash" rule is checked on the match: a leading lookbehind would stop
+# `re` from scanning for the first character quickly.
+CARD = r"[2-6]\d(?:[ -]?\d){11,17}(?![\d-])"
 PATTERN_MASK = "[masked]"
 
 Replace = Callable[[re.Match[str]], str]
-Substitute = Callable[[Replace, str], str]
 
 
 def luhn_valid(digits: str) -> bool:
@@ -36,60 +37,81 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _is_card(match: re.Match[str]) -> bool:
+    start = match.start()
+    if start and match.string[start - 1] in "0123456789-":
+        return False
+    return luhn_valid(match.group().replace(" ", "").replace("-", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class MaskRule:
+    """One masking rule; `hint` is a substring every match contains, so `in` can skip the regex."""
+
+    name: str
+    regex: re.Pattern[str]
+    mask: str
+    hint: str | None = None
+    check: Callable[[re.Match[str]], bool] | None = None
+
+
 class ValueMasker:
     """Replaces sensitive substrings with a mask; `apply` returns the replacements per rule."""
 
     def __init__(self, emails: bool = False, cards: bool = False, patterns: Iterable[str] = ()) -> None:
-        parts = []
+        rules = []
         if emails:
-            parts.append(f"(?P<email>{EMAIL})")
+            rules.append(MaskRule("email", re.compile(EMAIL), "[email]", hint="@"))
         if cards:
-            parts.append(f"(?P<card>{CARD})")
-        for index, pattern in enumerate(patterns):
-            re.compile(pattern)  # a bad pattern fails here, on its own
-            parts.append(f"(?P<pattern{index}>{pattern})")
-        self._regex = re.compile("|".join(parts)) if parts else None
+            rules.append(MaskRule("card", re.compile(CARD), "[card]", check=_is_card))
+        rules += [MaskRule("pattern", re.compile(pattern), PATTERN_MASK) for pattern in patterns]
+        self.rules = tuple(rules)
 
     def __bool__(self) -> bool:
-        return self._regex is not None
+        return bool(self.rules)
 
-    def apply(self, event: dict[str, Any]) -> dict[str, int]:
-        """Mask an event's properties and its `$set`/`$set_once` values in place; count per rule."""
-        counts: dict[str, int] = {}
-        if self._regex is None:
-            return counts
+    def apply(self, events: Iterable[dict[str, Any]]) -> dict[str, int]:
+        """Mask events' properties and `$set`/`$set_once` values in place; count replacements per rule."""
+        counts = dict.fromkeys((rule.name for rule in self.rules), 0)
+        rules = [(rule.hint, rule.regex.sub, _replacer(rule, counts)) for rule in self.rules]
 
-        def replace(match: re.Match[str]) -> str:
-            text = match.group()
-            rule = match.lastgroup or ""
-            if rule == "card" and not luhn_valid(text.replace(" ", "").replace("-", "")):
-                return text
-            rule = rule if rule in MASKS else "pattern"
-            counts[rule] = counts.get(rule, 0) + 1
-            return MASKS.get(rule, PATTERN_MASK)
+        def mask_text(text: str) -> str:
+            for hint, substitute, replace in rules:
+                if hint is None or hint in text:
+                    text = substitute(replace, text)
+            return text
 
-        substitute = self._regex.sub
-        _mask_dict(event["properties"], substitute, replace)
-        for key in PERSON_KEYS:
-            values = event.get(key)
-            if isinstance(values, dict):
-                _mask_dict(values, substitute, replace)
-        return counts
+        for event in events:
+            _mask_dict(event["properties"], mask_text)
+            for key in PERSON_KEYS:
+                values = event.get(key)
+                if isinstance(values, dict):
+                    _mask_dict(values, mask_text)
+        return {rule: count for rule, count in counts.items() if count}
 
 
-def _mask_dict(values: dict[str, Any], substitute: Substitute, replace: Replace) -> None:
+def _replacer(rule: MaskRule, counts: dict[str, int]) -> Replace:
+    name, mask, check = rule.name, rule.mask, rule.check
+
+    def replace(match: re.Match[str]) -> str:
+        if check is not None and not check(match):
+            return match.group()
+        counts[name] += 1
+        return mask
+
+    return replace
+
+
+def _mask_dict(values: dict[str, Any], mask_text: Callable[[str], str]) -> None:
     for key, item in values.items():
         if key not in PROTECTED and isinstance(item, str | dict | list):
-            values[key] = _mask(item, substitute, replace)
+            values[key] = _mask(item, mask_text)
 
 
-def _mask(value: Any, substitute: Substitute, replace: Replace) -> Any:
+def _mask(value: Any, mask_text: Callable[[str], str]) -> Any:
     if isinstance(value, str):
-        return substitute(replace, value)
+        return mask_text(value)
     if isinstance(value, dict):
-        _mask_dict(value, substitute, replace)
+        _mask_dict(value, mask_text)
         return value
-    if isinstance(value, list):
-        return [_mask(item, substitute, replace) if isinstance(item, str | dict | list) else item
-                for item in value]
-    return value
+    return [_mask(item, mask_text) if isinstance(item, str | dict | list) else item for item in value]

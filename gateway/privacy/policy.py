@@ -12,7 +12,6 @@ masking options), and the replay record carries only ids and `$lib`, not event p
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -100,7 +99,7 @@ class PrivacyPolicy:
                 for event in events:
                     anonymise_event(event)
         if ip_mode is not IpMode.KEEP:
-            context = dataclasses.replace(context, client_ip=minimise_ip(context.client_ip, ip_mode))
+            context = RequestContext(minimise_ip(context.client_ip, ip_mode), context.now, context.user_agent)
             self._counters[f"ip_{ip_mode.value}"].inc(count)
             if not replay:
                 for event in events:
@@ -112,9 +111,8 @@ class PrivacyPolicy:
             if removed:
                 self._counters["denylist"].inc(removed)
         if self.masker is not None:
-            for event in events:
-                for rule, hits in self.masker.apply(event).items():
-                    self._counters[f"mask_{rule}"].inc(hits)
+            for rule, hits in self.masker.apply(events).items():
+                self._counters[f"mask_{rule}"].inc(hits)
         if self.geoip_disable:
             for event in events:
                 event["properties"]["$geoip_disable"] = True

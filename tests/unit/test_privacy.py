@@ -63,7 +63,7 @@ def test_masking_emails_cards_patterns() -> None:
         },
         "$set": {"email": "x@y.io"},
     }
-    counts = masker.apply(event)
+    counts = masker.apply([event])
     props = event["properties"]
     assert props["text"] == "mail [email] or pay [card], not 4111 1111 1111 1112"
     assert props["nested"] == [{"v": "[masked]"}, 5, "[email]"]
