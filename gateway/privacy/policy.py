@@ -18,17 +18,21 @@ from typing import Any
 from gateway import metrics
 from gateway.capture.events import RequestContext
 from gateway.capture.parse import ParsedRequest
+from gateway.config import ServeSettings
 from gateway.privacy.consent import ConsentMode, anonymise_event, opted_out
 from gateway.privacy.denylist import PropertyDenylist
 from gateway.privacy.ip import IpMode, minimise_ip, token_ip_modes
 from gateway.privacy.masking import ValueMasker
 
-
-def _counter(rule: str) -> Any:
-    return metrics.PRIVACY_ACTIONS.labels(rule)
+RULES = (
+    "ip_truncate", "ip_drop", "denylist", "mask_email", "mask_card", "mask_pattern",
+    "dnt_drop", "dnt_anonymise", "geoip_disable",
+)
 
 
 class PrivacyPolicy:
+    """IP, denylist, masking, DNT/GPC and GeoIP rules of one gateway, with their counters."""
+
     def __init__(
         self,
         ip_mode: IpMode = IpMode.KEEP,
@@ -44,17 +48,11 @@ class PrivacyPolicy:
         self.masker = masker or None
         self.consent = consent
         self.geoip_disable = geoip_disable
-        self._counters = {
-            rule: _counter(rule)
-            for rule in (
-                "ip_truncate", "ip_drop", "denylist", "mask_email", "mask_card", "mask_pattern",
-                "dnt_drop", "dnt_anonymise", "geoip_disable",
-            )
-        }
+        self._counters = {rule: metrics.PRIVACY_ACTIONS.labels(rule) for rule in RULES}
         self._dropped = metrics.EVENTS_DROPPED.labels("do_not_track")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> PrivacyPolicy | None:
+    def from_settings(cls, settings: ServeSettings) -> PrivacyPolicy | None:
         """The policy the settings ask for, or None when they ask for nothing (raises ValueError)."""
         policy = cls(
             ip_mode=IpMode(settings.ip_mode),
