@@ -12,6 +12,7 @@ from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
 from gateway.edge.tokens import TokenPolicy
+from gateway.privacy.policy import PrivacyPolicy
 from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import PROXY_FAMILIES, Proxy
 from gateway.proxy.upstreams import Upstreams
@@ -65,6 +66,7 @@ def build_app(
         tokens=TokenPolicy(settings.allow_tokens, settings.drop_events, edge.rate_limits.by_token),
         body_read_timeout=settings.body_read_timeout,
         clock=clock,
+        privacy=PrivacyPolicy.from_settings(settings),
     )
     for prefix in ("", *settings.prefix):
         for spec in [spec for spec in specs if edge.serves(spec.name)]:

@@ -12,6 +12,7 @@ import orjson
 
 from gateway.config import ConfigError, ServeSettings, add_arguments, settings_from_args
 from gateway.edge.csp import add_csp_command, csp_command
+from gateway.gdpr.cli import add_gdpr_command, gdpr_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="the gateway's --data-dir (all worker spools are read)",
         )
     add_csp_command(commands)
+    add_gdpr_command(commands)
     return parser
 
 
@@ -57,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return spool_command(args)
     if args.command == "csp":
         return csp_command(args)
+    if args.command == "gdpr":
+        return gdpr_command(args)
     return 2
 
 

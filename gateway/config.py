@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -261,6 +262,40 @@ class ServeSettings:
     topic_replay: str = field(
         default="session_recording_snapshot_item_events", metadata={"help": "topic for session replay"}
     )
+    # --- privacy (gateway/privacy): data minimisation before anything is stored or forwarded ---
+    ip_mode: str = field(
+        default="keep",
+        metadata={"help": "client IP stored: keep | truncate (IPv4 /24, IPv6 /48) | drop (empty ip, no $ip)",
+                  "parse": _choice("keep", "truncate", "drop")},
+    )
+    ip_mode_token: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "TOKEN=keep|truncate|drop: per-project --ip-mode (repeatable)", "repeat": True},
+    )
+    property_denylist: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "property names or globs removed from properties, $set and $set_once, "
+                  "e.g. email or *_token (repeatable)", "repeat": True},
+    )
+    mask_emails: bool = field(
+        default=False, metadata={"help": "replace e-mail addresses in string values with [email]"}
+    )
+    mask_cards: bool = field(
+        default=False, metadata={"help": "replace card numbers (Luhn-checked) in string values with [card]"}
+    )
+    mask_pattern: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "regex whose matches in string values become [masked] (repeatable; "
+                  "the env var takes one pattern per line)", "repeat": True, "separator": "\n"},
+    )
+    dnt: str = field(
+        default="ignore",
+        metadata={"help": "requests with DNT: 1 or Sec-GPC: 1: ignore | drop (200, nothing stored) | "
+                  "anonymise (no IP, no person properties)", "parse": _choice("ignore", "drop", "anonymise")},
+    )
+    inject_geoip_disable: bool = field(
+        default=False, metadata={"help": "set $geoip_disable: true on every event (no GeoIP enrichment)"}
+    )
 
     # --- reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py); off unless an upstream is set ---
     upstream: str = field(
@@ -372,6 +407,12 @@ class ServeSettings:
         with _named("upstream"):
             Upstreams.from_settings(self)
         Edge.from_settings(self, route_families(self))
+        from gateway.privacy.policy import PrivacyPolicy
+
+        try:
+            PrivacyPolicy.from_settings(self)
+        except (ValueError, re.error) as exc:
+            raise ConfigError(f"privacy: {exc}") from exc
         return self
 
 
@@ -411,7 +452,8 @@ def settings_from_args(
         raw: Any = getattr(args, f.name, None)
         if raw is None and env_name(f.name) in environ:
             env_value = environ[env_name(f.name)]
-            raw = [v for v in env_value.split(",") if v] if f.metadata.get("repeat") else env_value
+            separator = f.metadata.get("separator", ",")
+            raw = [v for v in env_value.split(separator) if v] if f.metadata.get("repeat") else env_value
         if raw is None:
             continue
         values[f.name] = _convert(f, raw)

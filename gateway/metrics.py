@@ -76,3 +76,8 @@ UPSTREAM_SPOOLED_RECORDS = Counter(
 UPSTREAM_REPLAYED_RECORDS = Counter(
     "gateway_upstream_replayed_records", "Spooled records replayed to the upstream"
 )
+
+# Privacy rules at the edge (gateway/privacy)
+PRIVACY_ACTIONS = Counter(
+    "gateway_privacy_actions", "Privacy rule applications (events, properties or values, per rule)", ["rule"]
+)

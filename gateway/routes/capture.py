@@ -21,6 +21,7 @@ from gateway.capture.timestamps import sent_at_from_query
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.errors import BodyReadTimeout
 from gateway.edge.tokens import TokenPolicy
+from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
 
 OK_BODY = b'{"status":"Ok"}'
@@ -48,6 +49,7 @@ class CaptureHandler:
         tokens: TokenPolicy,
         body_read_timeout: float,
         clock: Callable[[], datetime],
+        privacy: PrivacyPolicy | None = None,
     ) -> None:
         self.sink = sink
         self.limits = limits
@@ -56,6 +58,7 @@ class CaptureHandler:
         self.tokens = tokens
         self.body_read_timeout = body_read_timeout
         self.clock = clock
+        self.privacy = privacy
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
         answered = {
@@ -101,6 +104,7 @@ class CaptureHandler:
             request.path,
             spec,
             context,
+            self.privacy is not None and self.privacy.opted_out(request.headers),
         )
         if len(body) > OFFLOAD_THRESHOLD:
             return await asyncio.to_thread(self._process, *args)
@@ -115,6 +119,7 @@ class CaptureHandler:
         path: str,
         spec: RouteSpec,
         context: RequestContext,
+        opted_out: bool = False,
     ) -> list[Record]:
         payload = decode_payload(
             body, query, content_type, content_encoding, is_legacy_path(path), self.limits
@@ -130,6 +135,10 @@ class CaptureHandler:
         parsed = self.tokens.apply(spec.name, parsed)
         if parsed is None:
             return []
+        if self.privacy is not None:  # data minimisation: before any record exists (gateway/privacy)
+            parsed, context = self.privacy.apply(parsed, context, spec.replay, opted_out)
+            if parsed is None:
+                return []
         if spec.replay:
             return [replay_record(parsed, context, self.options)]
         return analytics_records(parsed, context, self.options)

@@ -14,6 +14,9 @@ from pathlib import Path
 from gateway.spool.errors import SpoolLocked
 
 WRITE_LOCK = "write.lock"
+# Held by `gateway gdpr purge-spool`; the journal exists while a segment rewrite is half applied.
+PURGE_LOCK = "purge.lock"
+PURGE_JOURNAL = "purge.journal"
 # A probe by `is_locked` holds the lock for microseconds; retrying this long makes it harmless.
 _ACQUIRE_ATTEMPTS = 5
 _ACQUIRE_PAUSE_S = 0.02
@@ -63,3 +66,8 @@ def is_locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def purge_in_progress(directory: Path) -> bool:
+    """True while a spool purge runs or an interrupted one awaits completion: readers must not open."""
+    return is_locked(directory / PURGE_LOCK) or (directory / PURGE_JOURNAL).exists()

@@ -18,16 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.capture.record import Record
-from gateway.spool.errors import SpoolError
+from gateway.spool.errors import SpoolError, SpoolLocked
 from gateway.spool.format import HEADER_SIZE
-from gateway.spool.locks import FileLock
+from gateway.spool.locks import FileLock, purge_in_progress
 from gateway.spool.segment import Stop, fsync_directory, list_segments, scan_segment, segment_name
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 _CURSOR_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-_CURSOR_PREFIX = "cursor-"
+CURSOR_PREFIX = "cursor-"
 
 
 @dataclass(slots=True, frozen=True, order=True)
@@ -135,14 +135,28 @@ def count_records(directory: Path) -> int:
 
 
 def _cursor_path(directory: Path, name: str) -> Path:
-    return directory / f"{_CURSOR_PREFIX}{name}.json"
+    return directory / f"{CURSOR_PREFIX}{name}.json"
+
+
+def write_cursor(directory: Path, name: str, segment: int, offset: int) -> None:
+    """Persist reader `name`'s position atomically and durably."""
+    path = _cursor_path(directory, name)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, json.dumps({"segment": segment, "offset": offset}).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    fsync_directory(directory)
 
 
 def load_cursors(directory: Path) -> dict[str, SpoolPosition]:
     """Every persisted cursor in `directory` by reader name (unreadable files are logged and skipped)."""
     cursors = {}
-    for path in Path(directory).glob(f"{_CURSOR_PREFIX}*.json"):
-        name = path.name[len(_CURSOR_PREFIX) : -len(".json")]
+    for path in Path(directory).glob(f"{CURSOR_PREFIX}*.json"):
+        name = path.name[len(CURSOR_PREFIX) : -len(".json")]
         try:
             data = json.loads(path.read_bytes())
             cursors[name] = SpoolPosition(int(data["segment"]), int(data["offset"]))
@@ -181,9 +195,11 @@ class SpoolReader:
         self.name = name
         if not self.directory.is_dir():
             raise SpoolError(f"spool directory {self.directory} does not exist")
-        self._lock = FileLock(self.directory / f"{_CURSOR_PREFIX}{name}.lock")
+        self._lock = FileLock(self.directory / f"{CURSOR_PREFIX}{name}.lock")
         self._lock.acquire()
-        self._cursor_path = _cursor_path(self.directory, name)
+        if purge_in_progress(self.directory):
+            self._lock.release()
+            raise SpoolLocked(f"a spool purge is running or was interrupted in {self.directory}")
         self.committed: SpoolPosition | None = load_cursors(self.directory).get(name)
         self._position = self.committed
 
@@ -205,15 +221,7 @@ class SpoolReader:
         position = batch_or_position
         if isinstance(position, SpoolBatch):
             position = position.position
-        tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        try:
-            os.write(fd, json.dumps({"segment": position.segment, "offset": position.offset}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self._cursor_path)
-        fsync_directory(self.directory)
+        write_cursor(self.directory, self.name, position.segment, position.offset)
         self.committed = position
         self._delete_passed()
 

@@ -1,0 +1,185 @@
+"""`gateway gdpr …`: export, delete, purge-spool, retention and expire; every run is audit-logged.
+
+Flags default to `GATEWAY_<FLAG>` env vars where it helps automation (`GATEWAY_CLICKHOUSE`,
+`GATEWAY_GDPR_AUDIT_LOG`, …). Exit status: 0 done, 1 incomplete (rows remain, timeout, skipped
+spool records), 2 bad usage or unreachable target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+
+from gateway.capture.record import Record
+from gateway.gdpr.audit import AuditLog
+from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subject_filter
+from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
+from gateway.sinkworker.settings import DEFAULT_CLICKHOUSE
+from gateway.sinkworker.writer import WriteError, open_writer
+from gateway.spool import SpoolLocked
+from gateway.spool.purge import purge_spool
+
+DEFAULT_AUDIT_LOG = "gateway-data/audit/gdpr.jsonl"
+Handler = Callable[[argparse.Namespace, EventsTable, AuditLog, str], Awaitable[int]]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"GATEWAY_{name}", default)
+
+
+def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
+    """Mount `gdpr` and its sub-commands on the main CLI."""
+    gdpr = commands.add_parser("gdpr", help="export or erase a person's data; retention")
+    sub = gdpr.add_subparsers(dest="gdpr_command", required=True)
+    export = sub.add_parser("export", help="write a person's events as NDJSON (data portability)")
+    delete = sub.add_parser("delete", help="delete a person's events from ClickHouse and verify")
+    purge = sub.add_parser("purge-spool", help="remove a person's records still waiting in the local spool")
+    retention = sub.add_parser("retention", help="set the events table TTL (servers with TTL: chdb, ≥ 19.6)")
+    expire_cmd = sub.add_parser("expire", help="drop events older than N days (any server; run daily)")
+    for parser in (export, delete, purge):
+        parser.add_argument("--distinct-id", action="append", required=True,
+                            help="the person's distinct id (repeat for every id of the same person)")
+        parser.add_argument("--token", default=None, help="only this project's events (default: every project)")
+    for parser in (export, delete, retention, expire_cmd):
+        parser.add_argument("--clickhouse", default=_env("CLICKHOUSE", DEFAULT_CLICKHOUSE),
+                            help="chdb://PATH or http(s)://[user:pass@]host:8123 (env GATEWAY_CLICKHOUSE)")
+        parser.add_argument("--clickhouse-url", default=None, help="ClickHouse HTTP URL; overrides --clickhouse")
+        parser.add_argument("--database", default=_env("DATABASE", "default"), help="database of the events table")
+        parser.add_argument("--table", default=_env("TABLE", "events"), help="events table name")
+    for parser in (delete, expire_cmd):
+        parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for mutations")
+    export.add_argument("--out", required=True, help="output file, or - for stdout")
+    purge.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "./gateway-data")),
+                       help="the gateway's --data-dir (every worker spool is purged)")
+    retention.add_argument("--days", type=int, required=True, help="keep events this many days (0 = forever)")
+    expire_cmd.add_argument("--older-than-days", type=int, required=True, help="drop events older than this")
+    for parser in (export, delete, purge, retention, expire_cmd):
+        parser.add_argument("--audit-log", type=Path, default=Path(_env("GDPR_AUDIT_LOG", DEFAULT_AUDIT_LOG)),
+                            help="JSON-lines audit log appended to (env GATEWAY_GDPR_AUDIT_LOG)")
+        parser.add_argument("--audit-key-file", type=Path, default=_env("GDPR_AUDIT_KEY_FILE", "") or None,
+                            help="secret key file: subjects are logged as HMAC-SHA256 instead of SHA-256")
+        parser.add_argument("--operator", default=None, help="who runs this (default: the OS user)")
+
+
+def gdpr_command(args: argparse.Namespace) -> int:
+    key = args.audit_key_file.read_bytes().strip() if args.audit_key_file else None
+    audit = AuditLog(args.audit_log, args.operator, key)
+    command = args.gdpr_command
+    if command == "purge-spool":
+        return _purge_spool(args, audit)
+    dsn = args.clickhouse_url or args.clickhouse
+    handlers: dict[str, Handler] = {
+        "export": _export, "delete": _delete, "retention": _retention, "expire": _expire,
+    }
+    return asyncio.run(_with_table(dsn, args, audit, handlers[command]))
+
+
+async def _with_table(dsn: str, args: argparse.Namespace, audit: AuditLog, handler: Handler) -> int:
+    """Open the ClickHouse target, run `handler` on its events table, close."""
+    try:
+        writer = await open_writer(dsn, max_in_flight=1, compression="none")
+    except (WriteError, ValueError, RuntimeError) as exc:
+        print(f"gateway gdpr: cannot open {redact(dsn)}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return await handler(args, EventsTable(writer, args.database, args.table), audit, redact(dsn))
+    except WriteError as exc:
+        print(f"gateway gdpr {args.gdpr_command}: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        await writer.close()
+
+
+def redact(dsn: str) -> str:
+    """The DSN without its password, fit for logs."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _export(args: argparse.Namespace, table: EventsTable, audit: AuditLog, target: str) -> int:
+    where = subject_filter(args.distinct_id, args.token)
+    stream: Any = nullcontext(sys.stdout.buffer) if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
+    with stream as out:
+        count = await export_rows(table, where, out)
+    audit.append("export", args.distinct_id, args.token, "ok", target=target, table=table.name, rows=count,
+                 out=args.out)
+    _report({"exported": count, "out": args.out})
+    return 0
+
+
+async def _delete(args: argparse.Namespace, table: EventsTable, audit: AuditLog, target: str) -> int:
+    where = subject_filter(args.distinct_id, args.token)
+    try:
+        deletion = await delete_rows(table, where, args.timeout)
+    except TimeoutError as exc:
+        audit.append("delete", args.distinct_id, args.token, "timeout", target=target, table=table.name,
+                     detail=str(exc))
+        print(f"gateway gdpr delete: {exc}", file=sys.stderr)
+        return 1
+    status = "ok" if deletion.remaining == 0 else "incomplete"
+    audit.append("delete", args.distinct_id, args.token, status, target=target, table=table.name,
+                 rows=deletion.before, remaining=deletion.remaining)
+    _report({"deleted": deletion.before - deletion.remaining, "remaining": deletion.remaining})
+    return 0 if status == "ok" else 1
+
+
+async def _retention(args: argparse.Namespace, table: EventsTable, audit: AuditLog, target: str) -> int:
+    try:
+        statement = await apply_ttl(table, args.days)
+    except TtlUnsupported as exc:
+        print(f"gateway gdpr retention: {exc}", file=sys.stderr)
+        return 2
+    audit.append("retention", (), None, "ok", target=target, table=table.name, days=args.days)
+    _report({"applied": statement})
+    return 0
+
+
+async def _expire(args: argparse.Namespace, table: EventsTable, audit: AuditLog, target: str) -> int:
+    result = await expire(table, args.older_than_days, args.timeout)
+    audit.append("expire", (), None, "ok", target=target, table=table.name, cutoff=result.cutoff.isoformat(),
+                 dropped_partitions=result.dropped_partitions, rows=result.deleted_rows)
+    _report({"cutoff": result.cutoff.isoformat(), "dropped_partitions": result.dropped_partitions,
+             "deleted_rows": result.deleted_rows})
+    return 0
+
+
+def _purge_spool(args: argparse.Namespace, audit: AuditLog) -> int:
+    ids = {distinct_id.encode() for distinct_id in args.distinct_id}
+    token = args.token.encode() if args.token else None
+
+    def matches(record: Record) -> bool:
+        return record.header("distinct_id") in ids and (token is None or record.header("token") == token)
+
+    totals = {"removed": 0, "segments_rewritten": 0, "skipped": 0}
+    directories = sorted(p for p in (args.data_dir / "spool").glob("worker-*") if p.is_dir())
+    try:
+        for directory in directories:
+            result = purge_spool(directory, matches)
+            for name in totals:
+                totals[name] += getattr(result, name)
+    except SpoolLocked as exc:
+        audit.append("purge-spool", args.distinct_id, args.token, "refused", target=str(args.data_dir),
+                     detail=str(exc), **totals)
+        print(f"gateway gdpr purge-spool: {exc}", file=sys.stderr)
+        return 1
+    status = "ok" if totals["skipped"] == 0 else "incomplete"
+    audit.append("purge-spool", args.distinct_id, args.token, status, target=str(args.data_dir), **totals)
+    _report(totals)
+    return 0 if status == "ok" else 1
+
+
+def _report(summary: dict[str, Any]) -> None:
+    """One JSON summary line on stderr (stdout may carry the export itself)."""
+    print(orjson.dumps(summary).decode(), file=sys.stderr)

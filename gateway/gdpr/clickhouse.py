@@ -1,0 +1,110 @@
+"""One person's events in the sink's ClickHouse table: export as NDJSON, delete and verify.
+
+Works through the sink worker's writers (HTTP for servers such as 18.16, chdb in-process) and on
+its events table. Deletion per server capability:
+- legacy servers (18.16 …): `ALTER TABLE … DELETE WHERE` — a mutation that rewrites the affected
+  parts (MergeTree mutations exist since 1.1.54388);
+- servers with lightweight deletes (chdb's engine, ClickHouse ≥ 23.4): `DELETE FROM … WHERE` hides
+  the rows at once, then `ALTER TABLE … APPLY DELETED MASK` rewrites the parts so the data is gone
+  from disk too, not only masked.
+Both wait until `system.mutations` has nothing pending for the table, then count the matching rows
+again: deletion is reported complete only when that count is zero. Replaced parts stay on disk until
+the server's `old_parts_lifetime` (8 minutes by default) has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import IO
+
+import orjson
+
+from gateway.sinkworker.schema import quote_string, table_name
+from gateway.sinkworker.writer import Writer
+
+LIGHTWEIGHT_DELETE = (23, 4)
+POLL_SECONDS = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class EventsTable:
+    """The sink's events table on one server."""
+
+    writer: Writer
+    database: str = "default"
+    table: str = "events"
+
+    @property
+    def name(self) -> str:
+        return table_name(self.database, self.table)
+
+    async def count(self, where: str) -> int:
+        return int((await self.writer.select(f"SELECT count() FROM {self.name} WHERE {where}"))[0][0])
+
+    async def delete_where(self, where: str, timeout: float) -> None:
+        """Delete matching rows physically and wait for the mutations to finish."""
+        if self.writer.caps.version >= LIGHTWEIGHT_DELETE:
+            await self.writer.command(f"DELETE FROM {self.name} WHERE {where}")
+            await self.writer.command(f"ALTER TABLE {self.name} APPLY DELETED MASK")
+        else:
+            await self.writer.command(f"ALTER TABLE {self.name} DELETE WHERE {where}")
+        await self.wait_for_mutations(timeout)
+
+    async def wait_for_mutations(self, timeout: float) -> None:
+        """Poll system.mutations until none is pending for this table; TimeoutError after `timeout` s."""
+        query = (
+            "SELECT count() FROM system.mutations WHERE is_done = 0"
+            f" AND database = {quote_string(self.database)} AND table = {quote_string(self.table)}"
+        )
+        deadline = time.monotonic() + timeout
+        while int((await self.writer.select(query))[0][0]):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mutations on {self.name} still running after {timeout:g} s")
+            await asyncio.sleep(POLL_SECONDS)
+
+
+def subject_filter(distinct_ids: Sequence[str], token: str | None) -> str:
+    """WHERE clause selecting a person's rows (all their distinct ids, optionally one project)."""
+    if not distinct_ids:
+        raise ValueError("at least one distinct id is required")
+    clause = f"distinct_id IN ({', '.join(quote_string(d) for d in distinct_ids)})"
+    if token:
+        clause += f" AND token = {quote_string(token)}"
+    return clause
+
+
+async def export_rows(table: EventsTable, where: str, out: IO[bytes]) -> int:
+    """Write every matching row as one JSON object per line (properties parsed); returns the count.
+
+    The result is held in memory: fine for one person's events, not for bulk extracts.
+    """
+    body = await table.writer.fetch(f"SELECT * FROM {table.name} WHERE {where} ORDER BY timestamp", "JSONEachRow")
+    count = 0
+    for line in body.splitlines():
+        if not line.strip():
+            continue
+        row = orjson.loads(line)
+        with contextlib.suppress(KeyError, TypeError, orjson.JSONDecodeError):  # else keep the stored text
+            row["properties"] = orjson.loads(row["properties"])
+        out.write(orjson.dumps(row) + b"\n")
+        count += 1
+    out.flush()
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    before: int
+    remaining: int
+
+
+async def delete_rows(table: EventsTable, where: str, timeout: float) -> Deletion:
+    """Delete matching rows, wait for completion, and count what remains (0 = verified)."""
+    before = await table.count(where)
+    if before:
+        await table.delete_where(where, timeout)
+    return Deletion(before, await table.count(where))

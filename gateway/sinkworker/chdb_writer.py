@@ -1,0 +1,86 @@
+"""Embedded ClickHouse (chdb) writer: one session, used only from one dedicated thread.
+
+chdb sessions are not thread-safe (concurrent inserts fail or duplicate), and one process owns a
+data directory, so every call is funnelled through a single-thread executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from gateway.sinkworker.schema import ServerCaps, quote_string
+from gateway.sinkworker.writer import classify
+
+
+class ChdbWriter:
+    """Writer backed by an in-process chdb session on `path`."""
+
+    max_in_flight = 1
+
+    def __init__(self, executor: ThreadPoolExecutor, session: Any, caps: ServerCaps) -> None:
+        self._executor = executor
+        self._session = session
+        self.caps = caps
+
+    @classmethod
+    async def open(cls, path: str) -> ChdbWriter:
+        """Create the session inside its dedicated thread and probe the engine version."""
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
+        loop = asyncio.get_running_loop()
+        try:
+            session = await loop.run_in_executor(executor, _open_session, path)
+            version = await loop.run_in_executor(executor, _query, session, "SELECT version()")
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        return cls(executor, session, ServerCaps.from_version(version))
+
+    async def _run(self, function: Any, *args: Any) -> Any:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        except RuntimeError as exc:
+            raise classify(str(exc)) from exc
+
+    async def command(self, sql: str) -> None:
+        await self._run(_query, self._session, sql)
+
+    async def select(self, sql: str) -> list[list[str]]:
+        text = await self._run(_query, self._session, sql)
+        return [line.split("\t") for line in text.splitlines()]
+
+    async def fetch(self, sql: str, fmt: str) -> bytes:
+        return await self._run(_fetch, self._session, sql, fmt)
+
+    async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
+        settings = ""
+        if dedup_token is not None:
+            settings = f" SETTINGS insert_deduplication_token = {quote_string(dedup_token)}"
+        await self._run(_insert, self._session, f"INSERT INTO {table}{settings}", body)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._session.close)
+        self._executor.shutdown(wait=True)
+
+
+def _open_session(path: str) -> Any:
+    from chdb import session
+
+    return session.Session(path)
+
+
+def _query(session: Any, sql: str) -> str:
+    result = session.query(sql, "TabSeparated")
+    return result.bytes().decode() if result is not None else ""
+
+
+def _fetch(session: Any, sql: str, fmt: str) -> bytes:
+    result = session.query(sql, fmt)
+    return result.bytes() if result is not None else b""
+
+
+def _insert(session: Any, statement: str, body: bytes) -> None:
+    with session.send_insert(statement, "JSONEachRow") as inserter:
+        inserter.append(body)
+        inserter.finish()

@@ -1,0 +1,35 @@
+"""Prometheus metrics of the sink worker (to be absorbed by a project-wide metrics module)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_CONSUMED = Counter(
+    "gateway_sink_messages_consumed_total", "Messages read from the source", ["topic"]
+)
+ROWS_INSERTED = Counter("gateway_sink_rows_inserted_total", "Rows stored in ClickHouse (rate = rows/s)")
+ROWS_SKIPPED_REPLAY = Counter(
+    "gateway_sink_rows_skipped_replay_total", "Re-read messages skipped because their row was already stored"
+)
+DLQ_MESSAGES = Counter(
+    "gateway_sink_dlq_messages_total", "Messages sent to the dead-letter queue", ["reason"]
+)
+INSERT_ERRORS = Counter("gateway_sink_insert_errors_total", "Failed insert attempts", ["kind"])
+INSERT_SECONDS = Histogram(
+    "gateway_sink_insert_seconds",
+    "Latency of one successful insert",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+BATCH_ROWS = Histogram(
+    "gateway_sink_batch_rows",
+    "Rows per flushed batch",
+    buckets=(1, 10, 100, 1_000, 10_000, 50_000, 100_000, 250_000, 1_000_000),
+)
+BATCH_BYTES = Histogram(
+    "gateway_sink_batch_bytes",
+    "Uncompressed JSONEachRow bytes per flushed batch",
+    buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6),
+)
+INSERTS_IN_FLIGHT = Gauge("gateway_sink_inserts_in_flight", "Batches submitted and not yet stored")
+CONSUMER_LAG = Gauge("gateway_sink_consumer_lag", "High watermark minus next offset", ["topic", "partition"])
+COMMITS = Counter("gateway_sink_commits_total", "Offset commits", ["result"])

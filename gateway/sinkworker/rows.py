@@ -1,0 +1,160 @@
+"""Turn one captured Kafka message (PostHog's CapturedEvent JSON) into one events-table row.
+
+The row is a JSONEachRow line. Messages that cannot become a row raise `Rejected` with a reason
+from `REJECT_REASONS`; the worker sends them to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.sinkworker.teams import TeamResolver, UnknownToken
+from gateway.sinkworker.timestamps import compute_timestamp, format_clickhouse, parse_timestamp
+
+REJECT_REASONS = (
+    "invalid_json",
+    "invalid_data",
+    "invalid_uuid",
+    "missing_event",
+    "missing_distinct_id",
+    "missing_token",
+    "unknown_token",
+    "rejected_by_clickhouse",
+)
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+class SourceMessage(Protocol):
+    """What a source yields: aiokafka's ConsumerRecord has exactly these attributes."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+class Rejected(Exception):
+    """A message that cannot become a row; `reason` is one of REJECT_REASONS."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class IpMode(StrEnum):
+    """How the message's client `ip` reaches the `$ip` property."""
+
+    SET = "set"  # always overwrite $ip with the capture-time client ip
+    IF_MISSING = "if-missing"  # keep a $ip the SDK sent (server-side SDKs), else set it
+    DROP = "drop"  # remove $ip entirely (anonymised IPs)
+
+
+@dataclass(frozen=True, slots=True)
+class RowEncoder:
+    """Encodes messages into JSONEachRow lines for the events table."""
+
+    teams: TeamResolver
+    ip_mode: IpMode = IpMode.SET
+    subsecond: bool = True  # False on servers without DateTime64
+
+    def encode(self, message: SourceMessage) -> bytes:
+        """One newline-terminated JSON row, or raise Rejected."""
+        envelope = _load_object(message.value, "invalid_json")
+        raw = envelope.get("data")
+        data = raw if isinstance(raw, dict) else _load_object(raw, "invalid_data")
+        row_uuid = _uuid(envelope.get("uuid") or data.get("uuid"))
+        event = envelope.get("event") or data.get("event")
+        if not isinstance(event, str) or not event:
+            raise Rejected("missing_event")
+        distinct_id = envelope.get("distinct_id")
+        if distinct_id is None or distinct_id == "":
+            raise Rejected("missing_distinct_id")
+        properties = data.get("properties")
+        if not isinstance(properties, dict):
+            properties = {}
+        token = envelope.get("token") or data.get("token") or properties.get("token")
+        if not isinstance(token, str) or not token:
+            raise Rejected("missing_token")
+        try:
+            team_id = self.teams.team_id(token)
+        except UnknownToken:
+            raise Rejected("unknown_token", token) from None
+
+        now = parse_timestamp(envelope.get("now")) or datetime.fromtimestamp(message.timestamp / 1000, UTC)
+        timestamp = parse_timestamp(envelope.get("timestamp"))
+        if timestamp is None:
+            timestamp = compute_timestamp(data, now, parse_timestamp(envelope.get("sent_at")))
+
+        for key in ("$set", "$set_once"):
+            if isinstance(data.get(key), dict):
+                merged = properties.get(key)
+                properties[key] = {**merged, **data[key]} if isinstance(merged, dict) else data[key]
+        elements_chain = properties.pop("$elements_chain", "")
+        self._apply_ip(properties, envelope.get("ip"))
+
+        row = {
+            "uuid": row_uuid,
+            "event": event,
+            "properties": orjson.dumps(properties).decode(),
+            "timestamp": format_clickhouse(timestamp, self.subsecond),
+            "team_id": team_id,
+            "distinct_id": distinct_id if isinstance(distinct_id, str) else _text(distinct_id),
+            "elements_chain": elements_chain if isinstance(elements_chain, str) else "",
+            "created_at": format_clickhouse(now, self.subsecond),
+            "token": token,
+            "person_mode": "propertyless" if properties.get("$process_person_profile") is False else "full",
+            "historical_migration": 1 if envelope.get("historical_migration") is True else 0,
+            "_timestamp": message.timestamp // 1000,
+            "_offset": message.offset,
+            "_partition": message.partition,
+            "_topic": message.topic,
+        }
+        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+
+    def _apply_ip(self, properties: dict[str, Any], ip: Any) -> None:
+        if self.ip_mode is IpMode.DROP:
+            properties.pop("$ip", None)
+        elif isinstance(ip, str) and ip and (self.ip_mode is IpMode.SET or "$ip" not in properties):
+            properties["$ip"] = ip
+
+
+def _load_object(raw: Any, reason: str) -> dict[str, Any]:
+    """Parse JSON text that must hold an object."""
+    if not isinstance(raw, bytes | str):
+        raise Rejected(reason, "not JSON text")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Rejected(reason, str(exc)) from None
+    if not isinstance(value, dict):
+        raise Rejected(reason, "not a JSON object")
+    return value
+
+
+def _text(value: Any) -> str:
+    """Non-string JSON values serialized, as capture does for distinct_id."""
+    return orjson.dumps(value).decode()
+
+
+def _uuid(value: Any) -> str:
+    """Canonical UUID text, or Rejected."""
+    if not isinstance(value, str):
+        raise Rejected("invalid_uuid", "missing")
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise Rejected("invalid_uuid", value[:64]) from None

@@ -1,0 +1,287 @@
+"""The sink loop: consume, encode, batch, insert (several in flight), DLQ, commit.
+
+Guarantees: offsets are committed only after the rows (and dead letters) of every message before
+them are stored; retried inserts reuse a deterministic dedup token; re-read messages whose rows
+are already stored are skipped (`replay.py`). On revocation, everything consumed from the source
+is stored and committed before the partitions are released. Backpressure: when the current batch
+is full and every insert slot is busy, the source is paused (the consumer keeps polling, so the
+group does not evict it) until a slot frees.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from aiokafka.errors import KafkaError
+
+from gateway.sinkworker.batch import Batch, FlushPolicy, TopicPartition
+from gateway.sinkworker.commits import CommitTracker
+from gateway.sinkworker.dlq import DeadLetters
+from gateway.sinkworker.metrics import (
+    BATCH_BYTES,
+    BATCH_ROWS,
+    COMMITS,
+    INSERT_ERRORS,
+    INSERT_SECONDS,
+    INSERTS_IN_FLIGHT,
+    MESSAGES_CONSUMED,
+    ROWS_INSERTED,
+    ROWS_SKIPPED_REPLAY,
+)
+from gateway.sinkworker.replay import ReplayGuard, stored_offsets
+from gateway.sinkworker.rows import Rejected, RowEncoder, SourceMessage
+from gateway.sinkworker.sources import Source
+from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+RETRYABLE = (WriteError, KafkaError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    table: str  # quoted `db`.`table`
+    policy: FlushPolicy = field(default_factory=FlushPolicy)
+    max_in_flight: int = 2
+    fetch_max_records: int = 20_000
+    retry_base_s: float = 0.2
+    retry_max_s: float = 30.0
+    shutdown_timeout_s: float = 60.0
+
+
+class SinkWorker:
+    """Moves messages from a Source into a Writer's events table."""
+
+    def __init__(
+        self,
+        source: Source,
+        writer: Writer,
+        dead_letters: DeadLetters,
+        encoder: RowEncoder,
+        config: WorkerConfig,
+    ) -> None:
+        self._source = source
+        self._writer = writer
+        self._dlq = dead_letters
+        self._encoder = encoder
+        self._config = config
+        self._tracker = CommitTracker()
+        self._guard = ReplayGuard()
+        self._slots = asyncio.Semaphore(max(1, config.max_in_flight))
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._commit_lock = asyncio.Lock()
+        self._ready: dict[TopicPartition, int] = {}
+        self._assigned: set[TopicPartition] | None = None  # None: the source has no assignment
+        self._seq = 0
+        self._batch = Batch(0)
+        self._paused = False
+        self._failure: BaseException | None = None
+        self.clean_exit = True
+
+    # AssignmentListener -------------------------------------------------------------------------
+    def assigned(self, partitions: set[TopicPartition]) -> None:
+        self._assigned = (self._assigned or set()) | partitions
+        self._guard.reset(partitions)
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        self._flush()
+        await self._tracker.wait_idle()
+        await self._commit()
+        if self._assigned is not None:
+            self._assigned -= partitions
+        self._guard.reset(partitions)
+
+    # Main loop ----------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then store and commit what was consumed (bounded wait)."""
+        await self._source.start(self)
+        try:
+            while not stop.is_set() and self._failure is None:
+                await self._poll()
+        finally:
+            await self._drain()
+            await self._source.stop()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _poll(self) -> None:
+        policy = self._config.policy
+        blocked = self._batch.full(policy) and self._slots.locked()
+        if blocked != self._paused:
+            (self._source.pause if blocked else self._source.resume)()
+            self._paused = blocked
+        timeout = policy.max_age_s
+        if not self._batch.empty:
+            timeout = max(0.0, self._batch.created + policy.max_age_s - time.monotonic())
+        messages = await self._source.fetch(0.05 if blocked else timeout, self._config.fetch_max_records)
+        if messages:
+            await self._ingest(messages)
+        if self._batch.due(policy, time.monotonic()) and not self._slots.locked():
+            self._flush()
+
+    async def _ingest(self, messages: Sequence[SourceMessage]) -> None:
+        first: dict[TopicPartition, int] = {}
+        for message in messages:
+            first.setdefault((message.topic, message.partition), message.offset)
+        pending = self._guard.to_check(first)
+        if pending:
+            found = await self._retrying(lambda: stored_offsets(self._writer, self._config.table, pending))
+            self._guard.loaded(set(pending), found)
+        assigned = self._assigned
+        batch = self._batch  # taken after the await: a revocation may have flushed the previous one
+        topics: Counter[str] = Counter()
+        for message in messages:
+            tp = (message.topic, message.partition)
+            if assigned is not None and tp not in assigned:
+                continue  # revoked while we looked up stored offsets: the new owner reads it
+            topics[message.topic] += 1
+            if self._guard.is_stored(tp, message.offset):
+                batch.skip(message)
+                ROWS_SKIPPED_REPLAY.inc()
+                continue
+            try:
+                batch.add_row(message, self._encoder.encode(message))
+            except Rejected as error:
+                batch.add_reject(message, error)
+        for topic, count in topics.items():
+            MESSAGES_CONSUMED.labels(topic).inc(count)
+
+    def _flush(self) -> None:
+        """Hand the current batch to a store task (which waits for an insert slot)."""
+        batch = self._batch
+        if batch.empty:
+            return
+        self._seq += 1
+        self._batch = Batch(self._seq)
+        self._tracker.submitted(batch)
+        INSERTS_IN_FLIGHT.set(self._tracker.in_flight)
+        task = asyncio.create_task(self._store(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
+
+    async def _store(self, batch: Batch) -> None:
+        async with self._slots:
+            if batch.rejects:
+                await self._retrying(lambda: self._dlq.send(batch.rejects))
+            if batch.rows:
+                BATCH_ROWS.observe(len(batch.rows))
+                BATCH_BYTES.observe(batch.size)
+                await self._insert(batch.rows, batch.messages, batch.dedup_token())
+        self._merge_ready(self._tracker.done(batch))
+        INSERTS_IN_FLIGHT.set(self._tracker.in_flight)
+        await self._commit()
+
+    async def _insert(self, rows: list[bytes], messages: list[SourceMessage], token: str) -> None:
+        """Insert until stored; bisect batches the server refuses as bad data down to single rows."""
+        attempt = 0
+        while rows:
+            started = time.perf_counter()
+            try:
+                await self._writer.insert(self._config.table, b"".join(rows), token)
+            except WriteError as error:
+                INSERT_ERRORS.labels(error.kind.value).inc()
+                if error.kind is ErrorKind.BAD_DATA:
+                    await self._split(rows, messages, token, error)
+                    return
+                log.warning("insert of %d rows failed (attempt %d): %s", len(rows), attempt + 1, error)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                if not self._writer.caps.dedup_token:
+                    rows, messages = await self._unstored(rows, messages)
+                continue
+            INSERT_SECONDS.observe(time.perf_counter() - started)
+            ROWS_INSERTED.inc(len(rows))
+            return
+
+    async def _split(
+        self, rows: list[bytes], messages: list[SourceMessage], token: str, error: WriteError
+    ) -> None:
+        if len(rows) == 1:
+            rejected = [(messages[0], Rejected("rejected_by_clickhouse", str(error)))]
+            await self._retrying(lambda: self._dlq.send(rejected))
+            return
+        middle = len(rows) // 2
+        await self._insert(rows[:middle], messages[:middle], token + "/0")
+        await self._insert(rows[middle:], messages[middle:], token + "/1")
+
+    async def _unstored(
+        self, rows: list[bytes], messages: list[SourceMessage]
+    ) -> tuple[list[bytes], list[SourceMessage]]:
+        """Without dedup tokens, drop rows a failed-but-maybe-applied insert already stored."""
+        ranges: dict[TopicPartition, tuple[int, int]] = {}
+        for message in messages:
+            tp = (message.topic, message.partition)
+            first, last = ranges.get(tp, (message.offset, message.offset))
+            ranges[tp] = (min(first, message.offset), max(last, message.offset))
+        found = await self._retrying(lambda: stored_offsets(self._writer, self._config.table, ranges))
+        keep = [
+            i
+            for i, message in enumerate(messages)
+            if message.offset not in found.get((message.topic, message.partition), ())
+        ]
+        ROWS_SKIPPED_REPLAY.inc(len(messages) - len(keep))
+        return [rows[i] for i in keep], [messages[i] for i in keep]
+
+    # Commits ------------------------------------------------------------------------------------
+    def _merge_ready(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            self._ready[tp] = max(offset, self._ready.get(tp, offset))
+
+    async def _commit(self) -> None:
+        async with self._commit_lock:
+            if not self._ready:
+                return
+            offsets, self._ready = self._ready, {}
+            try:
+                await self._source.commit(offsets)
+            except (KafkaError, OSError) as error:
+                COMMITS.labels("failed").inc()
+                log.warning("offset commit failed, will retry with the next one: %r", error)
+                if self._assigned is not None:
+                    offsets = {tp: off for tp, off in offsets.items() if tp in self._assigned}
+                self._merge_ready(offsets)
+                return
+            COMMITS.labels("ok").inc()
+
+    async def _drain(self) -> None:
+        """Store and commit everything consumed, giving up after the shutdown timeout."""
+        self._flush()
+        try:
+            await asyncio.wait_for(self._tracker.wait_idle(), self._config.shutdown_timeout_s)
+        except TimeoutError:
+            self.clean_exit = False
+            log.error(
+                "shutdown timeout: %d batches not stored; they will be re-read", self._tracker.in_flight
+            )
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._commit()
+
+    # Retries ------------------------------------------------------------------------------------
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self._config.retry_max_s, self._config.retry_base_s * 2**attempt)
+        return delay * (0.5 + random.random() / 2)
+
+    async def _retrying(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run `operation` until it succeeds, backing off on transient errors."""
+        attempt = 0
+        while True:
+            try:
+                return await operation()
+            except RETRYABLE as error:
+                log.warning("retrying after error (attempt %d): %r", attempt + 1, error)
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1

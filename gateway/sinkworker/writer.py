@@ -1,0 +1,74 @@
+"""The interface every ClickHouse writer implements, and how their errors are classified.
+
+`BAD_DATA` means the server refused the rows themselves (the worker bisects the batch and sends
+the offending rows to the DLQ); anything else is `TRANSIENT` and retried with backoff, so a
+misconfiguration never drops data.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Protocol
+
+from gateway.sinkworker.schema import ServerCaps
+
+# ClickHouse error codes meaning "this input is malformed" (ErrorCodes.cpp).
+BAD_DATA_CODES = frozenset({6, 26, 27, 32, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 691})
+_CODE = re.compile(r"Code:\s*(\d+)")
+
+
+class ErrorKind(StrEnum):
+    BAD_DATA = "bad_data"
+    TRANSIENT = "transient"
+
+
+class WriteError(Exception):
+    """A failed statement, classified for the retry policy."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def classify(message: str) -> WriteError:
+    """Build a WriteError from a server error text (`Code: N. DB::Exception: ...`)."""
+    match = _CODE.search(message)
+    bad = match is not None and int(match.group(1)) in BAD_DATA_CODES
+    return WriteError(ErrorKind.BAD_DATA if bad else ErrorKind.TRANSIENT, message[:2000])
+
+
+class Writer(Protocol):
+    """A ClickHouse endpoint: run statements, read small results, insert JSONEachRow bodies."""
+
+    caps: ServerCaps
+    max_in_flight: int
+
+    async def command(self, sql: str) -> None: ...
+
+    async def select(self, sql: str) -> list[list[str]]:
+        """Rows of a query as TSV fields (small results only)."""
+        ...
+
+    async def fetch(self, sql: str, fmt: str) -> bytes:
+        """A query's whole result as raw bytes in ClickHouse format `fmt` (e.g. JSONEachRow)."""
+        ...
+
+    async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
+        """INSERT a JSONEachRow body into `table` (already quoted `db`.`t`); raise WriteError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+async def open_writer(dsn: str, max_in_flight: int, compression: str) -> Writer:
+    """Connect to `http(s)://…` (ClickHouse HTTP) or `chdb://path` (embedded) and probe the version."""
+    if dsn.startswith(("http://", "https://")):
+        from gateway.sinkworker.http_writer import HttpWriter
+
+        return await HttpWriter.connect(dsn, max_in_flight=max_in_flight, compression=compression)
+    if dsn.startswith("chdb://"):
+        from gateway.sinkworker.chdb_writer import ChdbWriter
+
+        return await ChdbWriter.open(dsn.removeprefix("chdb://") or ".")
+    raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use http(s)://… or chdb://path")

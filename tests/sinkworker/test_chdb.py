@@ -1,0 +1,148 @@
+"""Embedded chdb: schema, round trip, dedup tokens, and the worker end to end (crash, DLQ, spool)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gateway.capture.record import Record
+from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.chdb_writer import ChdbWriter
+from gateway.sinkworker.dlq import FileDeadLetters
+from gateway.sinkworker.rows import RowEncoder, SourceMessage
+from gateway.sinkworker.sources import SpoolSource
+from gateway.sinkworker.teams import TeamResolver
+from gateway.sinkworker.worker import SinkWorker, WorkerConfig
+from gateway.spool import Spool
+from tests.sinkworker.helpers import TOPIC, ListDeadLetters, ListSource, captured_value, record, stream
+
+ENCODER = RowEncoder(TeamResolver({}))
+
+
+def counts(writer: ChdbWriter, table: str) -> tuple[int, int]:
+    """(count(), uniqExact(uuid)) of a table."""
+    rows = asyncio.run(writer.select(f"SELECT count(), uniqExact(uuid) FROM {table}"))
+    return int(rows[0][0]), int(rows[0][1])
+
+
+def run_worker(writer: ChdbWriter, table: str, source, dead_letters, encoder=ENCODER, rows: int = 50) -> None:
+    async def main() -> None:
+        stop = asyncio.Event()
+        config = WorkerConfig(table, FlushPolicy(max_rows=rows, max_age_s=0.05), shutdown_timeout_s=10)
+        worker = SinkWorker(source, writer, dead_letters, encoder, config)
+        task = asyncio.create_task(worker.run(stop))
+        drained = asyncio.create_task(source.drained.wait())
+        await asyncio.wait([task, drained], return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await task
+
+    asyncio.run(main())
+
+
+def test_round_trip_keeps_microseconds(chdb_writer: ChdbWriter, chdb_table: str) -> None:
+    body = ENCODER.encode(record(captured_value(0, properties={"$elements_chain": "div"})))
+    asyncio.run(chdb_writer.insert(chdb_table, body, "t1"))
+    row = asyncio.run(
+        chdb_writer.select(
+            f"SELECT toString(timestamp), elements_chain, JSONExtractString(properties, '$ip') "
+            f"FROM {chdb_table}"
+        )
+    )
+    assert row == [["2023-09-15 09:15:02.325000", "div", "203.0.113.7"]]
+
+
+def test_same_batch_inserted_twice_is_stored_once(chdb_writer: ChdbWriter, chdb_table: str) -> None:
+    body = b"".join(ENCODER.encode(m) for m in stream(100))
+    for _ in range(2):
+        asyncio.run(chdb_writer.insert(chdb_table, body, "sink-same-token"))
+    assert counts(chdb_writer, chdb_table) == (100, 100)
+
+
+def test_worker_stores_every_row_once_and_dead_letters_garbage(
+    chdb_writer: ChdbWriter, chdb_table: str
+) -> None:
+    messages = stream(500, partitions=3, garbage=(5, 77))
+    source, dead = ListSource(messages), ListDeadLetters()
+    run_worker(chdb_writer, chdb_table, source, dead)
+    assert counts(chdb_writer, chdb_table) == (498, 498)
+    assert sorted(error.reason for _, error in dead.items) == ["invalid_json", "invalid_json"]
+    ends = {(TOPIC, p): len([m for m in messages if m.partition == p]) for p in range(3)}
+    assert source.committed == ends
+
+
+def test_crash_between_insert_and_commit_then_restart_is_exact(
+    chdb_writer: ChdbWriter, chdb_table: str
+) -> None:
+    messages = stream(400, partitions=2)
+    crashing = ListSource(messages, crash_on_commit=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_worker(chdb_writer, chdb_table, crashing, ListDeadLetters())
+    stored, _ = counts(chdb_writer, chdb_table)
+    assert stored > 0 and crashing.committed == {}
+    run_worker(chdb_writer, chdb_table, ListSource(messages), ListDeadLetters(), rows=37)
+    assert counts(chdb_writer, chdb_table) == (400, 400)
+
+
+class CorruptingEncoder:
+    """Encodes normally but writes an unparseable uuid for one offset, as if the server disliked it."""
+
+    def __init__(self, offset: int) -> None:
+        self._offset = offset
+
+    def encode(self, message: SourceMessage) -> bytes:
+        row = ENCODER.encode(message)
+        if message.offset == self._offset and message.partition == 0:
+            data = orjson.loads(row)
+            data["uuid"] = "zzz"
+            row = orjson.dumps(data) + b"\n"
+        return row
+
+
+def test_rows_the_server_rejects_are_bisected_to_the_dlq(chdb_writer: ChdbWriter, chdb_table: str) -> None:
+    dead = ListDeadLetters()
+    run_worker(chdb_writer, chdb_table, ListSource(stream(200, partitions=1)), dead, CorruptingEncoder(33))
+    assert counts(chdb_writer, chdb_table) == (199, 199)
+    assert [(m.offset, e.reason) for m, e in dead.items] == [(33, "rejected_by_clickhouse")]
+
+
+def test_spool_source_drains_once_across_restarts(
+    chdb_writer: ChdbWriter, chdb_table: str, tmp_path: Path
+) -> None:
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+
+    async def fill() -> None:
+        spool = Spool(spool_dir, segment_bytes=16 * 1024)
+        await spool.open()
+        await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(300)])
+        await spool.append([Record(TOPIC, b"k", (), b"garbage")])
+        await spool.close()
+
+    asyncio.run(fill())
+    for _ in range(2):
+        run_worker(
+            chdb_writer, chdb_table, _Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq")
+        )
+    assert counts(chdb_writer, chdb_table) == (300, 300)
+    dead = [orjson.loads(line) for line in next((tmp_path / "dlq").iterdir()).read_bytes().splitlines()]
+    assert [d["headers"]["dlq_reason"] for d in dead] == ["invalid_json"]
+
+
+class _Draining:
+    """Wraps a source to signal when a fetch comes back empty (everything read)."""
+
+    def __init__(self, source: SpoolSource) -> None:
+        self._source = source
+        self.drained = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+    async def fetch(self, timeout_s: float, max_records: int):
+        messages = await self._source.fetch(timeout_s, max_records)
+        if not messages:
+            self.drained.set()
+        return messages
