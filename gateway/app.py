@@ -7,15 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
 from gateway.edge.tokens import TokenPolicy
+from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.routes.capture import CaptureHandler, RouteSpec
-from gateway.routes.health import liveness, metrics_endpoint, readiness_handler
+from gateway.routes.health import liveness, metrics_handler, readiness_handler
 from gateway.sinks.base import Sink
-from gateway.sinks.factory import topics_from
+from gateway.sinks.factory import spool_dir, topics_from
+from gateway.spool.collector import SpoolCollector
 
 SINK_KEY = web.AppKey("sink", Sink)
 
@@ -61,9 +64,16 @@ def build_app(
             for path in spec.paths:
                 edge.add_route(app.router, prefix + path, handle, spec.name)
                 edge.add_route(app.router, prefix + path + "/", handle, spec.name)
+    # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics_export.py) ---
+    sampler = GaugeSampler()
+    sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
+    spools = SpoolCollector(spool_dir(settings, 0).parent, settings.spool_max_bytes)
+    readiness_checks = [sink.readiness]  # the upstream proxy's check joins this list
     edge.add_probe(app.router, "/_liveness", liveness)
-    edge.add_probe(app.router, "/_readiness", readiness_handler(sink))
-    edge.add_management(app, "/metrics", metrics_endpoint)
+    edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks))
+    edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
+    app.cleanup_ctx.append(sampler.lifecycle)
+    # --- end operations ---
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)
     return app

@@ -12,6 +12,7 @@ import orjson
 
 from gateway.config import ConfigError, ServeSettings, add_arguments, settings_from_args
 from gateway.edge.csp import add_csp_command, csp_command
+from gateway.metrics_multiproc import multiprocess_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,14 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        try:
-            settings = settings_from_args(args, ServeSettings)
-        except ConfigError as exc:
-            print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
-            return 2
-        from gateway.serve import serve
+        with multiprocess_metrics():  # before settings: validating them imports prometheus_client
+            try:
+                settings = settings_from_args(args, ServeSettings)
+            except ConfigError as exc:
+                print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+                return 2
+            from gateway.serve import serve
 
-        serve(settings)
+            serve(settings)
         return 0
     if args.command == "spool":
         return spool_command(args)

@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import ServeSettings
 from gateway.edge.tls import server_ssl_context
+from gateway.metrics_multiproc import process_exited
 from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
@@ -57,3 +58,4 @@ def serve(settings: ServeSettings) -> None:
     signal.signal(signal.SIGINT, forward)
     for process in workers:
         process.join()
+        process_exited(process.pid)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import metrics
 from gateway.config import ConfigError, ServeSettings
 from gateway.edge.access import AdminAccess
 from gateway.edge.client_ip import ClientIpResolver
@@ -115,7 +114,6 @@ class Edge:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """Runs the Redis sync task and the management listener for the app's lifetime."""
-        metrics.IN_FLIGHT.set_function(lambda: self.policy.in_flight)
         sync = None
         settings = self.settings
         if self.rate_limits.windows() and not settings.rate_limit_storage.startswith("memory://"):

@@ -66,6 +66,7 @@ class CaptureHandler:
         received = metrics.EVENTS_RECEIVED.labels(spec.name)
         ingested = metrics.EVENTS_INGESTED.labels(spec.name)
         size = metrics.REQUEST_SIZE.labels(spec.name)
+        batch_size = metrics.EVENT_BATCH_SIZE.labels(spec.name)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             # Methods, OPTIONS, CORS and client-IP limits are the edge policy's (gateway.edge.policy).
@@ -76,6 +77,7 @@ class CaptureHandler:
                 records = await self._records(request, spec, body)
                 if records:
                     received.inc(len(records))
+                    batch_size.observe(len(records))
                     await self.sink.deliver(records)
                     ingested.inc(len(records))
             except CaptureError as error:

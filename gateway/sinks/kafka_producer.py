@@ -119,6 +119,14 @@ class BatchingProducer:
         task.add_done_callback(_consume_exception)
 
     async def _flush(self, requests: list[_PendingRequest]) -> None:
+        queued = sum(len(request.records) for request in requests)
+        metrics.KAFKA_QUEUE_DEPTH.inc(queued)  # once per flush, not per request
+        try:
+            await self._flush_requests(requests)
+        finally:
+            metrics.KAFKA_QUEUE_DEPTH.dec(queued)
+
+    async def _flush_requests(self, requests: list[_PendingRequest]) -> None:
         started = time.perf_counter()
         producer: AIOKafkaProducer | None = None
         try:
