@@ -13,6 +13,7 @@ from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
 from gateway.edge.tokens import TokenPolicy
+from gateway.logs import request_context
 from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_handler, readiness_handler
@@ -43,7 +44,7 @@ def build_app(
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
-        middlewares=[edge.policy.middleware],
+        middlewares=[request_context(lambda r: _route_name(edge, r)), edge.policy.middleware],
     )
     app[SINK_KEY] = sink
     rerouting = (
@@ -77,6 +78,11 @@ def build_app(
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)
     return app
+
+
+def _route_name(edge: Edge, request: web.Request) -> str:
+    policy = edge.policy.routes.get(request.match_info.route)
+    return policy.name if policy is not None else "unknown"
 
 
 async def _sink_lifecycle(app: web.Application) -> AsyncIterator[None]:

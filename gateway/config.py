@@ -194,6 +194,16 @@ class ServeSettings:
         default=None, metadata={"help": "PEM private key of --tls-cert", "parse": Path}
     )
 
+    # --- operations (gateway/logs.py) ---
+    log_level: str = field(
+        default="info",
+        metadata={"help": "debug | info | warning | error (SIGHUP reloads it)",
+                  "parse": _choice("debug", "info", "warning", "error")},
+    )
+    log_format: str = field(
+        default="json", metadata={"help": "json (one object per line) | text", "parse": _choice("json", "text")}
+    )
+
     # Kafka sink (off unless bootstrap servers are given).
     kafka_bootstrap_servers: str = field(
         default="", metadata={"help": "HOST:PORT[,...] of Kafka; empty = spool only (embedded mode)"}

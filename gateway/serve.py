@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.app import build_app
 from gateway.config import ServeSettings
 from gateway.edge.tls import server_ssl_context
+from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
 from gateway.sinks.factory import build_sink
 
@@ -37,6 +38,7 @@ def run_worker(settings: ServeSettings, worker: int) -> None:
 
 
 def serve(settings: ServeSettings) -> None:
+    configure_logging(settings.log_level, settings.log_format)
     log.info("gateway listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
         run_worker(settings, 0)

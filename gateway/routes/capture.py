@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from gateway.edge.errors import BodyReadTimeout
 from gateway.edge.tokens import TokenPolicy
 from gateway.sinks.base import Sink
 
+log = logging.getLogger("gateway.capture")
 OK_BODY = b'{"status":"Ok"}'
 # Bodies above this are decoded and parsed in a worker thread so the event loop keeps serving.
 OFFLOAD_THRESHOLD = 256 * 1024
@@ -180,4 +182,7 @@ def error_response(request: web.Request, route: str, error: CaptureError) -> web
         response.force_close()
     metrics.HTTP_REQUESTS.labels(route, str(error.status)).inc()
     metrics.REQUEST_ERRORS.labels(error.code).inc()
+    # Code only: messages can quote request contents. Rate-limited per code by gateway.logs.
+    log.info("request refused", extra={"route": route, "status": error.status, "code": error.code,
+                                       "rate_key": error.code})
     return response
