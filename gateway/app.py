@@ -12,7 +12,6 @@ from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
-from gateway.edge.tokens import TokenPolicy
 from gateway.logs import request_context
 from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.routes.capture import CaptureHandler, RouteSpec
@@ -22,6 +21,7 @@ from gateway.sinks.factory import spool_dir, topics_from
 from gateway.spool.collector import SpoolCollector
 
 SINK_KEY = web.AppKey("sink", Sink)
+EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)
 
 
 def capture_routes(settings: ServeSettings) -> list[RouteSpec]:
@@ -55,7 +55,7 @@ def build_app(
         limits=DecodeLimits(settings.max_decompressed_bytes, settings.max_compression_ratio),
         options=RecordOptions(topics=topics_from(settings), historical_rerouting_after=rerouting),
         client_ip=edge.client_ip,
-        tokens=TokenPolicy(settings.allow_tokens, settings.drop_events, edge.rate_limits.by_token),
+        tokens=edge.tokens,
         body_read_timeout=settings.body_read_timeout,
         clock=clock,
     )
@@ -74,6 +74,7 @@ def build_app(
     edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks))
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
     app.cleanup_ctx.append(sampler.lifecycle)
+    app[EDGE_KEY] = edge
     # --- end operations ---
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)

@@ -6,23 +6,34 @@ import logging
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import EDGE_KEY, build_app
 from gateway.config import ServeSettings
 from gateway.edge.tls import server_ssl_context
 from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
+from gateway.reload import Reloader
 from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
 
 
-def run_worker(settings: ServeSettings, worker: int) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink."""
+Loader = Callable[[], ServeSettings]
+
+
+def run_worker(settings: ServeSettings, worker: int, load: Loader | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink.
+
+    With `load`, SIGHUP re-reads the configuration and applies policy settings live (gateway/reload.py).
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader's handler is installed
     app = build_app(settings, build_sink(settings, worker))
+    if load is not None:
+        app.cleanup_ctx.append(Reloader(settings, load, app[EDGE_KEY]).on_sighup)
     web.run_app(
         app,
         host=settings.host,
@@ -37,15 +48,16 @@ def run_worker(settings: ServeSettings, worker: int) -> None:
     )
 
 
-def serve(settings: ServeSettings) -> None:
+def serve(settings: ServeSettings, load: Loader | None = None) -> int:
+    """Run the workers until they exit; returns the first non-zero worker exit code, else 0."""
     configure_logging(settings.log_level, settings.log_format)
     log.info("gateway listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
-        run_worker(settings, 0)
-        return
+        run_worker(settings, 0, load)
+        return 0
     context = multiprocessing.get_context("fork")
     workers = [
-        context.Process(target=run_worker, args=(settings, i), name=f"worker-{i}")
+        context.Process(target=run_worker, args=(settings, i, load), name=f"worker-{i}")
         for i in range(settings.workers)
     ]
     for process in workers:
@@ -56,8 +68,9 @@ def serve(settings: ServeSettings) -> None:
             if process.pid and process.is_alive():
                 os.kill(process.pid, signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
     for process in workers:
         process.join()
         process_exited(process.pid)
+    return next((p.exitcode for p in workers if p.exitcode), 0)
