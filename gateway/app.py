@@ -12,6 +12,7 @@ from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
+from gateway.lifecycle import Drain
 from gateway.logs import request_context
 from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.routes.capture import CaptureHandler, RouteSpec
@@ -22,6 +23,7 @@ from gateway.spool.collector import SpoolCollector
 
 SINK_KEY = web.AppKey("sink", Sink)
 EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)
+DRAIN_KEY = web.AppKey("drain", Drain)  # for the worker lifecycle (gateway/lifecycle.py)
 
 
 def capture_routes(settings: ServeSettings) -> list[RouteSpec]:
@@ -41,10 +43,11 @@ def build_app(
 ) -> web.Application:
     specs = capture_routes(settings)
     edge = Edge.from_settings(settings, [spec.name for spec in specs])
+    drain = Drain()  # set on SIGTERM by gateway.lifecycle
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
-        middlewares=[request_context(lambda r: _route_name(edge, r)), edge.policy.middleware],
+        middlewares=[request_context(lambda r: _route_name(edge, r), drain), edge.policy.middleware],
     )
     app[SINK_KEY] = sink
     rerouting = (
@@ -69,12 +72,13 @@ def build_app(
     sampler = GaugeSampler()
     sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
     spools = SpoolCollector(spool_dir(settings, 0).parent, settings.spool_max_bytes)
-    readiness_checks = [sink.readiness]  # the upstream proxy's check joins this list
+    readiness_checks = [sink.readiness, drain.readiness]  # the upstream proxy's check joins this list
     edge.add_probe(app.router, "/_liveness", liveness)
     edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks))
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
     app.cleanup_ctx.append(sampler.lifecycle)
     app[EDGE_KEY] = edge
+    app[DRAIN_KEY] = drain
     # --- end operations ---
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)

@@ -24,6 +24,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway import metrics
+from gateway.lifecycle import Drain
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -124,8 +125,9 @@ def incoming_or_new_id(value: str | None) -> str:
     return value if value is not None and _SANE_ID.fullmatch(value) else uuid_utils.uuid4().hex
 
 
-def request_context(route_of: Callable[[web.Request], str]) -> Middleware:
-    """Outermost middleware: request id (accepted or generated, echoed), and unhandled errors → logged 500."""
+def request_context(route_of: Callable[[web.Request], str], drain: Drain) -> Middleware:
+    """Outermost middleware: request id (accepted or generated, echoed), unhandled errors → logged 500,
+    and `Connection: close` once the worker drains."""
     error_body = b'{"status":500,"code":"internal_error","error":"internal server error"}'
 
     @web.middleware
@@ -145,6 +147,8 @@ def request_context(route_of: Callable[[web.Request], str]) -> Middleware:
         finally:
             request_id.reset(token)
         response.headers[REQUEST_ID_HEADER] = rid
+        if drain.active:
+            response.force_close()
         return response
 
     return middleware

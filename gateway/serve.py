@@ -9,11 +9,10 @@ import signal
 from collections.abc import Callable
 
 import uvloop
-from aiohttp import web
 
-from gateway.app import EDGE_KEY, build_app
+from gateway.app import DRAIN_KEY, EDGE_KEY, build_app
 from gateway.config import ServeSettings
-from gateway.edge.tls import server_ssl_context
+from gateway.lifecycle import serve_until_signalled
 from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
 from gateway.reload import Reloader
@@ -26,7 +25,8 @@ Loader = Callable[[], ServeSettings]
 
 
 def run_worker(settings: ServeSettings, worker: int, load: Loader | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink.
+    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink
+    (gateway/lifecycle.py).
 
     With `load`, SIGHUP re-reads the configuration and applies policy settings live (gateway/reload.py).
     """
@@ -34,17 +34,18 @@ def run_worker(settings: ServeSettings, worker: int, load: Loader | None = None)
     app = build_app(settings, build_sink(settings, worker))
     if load is not None:
         app.cleanup_ctx.append(Reloader(settings, load, app[EDGE_KEY]).on_sighup)
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=settings.workers > 1,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-        auto_decompress=False,  # we inflate ourselves, with size and ratio limits
-        ssl_context=server_ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None,
+    edge = app[EDGE_KEY]
+    uvloop.run(
+        serve_until_signalled(
+            app,
+            host=settings.host,
+            port=settings.port,
+            reuse_port=settings.workers > 1,
+            ssl_context=edge.ssl_context,
+            shutdown_timeout=settings.shutdown_timeout,
+            drain=app[DRAIN_KEY],
+            in_flight=lambda: edge.policy.in_flight,
+        )
     )
 
 

@@ -23,7 +23,7 @@ def combined(states: Sequence[Readiness]) -> Readiness:
     return Readiness(
         ready=all(s.ready for s in states),
         degraded=any(s.degraded for s in states),
-        detail="; ".join(s.detail for s in states),
+        detail="; ".join(s.detail for s in states if s.detail),
     )
 
 
