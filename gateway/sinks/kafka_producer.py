@@ -115,18 +115,13 @@ class BatchingProducer:
     def _start_flush(self) -> None:
         self._flush_scheduled = False
         pending, self._pending = self._pending, []
+        queued = sum(len(request.records) for request in pending)
+        metrics.KAFKA_QUEUE_DEPTH.inc(queued)  # once per flush, not per request
         task = asyncio.get_running_loop().create_task(self._flush(pending))
         task.add_done_callback(_consume_exception)
+        task.add_done_callback(lambda _: metrics.KAFKA_QUEUE_DEPTH.dec(queued))
 
     async def _flush(self, requests: list[_PendingRequest]) -> None:
-        queued = sum(len(request.records) for request in requests)
-        metrics.KAFKA_QUEUE_DEPTH.inc(queued)  # once per flush, not per request
-        try:
-            await self._flush_requests(requests)
-        finally:
-            metrics.KAFKA_QUEUE_DEPTH.dec(queued)
-
-    async def _flush_requests(self, requests: list[_PendingRequest]) -> None:
         started = time.perf_counter()
         producer: AIOKafkaProducer | None = None
         try:
