@@ -74,7 +74,8 @@ def gateway_families() -> list[Metric]:
 def registered_names() -> set[str]:
     names = set().union(*(_exposed(family) for family in REGISTRY.collect()))
     names |= set().union(*(_exposed(family) for family in gateway_families()))
-    if importlib.util.find_spec("gateway.sinkworker") is None:
+    spec = importlib.util.find_spec("gateway.sinkworker")
+    if spec is None or not str(spec.origin).startswith(str(REPO_ROOT)):  # not in this checkout (editable installs)
         names |= SINKWORKER_METRICS
     else:
         importlib.import_module("gateway.sinkworker.metrics")
