@@ -7,21 +7,27 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
+from gateway import metrics
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
-from gateway.edge.tokens import TokenPolicy
+from gateway.lifecycle import Drain
+from gateway.logs import request_context
+from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import PROXY_FAMILIES, Proxy
 from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import CaptureHandler, RouteSpec
-from gateway.routes.health import liveness, metrics_endpoint, readiness_handler
+from gateway.routes.health import liveness, metrics_handler, readiness_handler
 from gateway.sinks.base import Sink
-from gateway.sinks.factory import topics_from
+from gateway.sinks.factory import spool_dir, topics_from
+from gateway.spool.collector import SpoolCollector
 
 SINK_KEY = web.AppKey("sink", Sink)
+EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)
+DRAIN_KEY = web.AppKey("drain", Drain)  # for the worker lifecycle (gateway/lifecycle.py)
 
 
 def capture_routes(settings: ServeSettings) -> list[RouteSpec]:
@@ -49,10 +55,11 @@ def build_app(
 ) -> web.Application:
     specs = capture_routes(settings)
     edge = Edge.from_settings(settings, route_families(settings))
+    drain = Drain()  # set on SIGTERM by gateway.lifecycle
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
-        middlewares=[edge.policy.middleware],
+        middlewares=[request_context(lambda r: _route_name(edge, r), drain), edge.policy.middleware],
     )
     app[SINK_KEY] = sink
     rerouting = (
@@ -63,7 +70,7 @@ def build_app(
         limits=DecodeLimits(settings.max_decompressed_bytes, settings.max_compression_ratio),
         options=RecordOptions(topics=topics_from(settings), historical_rerouting_after=rerouting),
         client_ip=edge.client_ip,
-        tokens=TokenPolicy(settings.allow_tokens, settings.drop_events, edge.rate_limits.by_token),
+        tokens=edge.tokens,
         body_read_timeout=settings.body_read_timeout,
         clock=clock,
         privacy=PrivacyPolicy.from_settings(settings),
@@ -77,9 +84,18 @@ def build_app(
             for path in spec.paths:
                 edge.add_route(app.router, prefix + path, handle, spec.name)
                 edge.add_route(app.router, prefix + path + "/", handle, spec.name)
+    # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics_export.py) ---
+    sampler = GaugeSampler()
+    sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
+    spools = SpoolCollector(spool_dir(settings, 0).parent, settings.spool_max_bytes)
+    readiness_checks = [sink.readiness, drain.readiness]  # the upstream proxy's check joins this list
     edge.add_probe(app.router, "/_liveness", liveness)
-    edge.add_probe(app.router, "/_readiness", readiness_handler(sink))
-    edge.add_management(app, "/metrics", metrics_endpoint)
+    edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks))
+    edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
+    app.cleanup_ctx.append(sampler.lifecycle)
+    app[EDGE_KEY] = edge
+    app[DRAIN_KEY] = drain
+    # --- end operations ---
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)
     upstreams = Upstreams.from_settings(settings)
@@ -88,6 +104,11 @@ def build_app(
         proxy.add_routes(app, edge, ("", *settings.prefix))
         app.cleanup_ctx.append(proxy.lifecycle)
     return app
+
+
+def _route_name(edge: Edge, request: web.Request) -> str:
+    policy = edge.policy.routes.get(request.match_info.route)
+    return policy.name if policy is not None else "unknown"
 
 
 async def _sink_lifecycle(app: web.Application) -> AsyncIterator[None]:

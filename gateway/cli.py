@@ -10,9 +10,13 @@ from pathlib import Path
 
 import orjson
 
-from gateway.config import ConfigError, ServeSettings, add_arguments, settings_from_args
+from gateway.check import add_check_command
+from gateway.config import ConfigError, ServeSettings, add_arguments
+from gateway.config_check import add_config_command
+from gateway.config_file import add_config_argument, load_settings
 from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.cli import add_gdpr_command, gdpr_command
+from gateway.metrics_multiproc import multiprocess_metrics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the capture gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
+    add_config_argument(serve)
     add_arguments(serve, ServeSettings)
 
     spool = commands.add_parser("spool", help="inspect a local spool")
@@ -39,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
     add_csp_command(commands)
     add_gdpr_command(commands)
+    add_config_command(commands)
+    add_check_command(commands)
     return parser
 
 
@@ -46,15 +53,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        try:
-            settings = settings_from_args(args, ServeSettings)
-        except ConfigError as exc:
-            print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
-            return 2
-        from gateway.serve import serve
+        with multiprocess_metrics():  # before settings: validating them imports prometheus_client
+            try:
+                settings = load_settings(args)
+            except ConfigError as exc:
+                print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+                return 2
+            from gateway.serve import serve
 
-        serve(settings)
-        return 0
+            return serve(settings, lambda: load_settings(args))
+    if args.command == "config":
+        from gateway.config_check import config_command
+
+        return config_command(args)
+    if args.command == "check":
+        from gateway.check import check_command
+
+        return check_command(args)
     if args.command == "spool":
         return spool_command(args)
     if args.command == "csp":

@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,16 @@ class ServeSettings:
     )
     tls_key: Path | None = field(
         default=None, metadata={"help": "PEM private key of --tls-cert", "parse": Path}
+    )
+
+    # --- operations (gateway/logs.py) ---
+    log_level: str = field(
+        default="info",
+        metadata={"help": "debug | info | warning | error (SIGHUP reloads it)",
+                  "parse": _choice("debug", "info", "warning", "error")},
+    )
+    log_format: str = field(
+        default="json", metadata={"help": "json (one object per line) | text", "parse": _choice("json", "text")}
     )
 
     # Kafka sink (off unless bootstrap servers are given).
@@ -443,11 +453,17 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type = ServeS
 
 
 def settings_from_args(
-    args: argparse.Namespace, settings_class: type = ServeSettings, environ: dict[str, str] | None = None
+    args: argparse.Namespace,
+    settings_class: type = ServeSettings,
+    environ: dict[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Flags win over env vars, which win over defaults. Raises ConfigError naming the bad setting."""
+    """Flags win over env vars, which win over `base` (the config file), then defaults.
+
+    Raises ConfigError naming the bad setting.
+    """
     environ = dict(os.environ) if environ is None else environ
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(base or {})
     for f in fields(settings_class):
         raw: Any = getattr(args, f.name, None)
         if raw is None and env_name(f.name) in environ:
@@ -456,11 +472,12 @@ def settings_from_args(
             raw = [v for v in env_value.split(separator) if v] if f.metadata.get("repeat") else env_value
         if raw is None:
             continue
-        values[f.name] = _convert(f, raw)
+        values[f.name] = convert(f, raw)
     return settings_class(**values).validate()
 
 
-def _convert(f: Any, raw: Any) -> Any:
+def convert(f: Any, raw: Any) -> Any:
+    """A field's value from its text (or list of texts, for repeatable fields)."""
     if f.metadata.get("repeat"):
         return tuple(raw)
     parse = f.metadata.get("parse") or _type_parser(f)

@@ -1,4 +1,11 @@
-"""Every metric the gateway exports, defined once and named after what operators alert on."""
+"""Every metric the gateway exports, defined once and named after what operators alert on.
+
+`gateway serve` runs prometheus-client in multiprocess mode (gateway/metrics_export.py) so a scrape of
+any worker shows the whole process group: counters and histograms are summed over workers and every
+gauge declares how workers combine (`multiprocess_mode`). No gauge uses `set_function` (invisible to
+other processes): per-worker values are sampled by `metrics_export.GaugeSampler`, spool disk usage is
+read at scrape time by `gateway.spool.collector.SpoolCollector`. Hot paths precompute `.labels()`.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,12 @@ EVENTS_RECEIVED = Counter("capture_events_received", "Events parsed from valid r
 EVENTS_INGESTED = Counter("capture_events_ingested", "Events acknowledged to clients (durable)", ["route"])
 EVENTS_DROPPED = Counter("capture_events_dropped", "Events not stored, by cause", ["cause"])
 REQUEST_ERRORS = Counter("capture_request_errors", "Requests rejected, by PostHog error code", ["code"])
+EVENT_BATCH_SIZE = Histogram(
+    "capture_event_batch_size",
+    "Records per accepted request",
+    ["route"],
+    buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000),
+)
 
 KAFKA_PRODUCE_LATENCY = Histogram(
     "gateway_kafka_produce_duration_seconds",
@@ -28,11 +41,21 @@ KAFKA_PRODUCE_LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 KAFKA_PRODUCE_ERRORS = Counter("gateway_kafka_produce_errors", "Failed Kafka produce attempts")
-KAFKA_SPOOLING = Gauge("gateway_kafka_spooling", "1 while records go to the local spool instead of Kafka")
+KAFKA_SPOOLING = Gauge(
+    "gateway_kafka_spooling",
+    "1 while records go to the local spool instead of Kafka (in any live worker)",
+    multiprocess_mode="livemax",
+)
+KAFKA_QUEUE_DEPTH = Gauge(
+    "gateway_kafka_queue_depth",
+    "Records handed to the Kafka producer and not yet acknowledged or failed, all workers",
+    multiprocess_mode="livesum",
+)
 SPOOLED_RECORDS = Counter(
     "gateway_spooled_records", "Records written to the spool because Kafka was unavailable"
 )
 SPOOL_REPLAYED_RECORDS = Counter("gateway_spool_replayed_records", "Spooled records replayed into Kafka")
+# Spool disk usage and reader lag (gateway_spool_*) are read from disk at scrape time: gateway/spool/collector.py
 
 # Edge policy (gateway/edge)
 RATE_LIMITED = Counter(
@@ -42,7 +65,11 @@ RATE_LIMITED = Counter(
 RATE_LIMIT_SYNC_ERRORS = Counter(
     "gateway_rate_limit_sync_errors", "Failed syncs with the shared rate-limit storage (limits failed open)"
 )
-IN_FLIGHT = Gauge("gateway_in_flight_requests", "Requests being handled now (bounded by --max-in-flight)")
+IN_FLIGHT = Gauge(
+    "gateway_in_flight_requests",
+    "Requests being handled now, all workers (each bounded by --max-in-flight; sampled each second)",
+    multiprocess_mode="livesum",
+)
 
 # Reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py)
 UPSTREAM_LATENCY = Histogram(
@@ -81,3 +108,13 @@ UPSTREAM_REPLAYED_RECORDS = Counter(
 PRIVACY_ACTIONS = Counter(
     "gateway_privacy_actions", "Privacy rule applications (events, properties or values, per rule)", ["rule"]
 )
+
+# --- Sink worker (Kafka → ClickHouse): gateway/sinkworker/metrics.py on the `sinkworker` branch (consumer
+# lag, rows inserted, insert latency, DLQ), absorbed here when merged. deploy/ already uses those names;
+# tests/unit/test_ops_assets.py lists the ones it expects from there.
+
+# --- Operations (gateway/logs.py, gateway/reload.py)
+LOG_RECORDS_SUPPRESSED = Counter(
+    "gateway_log_records_suppressed", "Log records dropped by the per-message rate limit", ["level"]
+)
+CONFIG_RELOADS = Counter("gateway_config_reloads", "SIGHUP policy reloads, by result (ok, error)", ["result"])

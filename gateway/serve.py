@@ -8,13 +8,16 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import uvloop
-from aiohttp import web
 
-from gateway.app import build_app
+from gateway.app import DRAIN_KEY, EDGE_KEY, build_app
 from gateway.config import ServeSettings
-from gateway.edge.tls import server_ssl_context
+from gateway.lifecycle import serve_until_signalled
+from gateway.logs import configure_logging
+from gateway.metrics_multiproc import process_exited
+from gateway.reload import Reloader
 from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
@@ -23,43 +26,59 @@ PR_SET_PDEATHSIG = 1
 RESTART_DELAY_SECONDS = 1.0
 
 
-def run_worker(settings: ServeSettings, worker: int) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink."""
+Loader = Callable[[], ServeSettings]
+
+
+def run_worker(settings: ServeSettings, worker: int, load: Loader | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink
+    (gateway/lifecycle.py).
+
+    With `load`, SIGHUP re-reads the configuration and applies policy settings live (gateway/reload.py).
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader's handler is installed
     app = build_app(settings, build_sink(settings, worker))
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        reuse_port=settings.workers > 1,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-        auto_decompress=False,  # we inflate ourselves, with size and ratio limits
-        ssl_context=server_ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None,
+    if load is not None:
+        app.cleanup_ctx.append(Reloader(settings, load, app[EDGE_KEY]).on_sighup)
+    edge = app[EDGE_KEY]
+    uvloop.run(
+        serve_until_signalled(
+            app,
+            host=settings.host,
+            port=settings.port,
+            reuse_port=settings.workers > 1,
+            ssl_context=edge.ssl_context,
+            shutdown_timeout=settings.shutdown_timeout,
+            drain=app[DRAIN_KEY],
+            in_flight=lambda: edge.policy.in_flight,
+        )
     )
 
 
-def serve(settings: ServeSettings) -> None:
+def serve(settings: ServeSettings, load: Loader | None = None) -> int:
+    """Run the workers until they exit; returns the first non-zero worker exit code, else 0."""
+    configure_logging(settings.log_level, settings.log_format)
     log.info("gateway listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
-        run_worker(settings, 0)
-        return
-    Supervisor(settings).run()
+        run_worker(settings, 0, load)
+        return 0
+    return Supervisor(settings, load).run()
 
 
 class Supervisor:
-    """Parent of N workers: forwards SIGTERM/SIGINT, restarts a worker that dies, exits when all stopped."""
+    """Parent of N workers: forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that dies unexpectedly,
+    and exits when all have stopped."""
 
-    def __init__(self, settings: ServeSettings) -> None:
+    def __init__(self, settings: ServeSettings, load: Loader | None) -> None:
         self.settings = settings
+        self.load = load
         self.context = multiprocessing.get_context("fork")
         self.workers: dict[int, multiprocessing.process.BaseProcess] = {}
         self.stopping = False
+        self.exit_code = 0
 
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._forward)
-        signal.signal(signal.SIGINT, self._forward)
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._forward)
         for index in range(self.settings.workers):
             self._spawn(index)
         while self.workers:
@@ -68,24 +87,31 @@ class Supervisor:
                 if process.exitcode is None:
                     continue
                 del self.workers[index]
-                if not self.stopping:
+                process_exited(process.pid)
+                if self.stopping:
+                    self.exit_code = self.exit_code or process.exitcode
+                else:
                     log.error("worker %d exited with %s; restarting it", index, process.exitcode)
                     time.sleep(RESTART_DELAY_SECONDS)
                     self._spawn(index)
+        return self.exit_code
 
     def _spawn(self, index: int) -> None:
-        process = self.context.Process(target=_worker_main, args=(self.settings, index), name=f"worker-{index}")
+        process = self.context.Process(
+            target=_worker_main, args=(self.settings, index, self.load), name=f"worker-{index}"
+        )
         process.start()
         self.workers[index] = process
 
     def _forward(self, signum: int, _frame: object) -> None:
-        self.stopping = True
+        if signum != signal.SIGHUP:
+            self.stopping = True
         for process in self.workers.values():
             if process.pid and process.is_alive():
                 os.kill(process.pid, signum)
 
 
-def _worker_main(settings: ServeSettings, worker: int) -> None:
+def _worker_main(settings: ServeSettings, worker: int, load: Loader | None) -> None:
     # If the supervisor is killed outright, take the workers down with it rather than orphan them.
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    run_worker(settings, worker)
+    run_worker(settings, worker, load)

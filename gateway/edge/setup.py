@@ -12,12 +12,11 @@ import contextlib
 import dataclasses
 import ssl
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiohttp import web
 
-from gateway import metrics
 from gateway.config import ConfigError, ServeSettings
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
@@ -25,14 +24,20 @@ from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.headers import security_headers
 from gateway.edge.policy import EdgePolicy, Handler, RoutePolicy
-from gateway.edge.ratelimit import DEFAULT_IP_RATE, DEFAULT_IP_RATES, RateLimits, route_rates
+from gateway.edge.ratelimit import DEFAULT_IP_RATE, DEFAULT_IP_RATES, RateLimits, SlidingWindow, route_rates
 from gateway.edge.ratelimit_sync import RedisRateSync
 from gateway.edge.tls import server_ssl_context
+from gateway.edge.tokens import TokenPolicy
 
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
 PROBE_METHODS = frozenset({"GET", "HEAD"})
 MANAGEMENT = RoutePolicy("admin", PROBE_METHODS, management=True, bounded=False)
 PROBE = RoutePolicy("health", PROBE_METHODS, bounded=False)
+# Settings `Edge.reload` applies live on SIGHUP (gateway/reload.py adds log_level).
+RELOADABLE = (
+    "rate_limit_ip", "rate_limit_token", "allow_tokens", "drop_events", "cors_origins",
+    "admin_allow_cidrs", "admin_token_file", "max_in_flight",
+)
 
 
 def route_methods(entries: Iterable[str], routes: Iterable[str]) -> dict[str, frozenset[str]]:
@@ -54,6 +59,7 @@ class Edge:
     rate_limits: RateLimits
     methods: dict[str, frozenset[str]]
     ssl_context: ssl.SSLContext | None
+    tokens: TokenPolicy
     management: dict[str, Handler] = field(default_factory=dict)
     aliases: tuple[PathAlias, ...] = ()
 
@@ -95,9 +101,40 @@ class Edge:
             client_ip=client_ip, cors=cors, admin=admin, headers=headers, max_in_flight=settings.max_in_flight
         )
         limits = RateLimits(by_ip, by_token, shared=not storage.startswith("memory://"))
+        tokens = TokenPolicy(settings.allow_tokens, settings.drop_events, limits.by_token)
         with _setting("path_alias"):
             aliases = parse_aliases(settings.path_alias)
-        return cls(settings, policy, client_ip, limits, methods, context, aliases=aliases)
+        return cls(settings, policy, client_ip, limits, methods, context, tokens, aliases=aliases)
+
+    def reload(self, settings: ServeSettings) -> list[str]:
+        """Apply the RELOADABLE settings in place (SIGHUP), keeping connections and unchanged rate windows.
+
+        Returns the changed settings that still need a restart: rate limits shared through Redis stay,
+        their windows being registered with the sync task. Raises ConfigError, applying nothing, if a
+        value is invalid.
+        """
+        running = self.settings
+        pinned = replace(running, **{name: getattr(settings, name) for name in RELOADABLE})
+        fresh = Edge.from_settings(pinned, self.methods)
+        restart: list[str] = []
+        if running.rate_limit_storage.startswith("memory://"):
+            by_ip = _keep_unchanged(self.rate_limits.by_ip, fresh.rate_limits.by_ip)
+            by_token = _keep_unchanged(self.rate_limits.by_token, fresh.rate_limits.by_token)
+        else:
+            rates = ("rate_limit_ip", "rate_limit_token")
+            restart = [name for name in rates if getattr(running, name) != getattr(pinned, name)]
+            pinned = replace(pinned, **{name: getattr(running, name) for name in rates})
+            by_ip, by_token = self.rate_limits.by_ip, self.rate_limits.by_token
+        self.rate_limits.by_ip, self.rate_limits.by_token = by_ip, by_token
+        for route, policy in list(self.policy.routes.items()):
+            if policy.name in self.methods:
+                self.policy.routes[route] = replace(policy, ip_limit=by_ip.get(policy.name))
+        self.tokens.configure(pinned.allow_tokens, pinned.drop_events, by_token)
+        self.policy.cors = fresh.policy.cors
+        self.policy.admin = fresh.policy.admin
+        self.policy.max_in_flight = fresh.policy.max_in_flight
+        self.settings = pinned
+        return restart
 
     def serves(self, route: str) -> bool:
         return route in self.methods
@@ -122,7 +159,6 @@ class Edge:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """Runs the Redis sync task and the management listener for the app's lifetime."""
-        metrics.IN_FLIGHT.set_function(lambda: self.policy.in_flight)
         sync = None
         settings = self.settings
         if self.rate_limits.windows() and not settings.rate_limit_storage.startswith("memory://"):
@@ -155,6 +191,18 @@ class Edge:
         )
         await site.start()
         return runner
+
+
+def _keep_unchanged(
+    running: dict[str, SlidingWindow], fresh: dict[str, SlidingWindow]
+) -> dict[str, SlidingWindow]:
+    """The fresh windows, except that a route whose rate did not change keeps its window and counts."""
+    kept = {}
+    for route, window in fresh.items():
+        old = running.get(route)
+        same = old is not None and (old.amount, old.period) == (window.amount, window.period)
+        kept[route] = old if same else window
+    return kept
 
 
 def read_secret(path: Path) -> str:

@@ -24,6 +24,13 @@ class TokenPolicy:
         drop: Iterable[str] = (),
         limits: dict[str, SlidingWindow] | None = None,
     ) -> None:
+        self._dropped = metrics.EVENTS_DROPPED.labels("token_dropper")
+        self.configure(allow, drop, limits)
+
+    def configure(
+        self, allow: Iterable[str], drop: Iterable[str], limits: dict[str, SlidingWindow] | None
+    ) -> None:
+        """(Re)load the lists and per-token windows (SIGHUP reload applies new ones in place)."""
         self.allow = frozenset(allow) or None
         self.drop_tokens: set[str] = set()
         self.drop_pairs: dict[str, set[str]] = {}
@@ -34,7 +41,6 @@ class TokenPolicy:
             else:
                 self.drop_tokens.add(token)
         self.limits = limits or {}
-        self._dropped = metrics.EVENTS_DROPPED.labels("token_dropper")
 
     def apply(self, route: str, parsed: ParsedRequest) -> ParsedRequest | None:
         """Refuse (403/429) or filter the request's events; None when every event was dropped."""

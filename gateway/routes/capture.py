@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from gateway.edge.tokens import TokenPolicy
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
 
+log = logging.getLogger("gateway.capture")
 OK_BODY = b'{"status":"Ok"}'
 # Bodies above this are decoded and parsed in a worker thread so the event loop keeps serving.
 OFFLOAD_THRESHOLD = 256 * 1024
@@ -69,6 +71,7 @@ class CaptureHandler:
         received = metrics.EVENTS_RECEIVED.labels(spec.name)
         ingested = metrics.EVENTS_INGESTED.labels(spec.name)
         size = metrics.REQUEST_SIZE.labels(spec.name)
+        batch_size = metrics.EVENT_BATCH_SIZE.labels(spec.name)
 
         async def handle(request: web.Request) -> web.StreamResponse:
             # Methods, OPTIONS, CORS and client-IP limits are the edge policy's (gateway.edge.policy).
@@ -79,6 +82,7 @@ class CaptureHandler:
                 records = await self._records(request, spec, body)
                 if records:
                     received.inc(len(records))
+                    batch_size.observe(len(records))
                     await self.sink.deliver(records)
                     ingested.inc(len(records))
             except CaptureError as error:
@@ -187,4 +191,7 @@ def error_response(request: web.Request, route: str, error: CaptureError) -> web
         response.force_close()
     metrics.HTTP_REQUESTS.labels(route, str(error.status)).inc()
     metrics.REQUEST_ERRORS.labels(error.code).inc()
+    # Code only: messages can quote request contents. Rate-limited per code by gateway.logs.
+    log.info("request refused", extra={"route": route, "status": error.status, "code": error.code,
+                                       "rate_key": error.code})
     return response

@@ -1,20 +1,37 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics: cheap handlers that never touch the sink's hot path."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from collections.abc import Awaitable, Callable, Sequence
 
-from gateway.sinks.base import Sink
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway.metrics_export import MetricsExporter
+from gateway.sinks.base import Readiness
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+ReadinessCheck = Callable[[], Readiness]
 
 
 async def liveness(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def readiness_handler(sink: Sink):
+def combined(states: Sequence[Readiness]) -> Readiness:
+    """Ready only when every component is; degraded when any is."""
+    return Readiness(
+        ready=all(s.ready for s in states),
+        degraded=any(s.degraded for s in states),
+        detail="; ".join(s.detail for s in states if s.detail),
+    )
+
+
+def readiness_handler(checks: Sequence[ReadinessCheck]) -> Handler:
+    """/_readiness: 200 while ready (status ok or degraded), 503 to take the instance out of rotation."""
+
     async def readiness(request: web.Request) -> web.Response:
-        state = sink.readiness()
+        state = combined([check() for check in checks])
         body = {
             "status": "degraded" if state.degraded else "ok",
             "ready": state.ready,
@@ -25,5 +42,8 @@ def readiness_handler(sink: Sink):
     return readiness
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+def metrics_handler(exporter: MetricsExporter) -> Handler:
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(body=exporter.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    return metrics

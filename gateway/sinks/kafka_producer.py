@@ -55,11 +55,15 @@ class ReconnectingProducer:
     async def produce(self, records: Sequence[Record]) -> None:
         producer = await self._connect()
         started = time.perf_counter()
-        with self._reset_on_failure(producer):
-            acks = [
-                await producer.send(r.topic, r.value, r.key, headers=list(r.headers)) for r in records
-            ]
-            await asyncio.gather(*acks)
+        metrics.KAFKA_QUEUE_DEPTH.inc(len(records))
+        try:
+            with self._reset_on_failure(producer):
+                acks = [
+                    await producer.send(r.topic, r.value, r.key, headers=list(r.headers)) for r in records
+                ]
+                await asyncio.gather(*acks)
+        finally:
+            metrics.KAFKA_QUEUE_DEPTH.dec(len(records))
         metrics.KAFKA_PRODUCE_LATENCY.observe(time.perf_counter() - started)
 
     async def produce_bulk(self, records: Sequence[Record]) -> None:

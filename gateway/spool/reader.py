@@ -167,6 +167,14 @@ def load_cursors(directory: Path) -> dict[str, SpoolPosition]:
     return cursors
 
 
+def cursor_mtime(directory: Path, name: str) -> float | None:
+    """When reader `name` last committed progress (epoch seconds), or None if it never did."""
+    try:
+        return _cursor_path(Path(directory), name).stat().st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def lag_bytes(directory: Path, position: SpoolPosition | None) -> int:
     """Frame bytes written after `position` (None: from the beginning), from file sizes only."""
     lag = 0

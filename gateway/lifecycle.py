@@ -1,0 +1,68 @@
+"""A worker's lifecycle: serve until SIGTERM/SIGINT, then drain without cutting off a request.
+
+aiohttp's own shutdown (`web.run_app`) marks every connection as closing at once and from then on
+ignores bytes still arriving (aio-libs/aiohttp#2298), so a request whose body is still uploading
+stalls until the shutdown timeout cuts it off. Here a signal instead: stops listening, turns
+readiness off and answers `Connection: close`, waits (up to `shutdown_timeout`) until no request is
+in flight, and only then lets aiohttp close the idle connections and the app clean up (sink flush).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.sinks.base import Readiness
+
+POLL_S = 0.05
+
+
+class Drain:
+    """Set once shutdown starts: readiness fails and responses close their connections."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+    def readiness(self) -> Readiness:
+        if self.active:
+            return Readiness(ready=False, degraded=True, detail="draining: shutting down")
+        return Readiness(ready=True, degraded=False, detail="")
+
+
+async def serve_until_signalled(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    ssl_context: ssl.SSLContext | None,
+    shutdown_timeout: float,
+    drain: Drain,
+    in_flight: Callable[[], int],
+) -> None:
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        auto_decompress=False,  # capture inflates bodies itself, with size and ratio limits
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
+    try:
+        await site.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        drain.active = True
+        await site.stop()  # no new connections
+        deadline = loop.time() + shutdown_timeout
+        while in_flight() and loop.time() < deadline:
+            await asyncio.sleep(POLL_S)
+    finally:
+        await runner.cleanup()  # idle connections closed, stragglers cancelled, app cleanup (sink flush)
