@@ -80,17 +80,22 @@ def event_value(index: int) -> bytes:
     )
 
 
-async def produce(bootstrap: str, topic: str, values: Sequence[bytes]) -> None:
+async def produce(bootstrap: str, topic: str, values: Sequence[bytes], partitions: int = 4) -> None:
+    """Fill `topic` fast with producer batches (round-robin over partitions)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=1 << 20, linger_ms=10)
     await producer.start()
     try:
-        for start in range(0, len(values), 2000):
-            batch = producer.create_batch()
-            for value in values[start : start + 2000]:
+        sent = 0
+        batch = producer.create_batch()
+        for value in values:
+            if batch.append(key=None, value=value, timestamp=None) is None:  # full: ship it
+                batch.close()
+                await (await producer.send_batch(batch, topic, partition=sent % partitions))
+                sent += 1
+                batch = producer.create_batch()
                 batch.append(key=None, value=value, timestamp=None)
-            batch.close()
-            partition = (start // 2000) % 4
-            await (await producer.send_batch(batch, topic, partition=partition))
+        batch.close()
+        await (await producer.send_batch(batch, topic, partition=sent % partitions))
     finally:
         await producer.stop()
 
@@ -125,6 +130,9 @@ async def run_sink(case: Case, writer: Writer, bootstrap: str, topic: str, rows:
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     while await count(writer, quoted) < rows:
+        if task.done():
+            await task  # raises what stopped the worker
+            raise RuntimeError("sink stopped before storing every row")
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - (source.first_fetch or 0)
     stop.set()

@@ -43,6 +43,7 @@ from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRYABLE = (WriteError, KafkaError, OSError)
+WAIT_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,12 +120,14 @@ class SinkWorker:
             self._paused = blocked
         timeout = policy.max_age_s
         if not self._batch.empty:
-            timeout = max(0.0, self._batch.created + policy.max_age_s - time.monotonic())
-        messages = await self._source.fetch(0.05 if blocked else timeout, self._config.fetch_max_records)
+            timeout = self._batch.created + policy.max_age_s - time.monotonic()
+        # Never poll with a zero timeout: an overdue batch waiting for a slot would spin the loop.
+        messages = await self._source.fetch(max(WAIT_S, timeout), self._config.fetch_max_records)
         if messages:
             await self._ingest(messages)
         if self._batch.due(policy, time.monotonic()) and not self._slots.locked():
             self._flush()
+        await asyncio.sleep(0)  # fetches served from buffers do not yield: let store tasks run
 
     async def _ingest(self, messages: Sequence[SourceMessage]) -> None:
         first: dict[TopicPartition, int] = {}
