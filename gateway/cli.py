@@ -15,8 +15,9 @@ from gateway.config import ConfigError, ServeSettings, add_arguments
 from gateway.config_check import add_config_command
 from gateway.config_file import add_config_argument, load_settings
 from gateway.edge.csp import add_csp_command, csp_command
-from gateway.gdpr.cli import add_gdpr_command, gdpr_command
+from gateway.gdpr.arguments import add_gdpr_command
 from gateway.metrics_multiproc import multiprocess_metrics
+from gateway.sinkworker.cli import add_sink_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     add_csp_command(commands)
     add_gdpr_command(commands)
+    add_sink_arguments(commands.add_parser("sink", help="move events from Kafka or a spool into ClickHouse"))
     add_config_command(commands)
     add_check_command(commands)
     return parser
@@ -75,7 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "csp":
         return csp_command(args)
     if args.command == "gdpr":
+        from gateway.gdpr.cli import gdpr_command
+
         return gdpr_command(args)
+    if args.command == "sink":
+        from gateway.sinkworker.cli import run_sink, settings_from_args
+
+        return run_sink(settings_from_args(args))
     return 2
 
 

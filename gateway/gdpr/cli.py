@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,51 +21,11 @@ from gateway.capture.record import Record
 from gateway.gdpr.audit import AuditLog
 from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subject_filter
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
-from gateway.sinkworker.settings import DEFAULT_CLICKHOUSE
 from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.purge import purge_spool
 
-DEFAULT_AUDIT_LOG = "gateway-data/audit/gdpr.jsonl"
 Handler = Callable[[argparse.Namespace, EventsTable, AuditLog, str], Awaitable[int]]
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"GATEWAY_{name}", default)
-
-
-def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
-    """Mount `gdpr` and its sub-commands on the main CLI."""
-    gdpr = commands.add_parser("gdpr", help="export or erase a person's data; retention")
-    sub = gdpr.add_subparsers(dest="gdpr_command", required=True)
-    export = sub.add_parser("export", help="write a person's events as NDJSON (data portability)")
-    delete = sub.add_parser("delete", help="delete a person's events from ClickHouse and verify")
-    purge = sub.add_parser("purge-spool", help="remove a person's records still waiting in the local spool")
-    retention = sub.add_parser("retention", help="set the events table TTL (servers with TTL: chdb, ≥ 19.6)")
-    expire_cmd = sub.add_parser("expire", help="drop events older than N days (any server; run daily)")
-    for parser in (export, delete, purge):
-        parser.add_argument("--distinct-id", action="append", required=True,
-                            help="the person's distinct id (repeat for every id of the same person)")
-        parser.add_argument("--token", default=None, help="only this project's events (default: every project)")
-    for parser in (export, delete, retention, expire_cmd):
-        parser.add_argument("--clickhouse", default=_env("CLICKHOUSE", DEFAULT_CLICKHOUSE),
-                            help="chdb://PATH or http(s)://[user:pass@]host:8123 (env GATEWAY_CLICKHOUSE)")
-        parser.add_argument("--clickhouse-url", default=None, help="ClickHouse HTTP URL; overrides --clickhouse")
-        parser.add_argument("--database", default=_env("DATABASE", "default"), help="database of the events table")
-        parser.add_argument("--table", default=_env("TABLE", "events"), help="events table name")
-    for parser in (delete, expire_cmd):
-        parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for mutations")
-    export.add_argument("--out", required=True, help="output file, or - for stdout")
-    purge.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "./gateway-data")),
-                       help="the gateway's --data-dir (every worker spool is purged)")
-    retention.add_argument("--days", type=int, required=True, help="keep events this many days (0 = forever)")
-    expire_cmd.add_argument("--older-than-days", type=int, required=True, help="drop events older than this")
-    for parser in (export, delete, purge, retention, expire_cmd):
-        parser.add_argument("--audit-log", type=Path, default=Path(_env("GDPR_AUDIT_LOG", DEFAULT_AUDIT_LOG)),
-                            help="JSON-lines audit log appended to (env GATEWAY_GDPR_AUDIT_LOG)")
-        parser.add_argument("--audit-key-file", type=Path, default=_env("GDPR_AUDIT_KEY_FILE", "") or None,
-                            help="secret key file: subjects are logged as HMAC-SHA256 instead of SHA-256")
-        parser.add_argument("--operator", default=None, help="who runs this (default: the OS user)")
 
 
 def gdpr_command(args: argparse.Namespace) -> int:

@@ -13,7 +13,6 @@ from typing import Any
 
 import uvloop
 
-from gateway.sinkworker.app import serve
 from gateway.sinkworker.settings import SinkSettings
 
 HELP = {
@@ -104,6 +103,8 @@ def run_sink(settings: SinkSettings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        from gateway.sinkworker.app import serve  # heavy: kept out of `gateway --help` and `serve`
+
         return await serve(settings, stop)
 
     return uvloop.run(main())

@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaProducer
 
 from gateway.sinkworker.metrics import DLQ_MESSAGES
 from gateway.sinkworker.rows import Rejected, SourceMessage
+from gateway.sinkworker.settings import DEFAULT_DLQ_TOPIC
 
-DEFAULT_DLQ_TOPIC = "events_plugin_ingestion_dlq"
 DETAIL_LIMIT = 512
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.sinkworker.dlq import DEFAULT_DLQ_TOPIC
 from gateway.sinkworker.rows import IpMode
+
+# PostHog's own dead-letter topic name.
+DEFAULT_DLQ_TOPIC = "events_plugin_ingestion_dlq"
 
 DEFAULT_TOPICS = (
     "events_plugin_ingestion",
