@@ -24,7 +24,7 @@ from gateway.capture.errors import (
 )
 from gateway.capture.parse import ParsedRequest, RawEvent
 from gateway.capture.record import Record
-from gateway.capture.timestamps import compute_timestamp, epoch_millis, format_now, format_rfc3339
+from gateway.capture.timestamps import epoch_millis, event_timestamp, format_now, format_rfc3339
 
 MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
@@ -134,13 +134,7 @@ def _analytics_record(
         raise InvalidCookielessMode("$cookieless_mode must be a boolean")
     if event["uuid"] is None:
         event["uuid"] = str(uuid_utils.uuid7())
-    timestamp = compute_timestamp(
-        event.get("timestamp"),
-        event.get("offset"),
-        parsed.sent_at,
-        properties.get("$ignore_sent_at") is True,
-        context.now,
-    )
+    timestamp = event_timestamp(event, parsed.sent_at, context.now)
     data_type = data_type_for(name, parsed.historical_migration)
     if (
         data_type is DataType.ANALYTICS_MAIN
@@ -203,9 +197,7 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
             "$lib": lib,
         },
     }
-    timestamp = compute_timestamp(
-        first.get("timestamp"), first.get("offset"), parsed.sent_at, False, context.now
-    )
+    timestamp = event_timestamp(first, parsed.sent_at, context.now)
     return _record(
         topic=options.topics.replay,
         key=session_id,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_FUTURE = timedelta(hours=23)
@@ -52,14 +54,33 @@ def sent_at_from_query(value: str | None) -> datetime | None:
     return parsed if parsed.year >= _MIN_SENT_AT_YEAR else None
 
 
+def event_timestamp(event: Mapping[str, Any], sent_at: datetime | None, now: datetime) -> datetime:
+    """`compute_timestamp` with its inputs read from a raw event (fields of the wrong type are ignored)."""
+    properties = event.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    timestamp = event.get("timestamp")
+    offset = event.get("offset")
+    skew = event.get("$clock_skew", properties.get("$clock_skew"))
+    return compute_timestamp(
+        timestamp if isinstance(timestamp, str) else None,
+        offset if isinstance(offset, int) and not isinstance(offset, bool) else None,
+        sent_at,
+        properties.get("$ignore_sent_at") is True,
+        now,
+        skew if isinstance(skew, int | float) and not isinstance(skew, bool) else None,
+    )
+
+
 def compute_timestamp(
     timestamp: str | None,
     offset: int | None,
     sent_at: datetime | None,
     ignore_sent_at: bool,
     now: datetime,
+    clock_skew_ms: float | None = None,
 ) -> datetime:
-    """The event time PostHog derives: clock-skew corrected by sent_at, or now - offset, clamped."""
+    """The event time PostHog derives: clock-skew corrected by sent_at, or now - offset, plus an
+    explicit `$clock_skew`, clamped to at most 23 h in the future."""
     result = now
     if timestamp is not None:
         parsed = parse_timestamp(timestamp)
@@ -70,11 +91,13 @@ def compute_timestamp(
                 result = EPOCH
         elif parsed is not None:
             result = parsed
-    if offset is not None:
-        try:
+    try:
+        if offset is not None:
             result = now - timedelta(milliseconds=offset)
-        except OverflowError:
-            result = EPOCH
+        if clock_skew_ms is not None:
+            result += timedelta(milliseconds=clock_skew_ms)
+    except OverflowError:
+        result = EPOCH
     if result - now > MAX_FUTURE:
         return now
     return result

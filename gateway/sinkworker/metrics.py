@@ -33,3 +33,8 @@ BATCH_BYTES = Histogram(
 INSERTS_IN_FLIGHT = Gauge("gateway_sink_inserts_in_flight", "Batches submitted and not yet stored")
 CONSUMER_LAG = Gauge("gateway_sink_consumer_lag", "High watermark minus next offset", ["topic", "partition"])
 COMMITS = Counter("gateway_sink_commits_total", "Offset commits", ["result"])
+INGESTION_LAG = Histogram(
+    "gateway_sink_ingestion_lag_seconds",
+    "Capture (Kafka message time) to stored in ClickHouse, sampled per batch (alert: p95 > 30 s)",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
+)

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.capture.timestamps import event_timestamp, parse_timestamp
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
-from gateway.sinkworker.timestamps import compute_timestamp, format_clickhouse, parse_timestamp
+from gateway.sinkworker.timestamps import format_clickhouse
 
 REJECT_REASONS = (
     "invalid_json",
@@ -92,10 +93,10 @@ class RowEncoder:
         except UnknownToken:
             raise Rejected("unknown_token", token) from None
 
-        now = parse_timestamp(envelope.get("now")) or datetime.fromtimestamp(message.timestamp / 1000, UTC)
-        timestamp = parse_timestamp(envelope.get("timestamp"))
-        if timestamp is None:
-            timestamp = compute_timestamp(data, now, parse_timestamp(envelope.get("sent_at")))
+        now = _instant(envelope.get("now")) or datetime.fromtimestamp(message.timestamp / 1000, UTC)
+        timestamp = _instant(envelope.get("timestamp"))
+        if timestamp is None:  # older producers (Django, early capture-rs) did not send the computed time
+            timestamp = event_timestamp(data, _instant(envelope.get("sent_at")), now)
 
         for key in ("$set", "$set_once"):
             if isinstance(data.get(key), dict):
@@ -158,3 +159,7 @@ def _uuid(value: Any) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise Rejected("invalid_uuid", value[:64]) from None
+
+
+def _instant(value: object) -> datetime | None:
+    return parse_timestamp(value) if isinstance(value, str) else None

@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
+from gateway.capture.timestamps import event_timestamp, parse_timestamp
 from gateway.sinkworker.rows import IpMode, Rejected, RowEncoder
 from gateway.sinkworker.teams import HASHED_TEAM_BASE, TeamResolver, parse_team_map
-from gateway.sinkworker.timestamps import compute_timestamp, format_clickhouse, parse_timestamp
+from gateway.sinkworker.timestamps import format_clickhouse
 from tests.sinkworker.helpers import TOKEN, captured_value, record
 
 NOW = datetime(2023, 9, 15, 9, 15, 2, 328551, tzinfo=UTC)
@@ -108,22 +109,22 @@ def test_team_map_formats(tmp_path) -> None:
 
 def test_timestamp_rules() -> None:
     sent_at = parse_timestamp("2023-09-15T09:15:01Z")
-    assert compute_timestamp({"timestamp": "2023-09-15T09:15:00Z"}, NOW, sent_at) == parse_timestamp(
+    assert event_timestamp({"timestamp": "2023-09-15T09:15:00Z"}, sent_at, NOW) == parse_timestamp(
         "2023-09-15T09:15:01.328551Z"
     )
     ignore = {"timestamp": "2023-09-15T09:15:00Z", "properties": {"$ignore_sent_at": True}}
-    assert compute_timestamp(ignore, NOW, sent_at) == parse_timestamp("2023-09-15T09:15:00Z")
-    assert compute_timestamp({"offset": 1000, "timestamp": "2020-01-01"}, NOW, None) == parse_timestamp(
+    assert event_timestamp(ignore, sent_at, NOW) == parse_timestamp("2023-09-15T09:15:00Z")
+    assert event_timestamp({"offset": 1000, "timestamp": "2020-01-01"}, None, NOW) == parse_timestamp(
         "2023-09-15T09:15:01.328551Z"
     )
-    assert compute_timestamp({"timestamp": "2023-09-17T09:15:00Z"}, NOW, None) == NOW  # > 23 h ahead
-    assert compute_timestamp({"timestamp": "garbage"}, NOW, None) == NOW
+    assert event_timestamp({"timestamp": "2023-09-17T09:15:00Z"}, None, NOW) == NOW  # > 23 h ahead
+    assert event_timestamp({"timestamp": "garbage"}, None, NOW) == NOW
     assert parse_timestamp("2023-09-15T11:15:02+02") == parse_timestamp("2023-09-15T09:15:02Z")
     assert parse_timestamp("2023-09-15T11:15:02.5-02") == parse_timestamp("2023-09-15T13:15:02.5Z")
     assert parse_timestamp("2023-09-15") == parse_timestamp("2023-09-15T00:00:00Z")
     assert (
         parse_timestamp("1694769302000")
-        == parse_timestamp(1694769302)
+        == parse_timestamp("1694769302")
         == parse_timestamp("2023-09-15T09:15:02Z")
     )
     assert parse_timestamp("Fri, 15 Sep 2023 09:15:02 GMT") == parse_timestamp("2023-09-15T09:15:02Z")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -14,21 +13,13 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
 import gateway.metrics
+import gateway.sinkworker.metrics
 from gateway.spool.collector import SpoolCollector
 from tests.support.processes import REPO_ROOT, require_tool
 
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERT_TESTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.test.yml"
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "gateway-dashboard.json"
-# The sink worker's metrics live on the `sinkworker` branch (gateway/sinkworker/metrics.py) until it is
-# merged; once gateway.sinkworker exists, these are checked against its real registry instead.
-SINKWORKER_METRICS = {
-    "gateway_sink_rows_inserted_total",
-    "gateway_sink_consumer_lag",
-    "gateway_sink_insert_seconds_bucket",
-    "gateway_sink_dlq_messages_total",
-    "gateway_sink_ingestion_lag_seconds_bucket",  # capture → stored; the sink worker must export it
-}
 PROMETHEUS_BUILTINS = {"up"}
 _KEYWORDS = {"and", "or", "unless", "offset", "bool", "by", "without", "on", "ignoring", "group_left",
              "group_right", "inf", "nan"}
@@ -74,12 +65,6 @@ def gateway_families() -> list[Metric]:
 def registered_names() -> set[str]:
     names = set().union(*(_exposed(family) for family in REGISTRY.collect()))
     names |= set().union(*(_exposed(family) for family in gateway_families()))
-    spec = importlib.util.find_spec("gateway.sinkworker")
-    if spec is None or not str(spec.origin).startswith(str(REPO_ROOT)):  # not in this checkout (editable installs)
-        names |= SINKWORKER_METRICS
-    else:
-        importlib.import_module("gateway.sinkworker.metrics")
-        names |= set().union(*(_exposed(family) for family in REGISTRY.collect()))
     return names | PROMETHEUS_BUILTINS
 
 
