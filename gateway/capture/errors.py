@@ -9,9 +9,10 @@ class CaptureError(Exception):
     status: int = 400
     code: str = "request_parsing_error"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.retry_after = retry_after  # seconds; sent as Retry-After when set
 
     def body(self) -> dict[str, object]:
         return {"status": self.status, "code": self.code, "error": self.message}
@@ -92,5 +93,4 @@ class ServiceUnavailable(CaptureError):
     code = "service_unavailable"
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+        super().__init__(message, retry_after)

@@ -28,10 +28,6 @@ class RateLimited(CaptureError):
     status = 429
     code = "rate_limited"
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class Overloaded(ServiceUnavailable):
     """The gateway itself is at its in-flight bound: 503 so that every client retries later."""

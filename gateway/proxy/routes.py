@@ -70,10 +70,6 @@ class UpstreamUnavailable(CaptureError):
     status = 503
     code = "upstream_unavailable"
 
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
 
 class BadGateway(CaptureError):
     status = 502

@@ -183,9 +183,8 @@ def error_response(request: web.Request, route: str, error: CaptureError) -> web
     response = web.Response(
         status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
     )
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        response.headers["Retry-After"] = str(retry_after)
+    if error.retry_after is not None:
+        response.headers["Retry-After"] = str(error.retry_after)
     if error.status in (405, 408, 413):
         # The unread rest of the body would otherwise be parsed as the next request.
         response.force_close()
