@@ -442,6 +442,13 @@ class ServeSettings:
         with _named("upstream"):
             Upstreams.from_settings(self)
         Edge.from_settings(self, route_families(self))
+        if self.flags_personal_api_key_file is not None:
+            from gateway.edge.setup import read_secret
+
+            try:
+                read_secret(self.flags_personal_api_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"flags_personal_api_key_file: {exc}") from exc
         from gateway.privacy.policy import PrivacyPolicy
 
         try:
