@@ -25,6 +25,9 @@ from gateway.flags.evaluate import Evaluation, Inconclusive, evaluate_flag, payl
 from gateway.flags.poller import DefinitionsPoller
 from gateway.proxy.client import UpstreamClient
 
+# Request fields whose effect is the server's to decide (flag selection by runtime or environment).
+_SERVER_CONTEXT = ("evaluation_environments", "evaluation_contexts", "evaluation_runtime")
+
 
 def response_format(path: str, query: Mapping[str, str]) -> str | None:
     """FlagsV2, FlagsV1, DecideV2 or DecideV1 for this path and `v` (PostHog's rules), None if unreadable."""
@@ -58,12 +61,14 @@ def answer(
     fmt = response_format(path, query)
     if fmt is None or query.get("config", "").lower() in ("1", "true") or data.get("disable_flags"):
         return None
-    if query.get("only_evaluate_survey_feature_flags"):
+    if query.get("only_evaluate_survey_feature_flags") or any(name in data for name in _SERVER_CONTEXT):
         return None
     token = _first(data, "token", "api_key", "$token")
     distinct_id = _first(data, "distinct_id", "$distinct_id")
     project = definitions.get(token) if isinstance(token, str) else None
     if project is None or isinstance(distinct_id, bool) or not isinstance(distinct_id, (str, int, float)):
+        return None
+    if distinct_id == "":
         return None
     distinct_id = str(distinct_id)[:200]
     person = _mapping(_first(data, "person_properties", "$properties"))

@@ -2,7 +2,8 @@
 
 A flag is evaluated locally only when its answer depends on nothing but the request: the distinct_id or
 group key (bucketing) and the properties the SDK sent. Anything needing server-side state (cohorts, flag
-dependencies, experience continuity, device-id bucketing, feature enrollment, date/semver operators) makes
+dependencies, experience continuity, device-id bucketing, feature enrollment, runtime or environment
+restrictions, date/semver operators) makes
 the flag "remote", and any request touching a remote flag is forwarded whole to the upstream.
 """
 
@@ -51,6 +52,8 @@ def _locally_evaluable(flag: Mapping[str, Any], group_types: Mapping[str, str], 
         return False
     if "device_id" in (flag.get("bucketing_identifier"), filters.get("bucketing_identifier")):
         return False
+    if flag.get("evaluation_runtime") not in (None, "all") or flag.get("evaluation_tags"):
+        return False  # the server picks these by the caller's runtime and evaluation environments
     aggregation = filters.get("aggregation_group_type_index")
     if aggregation is not None and str(aggregation) not in group_types:
         return False

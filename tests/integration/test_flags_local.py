@@ -80,6 +80,18 @@ DEFINITIONS = {
             aggregation_group_type_index=0,
         ),
         _flag(8, "retired", [{"properties": [], "rollout_percentage": 100}], active=False),
+        _flag(10, "with-holdout", [{"properties": [], "rollout_percentage": 100}],
+              holdout={"id": 7, "exclusion_percentage": 10}),
+        _flag(
+            11, "negations",
+            [
+                {"properties": [{"key": "email", "operator": "not_icontains", "value": "CORP", "type": "person"},
+                                {"key": "score", "operator": "lte", "value": "10", "type": "person"}],
+                 "rollout_percentage": None},
+                {"properties": [{"key": "plan", "operator": "not_regex", "value": "^(free|team)$",
+                                 "type": "person"}], "rollout_percentage": 50},
+            ],
+        ),
     ],
     "group_type_mapping": {"0": "company", "1": "team"},
     "cohorts": {},
