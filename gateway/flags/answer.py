@@ -154,7 +154,7 @@ class LocalFlags:
         key = read_secret(key_file) if key_file else settings.flags_personal_api_key
         poller = DefinitionsPoller(
             client, base, settings.flags_local_token, key, settings.flags_poll_interval,
-            settings.upstream_flags_timeout,
+            settings.upstream_timeout,
         )
         return cls(poller)
 
@@ -173,9 +173,10 @@ class LocalFlags:
 
 
 def is_evaluation(request: web.Request) -> bool:
-    """A POST to /flags or /decide (under any prefix), not to /flags/definitions."""
+    """A POST to /flags or /decide (under any prefix or alias), not to /flags/definitions."""
     return request.method == "POST" and _endpoint(request) in ("/flags", "/decide")
 
 
 def _endpoint(request: web.Request) -> str:
-    return "/" + request.match_info.route.resource.canonical.rstrip("/").rsplit("/", 1)[-1]
+    """`/flags`, `/decide` or another last path segment (the edge has already undone path aliases)."""
+    return "/" + request.path.rstrip("/").rsplit("/", 1)[-1]

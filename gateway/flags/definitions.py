@@ -45,6 +45,14 @@ class Definitions:
 
 
 def _locally_evaluable(flag: Mapping[str, Any], group_types: Mapping[str, str], version: object) -> bool:
+    """Whether the request alone decides this flag; a definition of an unexpected shape is left to the server."""
+    try:
+        return _request_decides(flag, group_types, version)
+    except (AttributeError, TypeError):
+        return False
+
+
+def _request_decides(flag: Mapping[str, Any], group_types: Mapping[str, str], version: object) -> bool:
     if not flag.get("active"):
         return True  # inactive flags are false whatever their filters say
     filters = flag.get("filters") or {}
@@ -56,6 +64,11 @@ def _locally_evaluable(flag: Mapping[str, Any], group_types: Mapping[str, str], 
         return False  # the server picks these by the caller's runtime and evaluation environments
     aggregation = filters.get("aggregation_group_type_index")
     if aggregation is not None and str(aggregation) not in group_types:
+        return False
+    if not all(isinstance(filters.get(name) or {}, dict) for name in ("payloads", "holdout", "multivariate")):
+        return False
+    exclusion = (filters.get("holdout") or {}).get("exclusion_percentage")
+    if exclusion is not None and not _is_number(exclusion):
         return False
     variants = (filters.get("multivariate") or {}).get("variants") or []
     if not all(isinstance(v.get("key"), str) and _is_number(v.get("rollout_percentage")) for v in variants):

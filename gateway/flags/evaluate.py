@@ -62,8 +62,10 @@ def evaluate_flag(
         group_name = group_types[str(aggregation)]
         if group_name not in groups:
             return Evaluation(False, "no_group_type")
-        bucketing_value = str(groups[group_name])
-        properties = {"$group_key": groups[group_name], **(group_properties.get(group_name) or {})}
+        group_key, sent = groups[group_name], group_properties.get(group_name) or {}
+        if isinstance(group_key, bool) or not isinstance(group_key, (str, int)) or not isinstance(sent, dict):
+            raise Inconclusive("group key or properties of an unexpected type")
+        bucketing_value, properties = str(group_key), {"$group_key": group_key, **sent}
     holdout = _holdout_variant(filters, bucketing_value)
     if holdout is not None:
         return Evaluation(holdout, "holdout_condition_value")

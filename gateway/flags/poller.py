@@ -71,7 +71,7 @@ class DefinitionsPoller:
             return
         try:
             self.definitions[token] = Definitions.parse(response.body)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             log.warning("flag definitions unusable", extra={"token": token, "error": str(exc)})
             return
         if etag := response.headers.get("ETag"):

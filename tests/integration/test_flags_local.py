@@ -276,3 +276,16 @@ def test_polls_with_bearer_key_and_etag(gateway: InProcessGateway, upstream: Fak
     metrics = requests.get(gateway.url + "/metrics", timeout=10).text
     assert 'gateway_flags_answered_total{source="local"}' in metrics
     assert "gateway_flags_local_evaluation_duration_seconds_count" in metrics
+
+
+def test_prefixed_and_aliased_paths_are_answered_locally(tmp_path: Path, upstream: FakePostHog) -> None:
+    settings = settings_for(tmp_path, upstream=upstream.url, flags_local_token=(TOKEN,), flags_personal_api_key=KEY,
+                            flags_poll_interval=0.2, prefix=("/ingest",), path_alias=("/fz=/flags",))
+    body = {"token": TOKEN, "distinct_id": "d", "flag_keys": ["everyone"]}
+    with InProcessGateway(settings) as gateway:
+        wait_for(lambda: len(upstream.requests_to("/flags/definitions")) >= 2, timeout=10)  # the first is parsed
+        for path in ("/ingest/flags/?v=2", "/fz/?v=2", "/decide?v=4"):
+            flags = requests.post(gateway.url + path, json=body, timeout=10).json()["flags"]
+            assert flags["everyone"]["enabled"], path
+        assert requests.get(gateway.url + "/fz/definitions?token=" + TOKEN, timeout=10).json() == DEFINITIONS
+    assert not upstream.requests_to("/flags/") and not upstream.requests_to("/decide")

@@ -49,6 +49,9 @@ def test_bucket_is_posthogs_hash(distinct_id: str) -> None:
         (flag("f", [], filters={"feature_enrollment": True}), "early access enrollment"),
         (flag("f", [], evaluation_runtime="client"), "runtime-scoped"),
         (flag("f", [], evaluation_tags=["web"]), "environment-scoped"),
+        (flag("f", [], filters={"holdout": {"id": 1, "exclusion_percentage": "ten"}}), "malformed holdout"),
+        (flag("f", [], filters={"payloads": ["not", "a", "map"]}), "malformed payloads"),
+        ({"key": "f", "active": True, "filters": {"groups": ["not a condition"]}}, "malformed condition"),
     ],
 )
 def test_flags_needing_the_server_are_remote(definition: dict, why: str) -> None:
