@@ -48,7 +48,10 @@ class DefinitionsPoller:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.gather(*(self.poll(token) for token in self.tokens))
+            results = await asyncio.gather(*(self.poll(token) for token in self.tokens), return_exceptions=True)
+            for token, result in zip(self.tokens, results, strict=True):
+                if isinstance(result, Exception):  # never let one bad answer stop the polling
+                    log.error("flag definitions poll crashed", extra={"token": token}, exc_info=result)
             await asyncio.sleep(self.interval)
 
     async def poll(self, token: str) -> None:

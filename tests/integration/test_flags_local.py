@@ -239,8 +239,10 @@ def test_response_format_follows_path_and_version(gateway: InProcessGateway, ups
         "email": "a@override.example", "plan": "pro", "age": 40, "country": "DE", "score": 1, "beta": True}}
 
     def post(path: str) -> dict:
-        response = requests.post(gateway.url + path, json=body, timeout=10)
+        response = requests.post(gateway.url + path, json=body, headers={"Origin": "https://app.example"}, timeout=10)
         assert response.status_code == 200
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
         return response.json()
 
     enabled = {key: local_value(post("/flags?v=2")["flags"], key) for key in KEYS}
@@ -289,3 +291,13 @@ def test_prefixed_and_aliased_paths_are_answered_locally(tmp_path: Path, upstrea
             assert flags["everyone"]["enabled"], path
         assert requests.get(gateway.url + "/fz/definitions?token=" + TOKEN, timeout=10).json() == DEFINITIONS
     assert not upstream.requests_to("/flags/") and not upstream.requests_to("/decide")
+
+
+def test_answers_locally_while_the_upstream_is_down(gateway: InProcessGateway, upstream: FakePostHog) -> None:
+    """A failed poll keeps the last good definitions, so flags keep working through an upstream outage."""
+    upstream.status_override = 503
+    wait_for(lambda: upstream.requests_to("/flags/definitions", status=503), timeout=10)
+    upstream.stop()
+    response = requests.post(gateway.url + "/flags?v=2", json={"token": TOKEN, "distinct_id": "d",
+                                                               "flag_keys": ["everyone"]}, timeout=10)
+    assert response.status_code == 200 and response.json()["flags"]["everyone"]["enabled"]
