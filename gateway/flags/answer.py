@@ -7,9 +7,9 @@ inconclusive for this request (the whole request is forwarded, never half answer
 
 from __future__ import annotations
 
-import gzip
 import time
 import uuid
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,6 +25,7 @@ from gateway.flags.evaluate import Evaluation, Inconclusive, evaluate_flag, payl
 from gateway.flags.poller import DefinitionsPoller
 from gateway.proxy.client import UpstreamClient
 
+_MAX_DECODED = 1024 * 1024  # a flags request inflating to more than this is left to the upstream
 # Request fields whose effect is the server's to decide (flag selection by runtime or environment).
 _SERVER_CONTEXT = ("evaluation_environments", "evaluation_contexts", "evaluation_runtime")
 
@@ -44,12 +45,15 @@ def response_format(path: str, query: Mapping[str, str]) -> str | None:
 
 
 def request_json(body: bytes, content_encoding: str, query: Mapping[str, str]) -> dict[str, Any] | None:
-    """The request's JSON object (plain or gzipped); None for any other encoding."""
+    """The request's JSON object (plain, or gzipped up to _MAX_DECODED); None for anything else."""
     try:
         if query.get("compression") == "gzip" or "gzip" in content_encoding or body[:2] == b"\x1f\x8b":
-            body = gzip.decompress(body)
+            inflater = zlib.decompressobj(wbits=31)
+            body = inflater.decompress(body, _MAX_DECODED)
+            if inflater.unconsumed_tail or not inflater.eof:
+                return None
         data = orjson.loads(body)
-    except (OSError, EOFError, orjson.JSONDecodeError):
+    except (zlib.error, orjson.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -66,7 +70,7 @@ def answer(
     token = _first(data, "token", "api_key", "$token")
     distinct_id = _first(data, "distinct_id", "$distinct_id")
     project = definitions.get(token) if isinstance(token, str) else None
-    if project is None or isinstance(distinct_id, bool) or not isinstance(distinct_id, (str, int, float)):
+    if project is None or isinstance(distinct_id, bool) or not isinstance(distinct_id, (str, int)):
         return None
     if distinct_id == "":
         return None
@@ -77,7 +81,8 @@ def answer(
     if person is None or groups is None or group_properties is None:
         return None
     keys = _first(data, "flag_keys", "flag_keys_to_evaluate")
-    wanted = [key for key in (keys if isinstance(keys, list) else project.flags) if key in project.flags]
+    wanted = [key for key in (keys if isinstance(keys, list) else project.flags)
+              if isinstance(key, str) and key in project.flags]
     if any(key in project.remote for key in wanted):
         return None
     results: dict[str, tuple[Mapping[str, Any], Evaluation]] = {}

@@ -62,7 +62,7 @@ def test_a_remote_flag_forwards_the_whole_request_unless_not_asked_for() -> None
     definitions = {TOKEN: parse(flag("local", []), flag("cohort", [{"key": "id", "type": "cohort", "value": 3}]))}
     request = {"token": TOKEN, "distinct_id": "d"}
     assert answer(definitions, "/flags", {"v": "2"}, request) is None
-    only_local = answer(definitions, "/flags", {"v": "2"}, {**request, "flag_keys": ["local"]})
+    only_local = answer(definitions, "/flags", {"v": "2"}, {**request, "flag_keys": ["local", {"odd": 1}]})
     assert only_local is not None and list(only_local["flags"]) == ["local"]
 
 
@@ -120,13 +120,16 @@ def test_request_bodies_plain_or_gzipped_else_forwarded() -> None:
     assert request_json(gzip.compress(body), "", {}) == {"token": "phc", "distinct_id": "d"}
     assert request_json(b"data=eyJ0b2tlbiI6InBoYyJ9", "", {}) is None  # form/base64: the upstream's job
     assert request_json(b"[1]", "", {}) is None
+    assert request_json(gzip.compress(b'{"a":"' + b"x" * 2_000_000 + b'"}'), "", {}) is None  # inflates too far
+    assert request_json(gzip.compress(body)[:-4], "", {}) is None  # truncated
 
 
 @pytest.mark.parametrize(
     ("query", "extra"),
     [({"v": "2", "config": "true"}, {}), ({"v": "2"}, {"disable_flags": True}),
      ({"v": "2", "only_evaluate_survey_feature_flags": "true"}, {}), ({"v": "2"}, {"evaluation_contexts": ["web"]}),
-     ({"v": "2"}, {"distinct_id": ""}), ({"v": "2"}, {"person_properties": "not an object"})],
+     ({"v": "2"}, {"distinct_id": ""}), ({"v": "2"}, {"distinct_id": 1.5}),
+     ({"v": "2"}, {"person_properties": "not an object"})],
 )
 def test_requests_only_the_server_can_answer(query: dict, extra: dict) -> None:
     definitions = {TOKEN: parse(flag("f", []))}
