@@ -362,6 +362,24 @@ class ServeSettings:
         default=64 * MiB,
         metadata={"help": "memory budget of the LRU cache for /static and /array answers (0 = off)", "parse": _size},
     )
+    # --- local flag evaluation (gateway/flags); needs an upstream, a key and at least one token ---
+    flags_local_token: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "project token whose flags are evaluated locally from polled definitions (repeatable)",
+                  "repeat": True},
+    )
+    flags_personal_api_key: str = field(
+        default="",
+        metadata={"help": "personal or secret API key for /flags/definitions (prefer the _file setting)",
+                  "secret": True},
+    )
+    flags_personal_api_key_file: Path | None = field(
+        default=None,
+        metadata={"help": "file holding the personal or secret API key for /flags/definitions", "parse": Path},
+    )
+    flags_poll_interval: float = field(
+        default=30.0, metadata={"help": "seconds between polls of each token's flag definitions"}
+    )
     path_alias: tuple[str, ...] = field(
         default=(),
         metadata={
@@ -405,6 +423,13 @@ class ServeSettings:
             (self.upstream_retries >= 0, "upstream_retries", "must be ≥ 0"),
             (self.upstream_circuit_failures >= 1, "upstream_circuit_failures", "must be at least 1"),
             (self.proxy_cache_bytes >= 0, "proxy_cache_bytes", "must be ≥ 0"),
+            (self.flags_poll_interval > 0, "flags_poll_interval", "must be > 0"),
+            (not self.flags_local_token or bool(self.upstream or self.region), "flags_local_token",
+             "needs an upstream"),
+            (not self.flags_local_token or bool(self.flags_personal_api_key or self.flags_personal_api_key_file),
+             "flags_local_token", "needs flags_personal_api_key(_file)"),
+            (not (self.flags_personal_api_key and self.flags_personal_api_key_file), "flags_personal_api_key",
+             "and flags_personal_api_key_file exclude each other"),
         ]
         for ok, name, problem in checks:
             if not ok:
@@ -417,6 +442,13 @@ class ServeSettings:
         with _named("upstream"):
             Upstreams.from_settings(self)
         Edge.from_settings(self, route_families(self))
+        if self.flags_personal_api_key_file is not None:
+            from gateway.edge.setup import read_secret
+
+            try:
+                read_secret(self.flags_personal_api_key_file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"flags_personal_api_key_file: {exc}") from exc
         from gateway.privacy.policy import PrivacyPolicy
 
         try:

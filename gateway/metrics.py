@@ -104,6 +104,17 @@ UPSTREAM_REPLAYED_RECORDS = Counter(
     "gateway_upstream_replayed_records", "Spooled records replayed to the upstream"
 )
 
+# Local flag evaluation (gateway/flags)
+FLAGS_ANSWERED = Counter(
+    "gateway_flags_answered", "POST /flags and /decide answers by source (local, upstream) with local evaluation on",
+    ["source"],
+)
+FLAGS_LOCAL_LATENCY = Histogram(
+    "gateway_flags_local_evaluation_duration_seconds",
+    "Time to decode a flags request and evaluate it locally (answered or handed to the upstream)",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05),
+)
+
 # Privacy rules at the edge (gateway/privacy)
 PRIVACY_ACTIONS = Counter(
     "gateway_privacy_actions", "Privacy rule applications (events, properties or values, per rule)", ["rule"]

@@ -21,6 +21,7 @@ from gateway import metrics
 from gateway.capture.errors import CaptureError
 from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
+from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
 from gateway.proxy.circuit import CircuitOpen
 from gateway.proxy.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
@@ -106,6 +107,7 @@ class Proxy:
         )
         self.cache = ResponseCache(settings.proxy_cache_bytes) if settings.proxy_cache_bytes else None
         self._revalidating: dict[tuple[str, str], asyncio.Task] = {}
+        self.local_flags = LocalFlags.from_settings(settings, self.client, upstreams.api)
 
     def add_routes(self, app: web.Application, edge: Edge, prefixes: Sequence[str]) -> None:
         """Register every served family's paths (with and without a trailing slash) under every prefix."""
@@ -121,7 +123,11 @@ class Proxy:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         await self.client.start()
+        if self.local_flags is not None:
+            self.local_flags.poller.start()
         yield
+        if self.local_flags is not None:
+            await self.local_flags.poller.close()
         for task in self._revalidating.values():
             task.cancel()
         for task in list(self._revalidating.values()):
@@ -137,9 +143,13 @@ class Proxy:
         body_limit = settings.batch_body_limit if route.family == "logs" else settings.event_body_limit
         follow = route.target == "assets"
 
-        async def fetch(request: web.Request, overrides: Mapping[str, str] | None = None) -> UpstreamResponse:
-            """Forward `request`; `overrides` replace headers (an empty value removes the header)."""
-            body = await read_body(request, body_limit, settings.body_read_timeout) if request.body_exists else None
+        async def fetch(
+            request: web.Request, overrides: Mapping[str, str] | None = None, body: bytes | None = None
+        ) -> UpstreamResponse:
+            """Forward `request` (with `body` if already read); `overrides` replace headers (an empty value
+            removes the header)."""
+            if body is None and request.body_exists:
+                body = await read_body(request, body_limit, settings.body_read_timeout)
             forwarded = request_headers(request.headers, self.client_ip(request))
             for name, value in (overrides or {}).items():
                 forwarded.popall(name, None)
@@ -159,7 +169,14 @@ class Proxy:
             try:
                 if route.cacheable and self.cache is not None and request.method == "GET":
                     return await self._cached(request, fetch)
-                return self._answer(route.family, await fetch(request))
+                body = None
+                # --- local flag evaluation (gateway/flags): answer here when no server-side data is needed ---
+                if self.local_flags is not None and route.family == "flags" and is_evaluation(request):
+                    body = await read_body(request, body_limit, settings.body_read_timeout)
+                    if (local := self.local_flags.respond(request, body)) is not None:
+                        return local
+                # --- end local flag evaluation ---
+                return self._answer(route.family, await fetch(request, body=body))
             except CaptureError as error:
                 return error_response(request, route.family, error)
             except CircuitOpen as exc:

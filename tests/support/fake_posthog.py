@@ -1,6 +1,9 @@
 """A stand-in for PostHog Cloud on loopback (it cannot be reached from here): a real aiohttp server that
 records every request it gets and answers like PostHog's capture, flags and assets hosts.
 
+`flag_definitions` (project token → definitions document) is served at `/flags/definitions` with an
+ETag, answering 304 to a matching If-None-Match.
+
 Failure modes: `status_override` (every answer has that status), `delay` (seconds before answering),
 `redirect_flags` (/flags answers 308) and `stop()`/`start()` (nothing listening: connection refused),
 all switchable while a test runs.
@@ -70,6 +73,7 @@ class FakePostHog:
     delay: float = 0.0
     asset_max_age: int = 60
     redirect_flags: bool = False
+    flag_definitions: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.url = f"http://127.0.0.1:{self.port}"
@@ -137,6 +141,8 @@ class FakePostHog:
             return web.json_response({"status": "Ok"})
         if self.redirect_flags and path.rstrip("/") in ("/flags", "/decide"):
             raise web.HTTPPermanentRedirect("/flags/?v=2")  # like a trailing-slash-normalising proxy
+        if path.rstrip("/") == "/flags/definitions" and request.query.get("token") in self.flag_definitions:
+            return self._asset(request, orjson.dumps(self.flag_definitions[request.query["token"]]), "application/json")
         if path.rstrip("/") in ("/flags", "/decide"):
             version = int(request.query.get("v", "1"))
             legacy = (path.startswith("/decide") and version < 4) or (path.startswith("/flags") and version < 2)

@@ -80,6 +80,31 @@ def test_config_check_prints_sources_and_redacts_secrets(
     assert tomllib.loads(out)["port"] == 8002  # the output is itself a valid config file
 
 
+def test_config_check_redacts_the_flags_api_key(capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_FLAGS_PERSONAL_API_KEY", "phx_personal_key_contents")
+    monkeypatch.setenv("GATEWAY_FLAGS_LOCAL_TOKEN", "phc_a,phc_b")
+    assert main(["config", "check", "--upstream", "https://eu.i.posthog.com"]) == 0
+    out = capsys.readouterr().out
+    assert "phx_personal_key_contents" not in out
+    assert 'flags_personal_api_key = "<redacted>"  # env' in out
+    assert 'flags_local_token = ["phc_a", "phc_b"]  # env' in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--flags-local-token", "phc_a", "--flags-personal-api-key", "k"], "needs an upstream"),
+        (["--upstream", "https://eu.i.posthog.com", "--flags-local-token", "phc_a"], "flags_personal_api_key"),
+        (["--upstream", "https://eu.i.posthog.com", "--flags-local-token", "phc_a",
+          "--flags-personal-api-key-file", "/nonexistent/key"], "flags_personal_api_key_file"),
+    ],
+)
+def test_local_flags_settings_are_checked(argv: list[str], named: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(named)):
+        settings(argv, {})
+
+
 def test_config_check_rejects_an_invalid_config_naming_the_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
