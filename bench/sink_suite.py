@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -117,6 +118,7 @@ def _services(options: SinkSuiteOptions, log: TextIO) -> Iterator[tuple[str, str
     finally:
         for service in reversed(started):
             service.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 async def _reset_group(bootstrap: str, topic: str, group: str) -> None:
