@@ -14,6 +14,7 @@ from bench.net import NotLoopbackError, require_loopback
 from bench.payloads import PROFILES
 from bench.report import summary_json, summary_table
 from bench.runner import run_load
+from bench.servers import ServerUnavailable
 from bench.suites import SUITES, TOOLS, SuiteOptions, run_suite, suite_json, suite_table
 from bench.worker import LoadConfig
 
@@ -146,7 +147,10 @@ def _suite(args: argparse.Namespace) -> int:
     unknown = set(options.targets or ()) - set(spec.targets)
     if unknown:
         raise SystemExit(f"unknown targets for suite {args.name}: {', '.join(sorted(unknown))}")
-    measurements, notes = run_suite(spec, options)
+    try:
+        measurements, notes = run_suite(spec, options)
+    except ServerUnavailable as exc:  # a server the whole suite needs (the upstream) did not start
+        raise SystemExit(f"suite {args.name}: {exc}") from None
     print(suite_table(measurements, notes, options, spec.baselines))
     if args.json:
         args.json.write_text(json.dumps(suite_json(measurements, notes, options), indent=2))

@@ -72,7 +72,6 @@ SUITES: dict[str, SuiteSpec] = {
         needs_upstream=True,
     ),
 }
-ALL_TARGETS = tuple(dict.fromkeys(t for spec in SUITES.values() for t in spec.targets))
 
 
 @dataclass
