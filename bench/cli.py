@@ -15,6 +15,7 @@ from bench.net import NotLoopbackError, require_loopback
 from bench.payloads import PROFILES
 from bench.report import summary_json, summary_table
 from bench.runner import run_load
+from bench.servers import ServerUnavailable
 from bench.suites import SUITES, TOOLS, SuiteOptions, run_suite, suite_json, suite_table
 from bench.worker import LoadConfig
 
@@ -74,7 +75,11 @@ def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--open-events-per-s", type=_positive(float), default=1000.0, help="python-open offered load")
     p.add_argument("--workers", type=_positive(int), default=1, help="server processes (all targets)")
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
-    p.add_argument("--targets", default="nginx,aiohttp,gateway", help="comma list of nginx, aiohttp, gateway")
+    p.add_argument(
+        "--targets",
+        help="comma list of the suite's targets (capture, kafka: nginx, aiohttp, gateway; upstream: "
+        "upstream, nginx-proxy, gateway, gateway-passthrough); default: all of them",
+    )
     p.add_argument(
         "--kafka-bootstrap-servers",
         help="broker for the gateway (needed by `suite kafka`); `suite sink`: default starts its own",
@@ -161,12 +166,19 @@ def _suite(args: argparse.Namespace) -> int:
         workers=args.workers,
         token=args.token,
         tools=tools,
-        targets=tuple(t for t in args.targets.split(",") if t),
+        targets=tuple(t for t in args.targets.split(",") if t) if args.targets else None,
         kafka_bootstrap_servers=args.kafka_bootstrap_servers,
         gateway_command=args.gateway_command.split() if args.gateway_command else None,
     )
-    measurements, notes = run_suite(SUITES[args.name], options)
-    print(suite_table(measurements, notes, options))
+    spec = SUITES[args.name]
+    unknown = set(options.targets or ()) - set(spec.targets)
+    if unknown:
+        raise SystemExit(f"unknown targets for suite {args.name}: {', '.join(sorted(unknown))}")
+    try:
+        measurements, notes = run_suite(spec, options)
+    except ServerUnavailable as exc:  # a server the whole suite needs (the upstream) did not start
+        raise SystemExit(f"suite {args.name}: {exc}") from None
+    print(suite_table(measurements, notes, options, spec.baselines))
     if args.json:
         args.json.write_text(json.dumps(suite_json(measurements, notes, options), indent=2))
     return 0

@@ -1,4 +1,5 @@
-"""Servers a suite starts for itself on free loopback ports: nginx, the bare aiohttp app, the gateway.
+"""Servers a suite starts for itself on free loopback ports: nginx, the bare aiohttp app, the gateway,
+and for `suite upstream` a stand-in PostHog upstream plus nginx proxy_pass in front of it.
 
 Each runs as a subprocess in its own session (so its worker processes stop with it), logs to a file
 in its own temp dir, and counts as started once it answers HTTP.
@@ -124,21 +125,62 @@ http {{
     scgi_temp_path {dir}/scgi;
     server {{
         listen 127.0.0.1:{port} reuseport;
-        location / {{ default_type application/json; return 200 '{{"status":"Ok"}}'; }}
-    }}
+        {location}
+    }}{http_extra}
 }}
 """
 
 
-def nginx(workers: int = 1) -> ManagedServer:
-    """Debian nginx answering `return 200` to everything: the HTTP ceiling of this machine."""
+NGINX_RETURN_200 = """location / { default_type application/json; return 200 '{"status":"Ok"}'; }"""
+
+# The "dumb proxy" baseline: keep-alive to the upstream, X-Forwarded-For set, as a production nginx in
+# front of PostHog would be configured.
+NGINX_PROXY_PASS = """location / {
+            proxy_pass http://bench_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }"""
+NGINX_UPSTREAM_BLOCK = """
+    upstream bench_upstream {{
+        server {upstream};
+        keepalive 100;
+    }}"""
+
+
+def _nginx_binary() -> str:
     binary = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
     if binary is None:
         raise ServerUnavailable("nginx is not installed (apt-get install nginx-light)")
-    workdir, port = _workdir("nginx"), free_port()
+    return binary
+
+
+def nginx_config(workers: int, workdir: Path, port: int, upstream: str | None = None) -> str:
+    """nginx.conf answering `return 200`, or proxying everything to `upstream` (host:port)."""
+    return NGINX_CONF.format(
+        workers=workers,
+        dir=workdir,
+        port=port,
+        location=NGINX_PROXY_PASS if upstream else NGINX_RETURN_200,
+        http_extra=NGINX_UPSTREAM_BLOCK.format(upstream=upstream) if upstream else "",
+    )
+
+
+def nginx(workers: int = 1, upstream: str | None = None, name: str = "nginx") -> ManagedServer:
+    """Debian nginx answering `return 200` to everything (the HTTP ceiling of this machine), or with
+    `upstream` (host:port) a plain proxy_pass to it (the dumb-proxy baseline)."""
+    binary = _nginx_binary()
+    workdir, port = _workdir(name), free_port()
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(workers=workers, dir=workdir, port=port))
-    return ManagedServer("nginx", [binary, "-p", str(workdir), "-c", str(conf)], port, workdir)
+    conf.write_text(nginx_config(workers, workdir, port, upstream))
+    return ManagedServer(name, [binary, "-p", str(workdir), "-c", str(conf)], port, workdir)
+
+
+def upstream_app(workers: int = 1) -> ManagedServer:
+    """bench/upstream_app.py: a stand-in PostHog upstream answering 200 (canned JSON for /flags)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.upstream_app", "--port", str(port), "--workers", str(workers)]
+    return ManagedServer("upstream", argv, port, _workdir("upstream"))
 
 
 def baseline_app(workers: int = 1) -> ManagedServer:
@@ -159,13 +201,17 @@ def gateway_command() -> list[str] | None:
 
 
 def gateway(
-    workers: int = 1, kafka_bootstrap_servers: str | None = None, command: list[str] | None = None
+    workers: int = 1,
+    kafka_bootstrap_servers: str | None = None,
+    command: list[str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    name: str = "gateway",
 ) -> ManagedServer:
     """The system under test: `gateway serve` on a free port with a fresh data dir."""
     command = command or gateway_command()
     if command is None:
         raise ServerUnavailable("gateway is not available here yet (no gateway.cli / gateway.__main__)")
-    workdir, port = _workdir("gateway"), free_port()
+    workdir, port = _workdir(name), free_port()
     argv = [
         *command,
         "serve",
@@ -180,4 +226,4 @@ def gateway(
     argv += ["--workers", str(workers), "--rate-limit-ip", "off"]
     if kafka_bootstrap_servers:
         argv += ["--kafka-bootstrap-servers", kafka_bootstrap_servers]
-    return ManagedServer("gateway", argv, port, workdir)
+    return ManagedServer(name, [*argv, *extra_args], port, workdir)

@@ -4,19 +4,22 @@ A suite starts each server in turn (nginx `return 200`, the bare aiohttp app, th
 only one server competes with the load generator for the 2 cores at a time. Figures of the same
 scenario and tool are divided by the baselines' figures from the same run: absolute numbers drift
 1.5-2x between runs on this machine, ratios much less.
-To add a suite (Kafka, upstream, sink worker), add a SuiteSpec to SUITES: scenarios plus the extra
-gateway options it needs.
+`suite upstream` starts a stand-in PostHog upstream (bench/upstream_app.py) for the whole run and
+measures, one at a time in front of it, nginx proxy_pass (the dumb-proxy baseline), the gateway in
+reverse-proxy forward mode and with --upstream-passthrough; the bare upstream alone is the other
+baseline. To add a suite (sink worker, ...), add a SuiteSpec to SUITES: scenarios, targets, baselines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, TextIO
 
 from bench.runner import run_load
-from bench.servers import ManagedServer, ServerUnavailable, baseline_app, gateway, nginx
+from bench.servers import ManagedServer, ServerUnavailable, baseline_app, gateway, nginx, upstream_app
 from bench.worker import LoadConfig
 from bench.wrk import WrkUnavailable, build_pool, pool_context, run_wrk
 
@@ -36,10 +39,17 @@ class Scenario:
 
 @dataclass(frozen=True)
 class SuiteSpec:
-    """Scenarios to run and whether the gateway needs a Kafka broker."""
+    """Scenarios to run, the servers to measure, which of them are baselines, and what the gateway needs.
+
+    With `needs_upstream` the suite runs bench/upstream_app.py for its whole duration; the target
+    `upstream` measures it directly, the others proxy to it.
+    """
 
     scenarios: tuple[Scenario, ...]
     needs_kafka: bool = False
+    targets: tuple[str, ...] = (*BASELINES, "gateway")
+    baselines: tuple[str, ...] = BASELINES
+    needs_upstream: bool = False
 
 
 CAPTURE_SCENARIOS = (
@@ -48,9 +58,19 @@ CAPTURE_SCENARIOS = (
     Scenario("batch-gzip-50", "node-batch", 50, "posthog-node batch of 50, POST /batch/ (Content-Encoding)"),
 )
 
+FLAGS_SCENARIO = Scenario("flags-v2", "flags", None, "posthog-node POST /flags/?v=2, proxied to the upstream")
+UPSTREAM_BASELINES = ("nginx-proxy", "upstream")
+UPSTREAM_TARGETS = ("upstream", "nginx-proxy", "gateway", "gateway-passthrough")
+
 SUITES: dict[str, SuiteSpec] = {
     "capture": SuiteSpec(CAPTURE_SCENARIOS),
     "kafka": SuiteSpec(CAPTURE_SCENARIOS, needs_kafka=True),
+    "upstream": SuiteSpec(
+        (*CAPTURE_SCENARIOS, FLAGS_SCENARIO),
+        targets=UPSTREAM_TARGETS,
+        baselines=UPSTREAM_BASELINES,
+        needs_upstream=True,
+    ),
 }
 
 
@@ -66,7 +86,7 @@ class SuiteOptions:
     workers: int = 1
     token: str = "phc_bench_token"
     tools: tuple[str, ...] = TOOLS
-    targets: tuple[str, ...] = (*BASELINES, "gateway")
+    targets: tuple[str, ...] | None = None  # None: the suite's own targets
     kafka_bootstrap_servers: str | None = None
     gateway_command: list[str] | None = None
 
@@ -145,12 +165,22 @@ MEASURES: dict[str, Callable[[str, Scenario, SuiteOptions], Measurement]] = {
 }
 
 
-def _server(target: str, options: SuiteOptions) -> ManagedServer:
-    if target == "nginx":
-        return nginx(options.workers)
-    if target == "aiohttp":
-        return baseline_app(options.workers)
-    return gateway(options.workers, options.kafka_bootstrap_servers, options.gateway_command)
+def _server(target: str, options: SuiteOptions, upstream: ManagedServer | None = None) -> ManagedServer:
+    """A not yet started server for `target`; with a running `upstream`, the proxies in front of it."""
+    if upstream is None:
+        if target == "nginx":
+            return nginx(options.workers)
+        if target == "aiohttp":
+            return baseline_app(options.workers)
+        return gateway(options.workers, options.kafka_bootstrap_servers, options.gateway_command)
+    if target == "nginx-proxy":
+        return nginx(options.workers, upstream=f"127.0.0.1:{upstream.port}", name=target)
+    extra = ["--upstream", upstream.url, "--upstream-events-mode", "forward"]
+    if target == "gateway-passthrough":
+        extra.append("--upstream-passthrough")
+    return gateway(
+        options.workers, options.kafka_bootstrap_servers, options.gateway_command, tuple(extra), name=target
+    )
 
 
 def run_suite(
@@ -161,19 +191,21 @@ def run_suite(
         raise ValueError("this suite needs --kafka-bootstrap-servers")
     measurements: list[Measurement] = []
     notes: list[str] = []
-    for target in options.targets:
-        try:
-            server = _server(target, options)
-            with server:
-                for scenario in spec.scenarios:
-                    for tool in options.tools:
-                        log.write(f"suite: {scenario.name} -> {target} ({tool}, {options.duration_s:g} s)\n")
-                        log.flush()
-                        measurements.append(_run_one(server, target, tool, scenario, options))
-        except ServerUnavailable as exc:
-            notes.append(f"{target} skipped: {exc}")
-            log.write(f"suite: {target} skipped: {exc}\n")
-    _add_ratios(measurements)
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(upstream_app(options.workers)) if spec.needs_upstream else None
+        for target in options.targets or spec.targets:
+            try:
+                server = upstream if target == "upstream" and upstream else _server(target, options, upstream)
+                with contextlib.nullcontext(server) if server is upstream else server:
+                    for scenario in spec.scenarios:
+                        for tool in options.tools:
+                            log.write(f"suite: {scenario.name} -> {target} ({tool}, {options.duration_s:g} s)\n")
+                            log.flush()
+                            measurements.append(_run_one(server, target, tool, scenario, options))
+            except ServerUnavailable as exc:
+                notes.append(f"{target} skipped: {exc}")
+                log.write(f"suite: {target} skipped: {exc}\n")
+    _add_ratios(measurements, spec.baselines)
     return measurements, notes
 
 
@@ -190,11 +222,11 @@ def _run_one(
     return measurement
 
 
-def _add_ratios(measurements: list[Measurement]) -> None:
+def _add_ratios(measurements: list[Measurement], baselines: tuple[str, ...] = BASELINES) -> None:
     """Divide each req/s (and req per server CPU-second) by the baseline's, same scenario and tool."""
     index = {(m.scenario, m.tool, m.target): m for m in measurements if m.error is None}
     for m in measurements:
-        for baseline in BASELINES:
+        for baseline in baselines:
             base = index.get((m.scenario, m.tool, baseline))
             if base is None or m.error is not None:
                 continue
@@ -204,24 +236,36 @@ def _add_ratios(measurements: list[Measurement]) -> None:
                 m.ratios[f"{baseline}_per_cpu"] = m.req_per_server_cpu_s / base.req_per_server_cpu_s
 
 
-def suite_table(measurements: list[Measurement], notes: list[str], options: SuiteOptions) -> str:
-    """The suite's figures as a fixed-width table, followed by caveats that apply to this machine."""
+def suite_table(
+    measurements: list[Measurement],
+    notes: list[str],
+    options: SuiteOptions,
+    baselines: tuple[str, ...] = BASELINES,
+) -> str:
+    """The suite's figures as a fixed-width table, followed by caveats that apply to this machine.
+
+    One `x BASELINE` column per baseline (req/s ratio); the per-CPU ratio is to the last baseline
+    (the bare aiohttp app, or the bare upstream).
+    """
+    fair = baselines[-1]
+    tw = max([8, *(len(m.target) for m in measurements)])
+    ratio_cols = "".join(f" {'x ' + b:>{max(8, len(b) + 2)}}" for b in baselines)
     header = (
-        f"{'scenario':<14} {'target':<8} {'tool':<12} {'req/s':>9} {'events/s':>10} {'p50 ms':>8} "
-        f"{'p99 ms':>8} {'non-200':>8} {'x aiohttp':>9} {'x nginx':>8} {'gen cpu':>7} {'srv cpu':>7} "
-        f"{'req/cpu-s':>9} {'x aiohttp/cpu':>13}"
+        f"{'scenario':<14} {'target':<{tw}} {'tool':<12} {'req/s':>9} {'events/s':>10} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'non-200':>8}{ratio_cols} {'gen cpu':>7} {'srv cpu':>7} "
+        f"{'req/cpu-s':>9} {'x ' + fair + '/cpu':>13}"
     )
     lines = [header, "-" * len(header)]
     for m in measurements:
         if m.error:
-            lines.append(f"{m.scenario:<14} {m.target:<8} {m.tool:<12} error: {m.error}")
+            lines.append(f"{m.scenario:<14} {m.target:<{tw}} {m.tool:<12} error: {m.error}")
             continue
         ratio = {k: f"{v:.2f}" for k, v in m.ratios.items()}
+        ratio_values = "".join(f" {ratio.get(b, '-'):>{max(8, len(b) + 2)}}" for b in baselines)
         lines.append(
-            f"{m.scenario:<14} {m.target:<8} {m.tool:<12} {m.req_per_s:>9,.0f} {m.events_per_s:>10,.0f} "
-            f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {m.non_200:>8,} {ratio.get('aiohttp', '-'):>9} "
-            f"{ratio.get('nginx', '-'):>8} {m.generator_cpu:>7.0%} {m.server_cpu:>7.0%} "
-            f"{m.req_per_server_cpu_s:>9,.0f} {ratio.get('aiohttp_per_cpu', '-'):>13}"
+            f"{m.scenario:<14} {m.target:<{tw}} {m.tool:<12} {m.req_per_s:>9,.0f} {m.events_per_s:>10,.0f} "
+            f"{m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {m.non_200:>8,}{ratio_values} {m.generator_cpu:>7.0%} "
+            f"{m.server_cpu:>7.0%} {m.req_per_server_cpu_s:>9,.0f} {ratio.get(fair + '_per_cpu', '-'):>13}"
         )
     lines += [
         "",

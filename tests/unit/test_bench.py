@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import gzip
 import random
+import shutil
 import sys
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +23,8 @@ from bench.net import free_port
 from bench.payloads import PROFILES, BenchRequest, PayloadContext
 from bench.recorder import Recorder, merge
 from bench.runner import run_load
-from bench.servers import ManagedServer, baseline_app
+from bench.servers import ManagedServer, baseline_app, nginx_config, upstream_app
+from bench.suites import SUITES, UPSTREAM_BASELINES, Measurement, SuiteOptions, _add_ratios, _server, suite_table
 from bench.worker import LoadConfig, run_process
 from bench.wrk import write_requests
 
@@ -205,3 +208,50 @@ def test_connection_errors_are_counted_by_name() -> None:
     summary = merge({}, [run_process(config, lambda counters: None)])  # in-process: no spawn needed
     assert summary.requests == 5 and summary.events_acked == 0
     assert list(summary.statuses) == ["error:ClientConnectorError"]
+
+
+def test_nginx_config_return_200_and_proxy_pass(tmp_path: Path) -> None:
+    plain = nginx_config(1, tmp_path, 8080)
+    assert "return 200" in plain and "proxy_pass" not in plain
+    proxy = nginx_config(2, tmp_path, 8080, upstream="127.0.0.1:9000")
+    assert "return 200" not in proxy and "worker_processes 2;" in proxy
+    assert "proxy_pass http://bench_upstream;" in proxy and "server 127.0.0.1:9000;" in proxy
+    assert 'proxy_set_header Connection "";' in proxy  # keep-alive to the upstream
+    assert proxy.count("{") == proxy.count("}")
+
+
+def test_upstream_suite_targets_proxy_to_the_upstream(tmp_path: Path) -> None:
+    upstream = ManagedServer("upstream", ["true"], 9000, tmp_path)
+    options = SuiteOptions(gateway_command=["gw"])
+    servers = [_server(t, options, upstream) for t in ("gateway", "gateway-passthrough")]
+    try:
+        forward, passthrough = (s.argv for s in servers)
+    finally:
+        for server in servers:
+            shutil.rmtree(server.workdir, ignore_errors=True)
+    assert forward[:2] == ["gw", "serve"] and forward[forward.index("--rate-limit-ip") + 1] == "off"
+    assert forward[-4:] == ["--upstream", "http://127.0.0.1:9000", "--upstream-events-mode", "forward"]
+    assert passthrough[-5:] == [*forward[-4:], "--upstream-passthrough"]
+    assert set(SUITES["upstream"].baselines) <= set(SUITES["upstream"].targets)
+
+
+def test_ratios_and_table_use_the_suite_baselines() -> None:
+    def m(target: str, req_per_s: float) -> Measurement:
+        return Measurement("flags-v2", target, "wrk", req_per_s=req_per_s, server_cpu=0.5)
+
+    measurements = [m("upstream", 4000), m("nginx-proxy", 2000), m("gateway-passthrough", 1000)]
+    _add_ratios(measurements, UPSTREAM_BASELINES)
+    assert measurements[2].ratios == {
+        "nginx-proxy": 0.5, "nginx-proxy_per_cpu": 0.5, "upstream": 0.25, "upstream_per_cpu": 0.25
+    }
+    table = suite_table(measurements, [], SuiteOptions(), UPSTREAM_BASELINES)
+    assert "x nginx-proxy" in table and "x upstream/cpu" in table and "x aiohttp" not in table
+    assert "gateway-passthrough wrk" in " ".join(table.split())
+
+
+def test_upstream_app_answers_capture_and_canned_flags() -> None:
+    with upstream_app() as server:
+        for path, key in (("/batch/", "status"), ("/flags/?v=2", "flags")):
+            request = urllib.request.Request(server.url + path, data=b"{}", method="POST")
+            with urllib.request.urlopen(request, timeout=5) as response:
+                assert response.status == 200 and key in orjson.loads(response.read())
