@@ -29,7 +29,12 @@ class SessionServices:
         self.started: list[Service] = []
 
     def get(self, cls: type[S]) -> S:
-        """A running instance of `cls`: the CLI's if it is alive, else a new one in `root`."""
+        """A running instance of `cls`: this session's, the CLI's if it is alive, else a new one in `root`."""
+        for service in self.started:
+            if isinstance(service, cls):
+                if not service.running:  # a test stopped it (an outage) and failed before restarting
+                    service.start()
+                return service
         record = load_state().get(cls.name)
         if record is not None:
             service = cls.from_record(record, state_file=STATE_FILE)
