@@ -66,6 +66,12 @@ class ServeSettings:
         default=4 * GiB,
         metadata={"help": "spool size bound per worker; full → 503 + Retry-After", "parse": _size},
     )
+    spool_encryption_key_file: Path | None = field(
+        default=None,
+        metadata={"help": "encrypt the spool at rest (AES-256-GCM) with the keys in this file: ID:KEY lines "
+                  "(64 hex or base64 of 32 bytes), newest last; or set GATEWAY_SPOOL_ENCRYPTION_KEYS",
+                  "parse": Path},
+    )
     event_body_limit: int = field(
         default=2 * MiB, metadata={"help": "body limit of /e /i/v0/e /capture /track /engage", "parse": _size}
     )
@@ -409,6 +415,12 @@ class ServeSettings:
         for ok, name, problem in checks:
             if not ok:
                 raise ConfigError(f"{name} {problem}")
+        from gateway.spool.crypto import SpoolKeyError, load_keyring
+
+        try:
+            load_keyring(self.spool_encryption_key_file)
+        except SpoolKeyError as exc:
+            raise ConfigError(f"spool_encryption_key_file {exc}") from exc
         # Edge settings are checked by building them (imported here: edge.setup imports this module).
         from gateway.app import route_families
         from gateway.edge.setup import Edge

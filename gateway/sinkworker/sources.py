@@ -22,6 +22,7 @@ from gateway.sinkworker.batch import TopicPartition as TP
 from gateway.sinkworker.metrics import CONSUMER_LAG
 from gateway.sinkworker.rows import SourceMessage
 from gateway.spool import SpoolPosition, SpoolReader
+from gateway.spool.crypto import OVERHEAD
 from gateway.spool.format import HEADER_SIZE, encode_record
 from gateway.spool.segment import Stop, list_segments, scan_segment, segment_name
 
@@ -174,8 +175,9 @@ class SpoolSource:
             if scan.stop is Stop.MISSING:
                 continue
             end = max(position.offset, HEADER_SIZE)
+            overhead = OVERHEAD if scan.key_id else 0
             for record in scan.records:
-                end += len(encode_record(record))
+                end += len(encode_record(record)) + overhead
                 messages.append(
                     SpoolMessage(
                         record.topic,
