@@ -151,6 +151,12 @@ class ServeSettings:
         default=1024,
         metadata={"help": "requests handled at once per worker; more → 503 + Retry-After (0 = unbounded)"},
     )
+    max_header_bytes: int = field(
+        default=8190,
+        metadata={"help": "longest request line or header field (name: value); longer → 400, connection closed",
+                  "parse": _size},
+    )
+    max_headers: int = field(default=128, metadata={"help": "most header fields in a request; more → 400"})
     body_read_timeout: float = field(
         default=60.0, metadata={"help": "seconds to receive a request body; slower → 408 body_read_timeout"}
     )
@@ -395,6 +401,8 @@ class ServeSettings:
             ),
             (self.max_in_flight >= 0, "max_in_flight", "must be ≥ 0"),
             (self.body_read_timeout > 0, "body_read_timeout", "must be > 0"),
+            (256 <= self.max_header_bytes <= 1 << 20, "max_header_bytes", "must be 256..1M"),
+            (self.max_headers >= 8, "max_headers", "must be at least 8"),
             (self.rate_limit_sync_interval > 0, "rate_limit_sync_interval", "must be > 0"),
             (0 <= self.admin_port <= 65535 and self.admin_port != self.port, "admin_port",
              "must be 0..65535 and differ from port"),
