@@ -113,7 +113,7 @@ def spool_command(args: argparse.Namespace) -> int:
     try:
         keyring = load_keyring(args.spool_encryption_key_file)
         if args.spool_command == "stats":
-            stats = {d.name: spool_stats(d) for d in directories}
+            stats = {d.name: spool_stats(d, keyring) for d in directories}
             sys.stdout.buffer.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
             return 0
         out = sys.stdout.buffer

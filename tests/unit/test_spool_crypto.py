@@ -82,6 +82,10 @@ def test_rotation_keeps_old_segments_readable(tmp_path: Path) -> None:
     # Dropping the old key too early fails loudly on its segment instead of skipping it.
     with pytest.raises(SpoolKeyError, match="not among the configured spool keys"):
         list(iter_records(tmp_path, keyring=keyring(KEY_B)))
+    # Which segments still need the old key (to know when it can go): no key needed to tell.
+    assert spool_stats(tmp_path, keyring(KEY_A, KEY_B))["keys"] == {"k1": 1, "k2": 1}
+    assert spool_stats(tmp_path)["keys"] == {f"{SpoolKey('a', KEY_A).key_id:08x}": 1,
+                                             f"{SpoolKey('b', KEY_B).key_id:08x}": 1}
 
 
 def test_wrong_or_missing_key_fails_loudly_and_drops_nothing(tmp_path: Path) -> None:
