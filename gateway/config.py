@@ -157,6 +157,11 @@ class ServeSettings:
                   "parse": _size},
     )
     max_headers: int = field(default=128, metadata={"help": "most header fields in a request; more → 400"})
+    idle_timeout: float = field(
+        default=75.0,
+        metadata={"help": "seconds a connection may stay idle or take to send a complete request head "
+                  "(slow-header clients are cut off); keep it above a load balancer's idle timeout"},
+    )
     body_read_timeout: float = field(
         default=60.0, metadata={"help": "seconds to receive a request body; slower → 408 body_read_timeout"}
     )
@@ -403,6 +408,7 @@ class ServeSettings:
             (self.body_read_timeout > 0, "body_read_timeout", "must be > 0"),
             (256 <= self.max_header_bytes <= 1 << 20, "max_header_bytes", "must be 256..1M"),
             (self.max_headers >= 8, "max_headers", "must be at least 8"),
+            (self.idle_timeout > 0, "idle_timeout", "must be > 0"),
             (self.rate_limit_sync_interval > 0, "rate_limit_sync_interval", "must be > 0"),
             (0 <= self.admin_port <= 65535 and self.admin_port != self.port, "admin_port",
              "must be 0..65535 and differ from port"),

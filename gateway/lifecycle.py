@@ -43,6 +43,9 @@ def runner_options(settings: ServeSettings) -> dict[str, Any]:
         "max_line_size": settings.max_header_bytes,
         "max_field_size": settings.max_header_bytes,
         "max_headers": settings.max_headers,
+        # aiohttp's keep-alive timer also runs from connect until a request head is complete, so it
+        # bounds slow-header (slowloris) clients too; --body-read-timeout bounds slow bodies.
+        "keepalive_timeout": settings.idle_timeout,
     }
 
 

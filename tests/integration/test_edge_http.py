@@ -446,3 +446,25 @@ def test_oversized_request_head_is_refused(start) -> None:
         answer = raw_exchange(gateway, head)
         assert answer.split(b" ", 2)[1] == b"400", answer[:200]  # aiohttp answers HTTP/1.0 400 and closes
     assert requests.get(gateway.url + "/_liveness", timeout=5).status_code == 200
+
+
+def test_slow_request_head_is_cut_off(start) -> None:
+    gateway = start(idle_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /e/ HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        while time.monotonic() - started < 5:  # dribbling more header bytes does not reset the timer
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+                if sock.recv(1024, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.1)
+        assert closed and 0.4 < time.monotonic() - started < 3
+    assert requests.get(gateway.url + "/_liveness", timeout=5).status_code == 200

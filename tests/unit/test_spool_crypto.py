@@ -131,8 +131,7 @@ def test_process_keyring_serves_readers_without_one(tmp_path: Path) -> None:
 
 def test_sink_worker_spool_source_positions_with_encryption(tmp_path: Path) -> None:
     asyncio.run(write(tmp_path, [[rec(n) for n in range(4)]], keyring(KEY_A)))
-    crypto.install(keyring(KEY_A))
-    source = SpoolSource(tmp_path)
+    source = SpoolSource(tmp_path, keyring=keyring(KEY_A))
 
     async def run() -> list[int]:
         await source.start(None)  # type: ignore[arg-type]
