@@ -10,6 +10,9 @@ were sealed) and truncates it at the first incomplete or corrupt frame, as a tor
 crash that tail was never acknowledged under ALWAYS/BATCH, and nothing before it is touched. (Media
 damage inside the newest segment therefore also drops the records after the damage; in older
 segments readers skip only the damaged rest of the segment, see reader.py.)
+
+With a keyring, every segment this writer creates is encrypted with its newest key (crypto.py);
+opening refuses (SpoolKeyError) a directory holding a segment whose key the keyring lacks.
 """
 
 from __future__ import annotations
