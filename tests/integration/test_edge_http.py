@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import http.client
 import ipaddress
@@ -421,8 +422,20 @@ def test_cert_reload_serves_new_connections_and_keeps_open_ones(start, tmp_path:
     assert kept.sock.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(old_cert.read_text())
     with pytest.raises(ssl.SSLCertVerificationError):  # new connections no longer get the old one
         post_on(https_connection(gateway, old_cert))
+
+    cert.write_text("not a certificate")  # a broken renewal: refused, the running certificate stays
+    assert not asyncio.run_coroutine_threadsafe(sighup(), gateway._loop).result(5)
+    assert post_on(https_connection(gateway, new_cert)) == 200
+    # Turning TLS off (or on) needs a new listener: reported as needing a restart, nothing changed.
+    plain = dataclasses.replace(gateway.settings, tls_cert=None, tls_key=None)
+    assert asyncio.run_coroutine_threadsafe(_reload(gateway.edge, plain), gateway._loop).result(5) == ["tls_cert"]
+    assert gateway.edge.settings.tls_cert == cert
     kept.close()
     fresh.close()
+
+
+async def _reload(edge, settings) -> list[str]:
+    return edge.reload(settings)
 
 
 # --- request head limits -----------------------------------------------------------------------
