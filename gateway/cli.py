@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=Path("./gateway-data"),
             help="the gateway's --data-dir (all worker spools are read)",
         )
+        sub.add_argument(
+            "--spool-encryption-key-file",
+            type=Path,
+            default=None,
+            help="keys of an encrypted spool (default: env GATEWAY_SPOOL_ENCRYPTION_KEY_FILE or "
+            "GATEWAY_SPOOL_ENCRYPTION_KEYS)",
+        )
+    certs = commands.add_parser("certs", help="TLS certificates")
+    certs_commands = certs.add_subparsers(dest="certs_command", required=True)
+    dev = certs_commands.add_parser("dev", help="write a self-signed certificate and key for development")
+    dev.add_argument("--out", type=Path, default=Path("./gateway-certs"), help="directory for cert.pem, key.pem")
+    dev.add_argument("--host", action="append", default=None,
+                     help="DNS name or IP the certificate is for (repeatable; default localhost, 127.0.0.1, ::1)")
+    dev.add_argument("--days", type=int, default=30, help="validity in days")
     add_csp_command(commands)
     add_gdpr_command(commands)
     add_sink_arguments(commands.add_parser("sink", help="move events from Kafka or a spool into ClickHouse"))
@@ -74,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_command(args)
     if args.command == "spool":
         return spool_command(args)
+    if args.command == "certs":
+        from gateway.edge.certs import certs_command
+
+        return certs_command(args)
     if args.command == "csp":
         return csp_command(args)
     if args.command == "gdpr":
@@ -88,16 +106,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def spool_command(args: argparse.Namespace) -> int:
-    from gateway.spool import iter_records, record_to_json, spool_stats
+    from gateway.spool import SpoolError, iter_records, record_to_json, spool_stats
+    from gateway.spool.crypto import load_keyring
 
     directories = sorted(p for p in (args.data_dir / "spool").glob("worker-*") if p.is_dir())
-    if args.spool_command == "stats":
-        stats = {d.name: spool_stats(d) for d in directories}
-        sys.stdout.buffer.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
-        return 0
-    out = sys.stdout.buffer
-    for directory in directories:
-        for record in iter_records(directory):
-            out.write(orjson.dumps(record_to_json(record)) + b"\n")
-    out.flush()
+    try:
+        keyring = load_keyring(args.spool_encryption_key_file)
+        if args.spool_command == "stats":
+            stats = {d.name: spool_stats(d, keyring) for d in directories}
+            sys.stdout.buffer.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
+            return 0
+        out = sys.stdout.buffer
+        for directory in directories:
+            for record in iter_records(directory, keyring=keyring):
+                out.write(orjson.dumps(record_to_json(record)) + b"\n")
+        out.flush()
+    except SpoolError as exc:
+        print(f"gateway spool {args.spool_command}: {exc}", file=sys.stderr)
+        return 1
     return 0

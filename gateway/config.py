@@ -66,6 +66,12 @@ class ServeSettings:
         default=4 * GiB,
         metadata={"help": "spool size bound per worker; full → 503 + Retry-After", "parse": _size},
     )
+    spool_encryption_key_file: Path | None = field(
+        default=None,
+        metadata={"help": "encrypt the spool at rest (AES-256-GCM) with the keys in this file: ID:KEY lines "
+                  "(64 hex or base64 of 32 bytes), newest last; or set GATEWAY_SPOOL_ENCRYPTION_KEYS",
+                  "parse": Path},
+    )
     event_body_limit: int = field(
         default=2 * MiB, metadata={"help": "body limit of /e /i/v0/e /capture /track /engage", "parse": _size}
     )
@@ -144,6 +150,17 @@ class ServeSettings:
     max_in_flight: int = field(
         default=1024,
         metadata={"help": "requests handled at once per worker; more → 503 + Retry-After (0 = unbounded)"},
+    )
+    max_header_bytes: int = field(
+        default=8190,
+        metadata={"help": "longest request line or header field (name: value); longer → 400, connection closed",
+                  "parse": _size},
+    )
+    max_headers: int = field(default=128, metadata={"help": "most header fields in a request; more → 400"})
+    idle_timeout: float = field(
+        default=75.0,
+        metadata={"help": "seconds a connection may stay idle or take to send a complete request head "
+                  "(slow-header clients are cut off); keep it above a load balancer's idle timeout"},
     )
     body_read_timeout: float = field(
         default=60.0, metadata={"help": "seconds to receive a request body; slower → 408 body_read_timeout"}
@@ -407,6 +424,9 @@ class ServeSettings:
             ),
             (self.max_in_flight >= 0, "max_in_flight", "must be ≥ 0"),
             (self.body_read_timeout > 0, "body_read_timeout", "must be > 0"),
+            (256 <= self.max_header_bytes <= 1 << 20, "max_header_bytes", "must be 256..1M"),
+            (self.max_headers >= 8, "max_headers", "must be at least 8"),
+            (self.idle_timeout > 0, "idle_timeout", "must be > 0"),
             (self.rate_limit_sync_interval > 0, "rate_limit_sync_interval", "must be > 0"),
             (0 <= self.admin_port <= 65535 and self.admin_port != self.port, "admin_port",
              "must be 0..65535 and differ from port"),
@@ -434,6 +454,12 @@ class ServeSettings:
         for ok, name, problem in checks:
             if not ok:
                 raise ConfigError(f"{name} {problem}")
+        from gateway.spool.crypto import SpoolKeyError, load_keyring
+
+        try:
+            load_keyring(self.spool_encryption_key_file)
+        except SpoolKeyError as exc:
+            raise ConfigError(f"spool_encryption_key_file {exc}") from exc
         # Edge settings are checked by building them (imported here: edge.setup imports this module).
         from gateway.app import route_families
         from gateway.edge.setup import Edge

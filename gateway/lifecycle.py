@@ -13,9 +13,11 @@ import asyncio
 import signal
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 
+from gateway.config import ServeSettings
 from gateway.sinks.base import Readiness
 
 POLL_S = 0.05
@@ -33,6 +35,20 @@ class Drain:
         return Readiness(ready=True, degraded=False, detail="")
 
 
+def runner_options(settings: ServeSettings) -> dict[str, Any]:
+    """aiohttp server options of a listener (`web.AppRunner` keywords): request head limits and so on."""
+    return {
+        "access_log": None,
+        "auto_decompress": False,  # capture inflates bodies itself, with size and ratio limits
+        "max_line_size": settings.max_header_bytes,
+        "max_field_size": settings.max_header_bytes,
+        "max_headers": settings.max_headers,
+        # aiohttp's keep-alive timer also runs from connect until a request head is complete, so it
+        # bounds slow-header (slowloris) clients too; --body-read-timeout bounds slow bodies.
+        "keepalive_timeout": settings.idle_timeout,
+    }
+
+
 async def serve_until_signalled(
     app: web.Application,
     *,
@@ -43,13 +59,9 @@ async def serve_until_signalled(
     shutdown_timeout: float,
     drain: Drain,
     in_flight: Callable[[], int],
+    options: dict[str, Any],
 ) -> None:
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        auto_decompress=False,  # capture inflates bodies itself, with size and ratio limits
-        shutdown_timeout=shutdown_timeout,
-    )
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **options)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
     try:

@@ -1,8 +1,9 @@
 """SIGHUP: re-read the configuration (file and env, under the original flags) and apply policy live.
 
 Reloaded without dropping a connection: the edge policy (rate limits, token allow/drop lists, CORS
-origins, admin access and token file, in-flight bound; see `gateway.edge.setup.RELOADABLE`) and the
-log level. Other changed settings are logged as needing a restart. An invalid configuration is
+origins, admin access and token file, in-flight bound; see `gateway.edge.setup.RELOADABLE`), the
+TLS certificate (re-read on every SIGHUP, for new connections; open ones keep theirs) and the log
+level. Other changed settings are logged as needing a restart. An invalid configuration is
 logged and counted, and the running one stays in force.
 """
 

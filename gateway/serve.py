@@ -14,7 +14,7 @@ import uvloop
 
 from gateway.app import DRAIN_KEY, EDGE_KEY, build_app
 from gateway.config import ServeSettings
-from gateway.lifecycle import serve_until_signalled
+from gateway.lifecycle import runner_options, serve_until_signalled
 from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
 from gateway.reload import Reloader
@@ -50,6 +50,7 @@ def run_worker(settings: ServeSettings, worker: int, load: Loader | None = None)
             shutdown_timeout=settings.shutdown_timeout,
             drain=app[DRAIN_KEY],
             in_flight=lambda: edge.policy.in_flight,
+            options=runner_options(settings),
         )
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ from gateway.edge.headers import security_headers
 from gateway.edge.policy import EdgePolicy, Handler, RoutePolicy
 from gateway.edge.ratelimit import DEFAULT_IP_RATE, DEFAULT_IP_RATES, RateLimits, SlidingWindow, route_rates
 from gateway.edge.ratelimit_sync import RedisRateSync
-from gateway.edge.tls import server_ssl_context
+from gateway.edge.tls import reload_certificate, server_ssl_context
 from gateway.edge.tokens import TokenPolicy
 
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
@@ -34,9 +35,11 @@ PROBE_METHODS = frozenset({"GET", "HEAD"})
 MANAGEMENT = RoutePolicy("admin", PROBE_METHODS, management=True, bounded=False)
 PROBE = RoutePolicy("health", PROBE_METHODS, bounded=False)
 # Settings `Edge.reload` applies live on SIGHUP (gateway/reload.py adds log_level).
+log = logging.getLogger("gateway.edge")
+
 RELOADABLE = (
     "rate_limit_ip", "rate_limit_token", "allow_tokens", "drop_events", "cors_origins",
-    "admin_allow_cidrs", "admin_token_file", "max_in_flight",
+    "admin_allow_cidrs", "admin_token_file", "max_in_flight", "tls_cert", "tls_key",
 )
 
 
@@ -117,6 +120,15 @@ class Edge:
         pinned = replace(running, **{name: getattr(settings, name) for name in RELOADABLE})
         fresh = Edge.from_settings(pinned, self.methods)
         restart: list[str] = []
+        if (self.ssl_context is None) != (fresh.ssl_context is None):  # TLS on or off: a new listener
+            restart += ["tls_cert"]
+            pinned = replace(pinned, tls_cert=running.tls_cert, tls_key=running.tls_key)
+        elif self.ssl_context is not None and pinned.tls_cert is not None:
+            # Always re-read (a renewed certificate usually keeps its file name); before anything else
+            # is applied, so a failure leaves the running configuration whole.
+            with _setting("tls_cert"):
+                reload_certificate(self.ssl_context, pinned.tls_cert, pinned.tls_key)
+            log.info("TLS certificate reloaded for new connections", extra={"tls_cert": str(pinned.tls_cert)})
         if running.rate_limit_storage.startswith("memory://"):
             by_ip = _keep_unchanged(self.rate_limits.by_ip, fresh.rate_limits.by_ip)
             by_token = _keep_unchanged(self.rate_limits.by_token, fresh.rate_limits.by_token)

@@ -37,6 +37,9 @@ def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
     for parser in (delete, expire_cmd):
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for mutations")
     export.add_argument("--out", required=True, help="output file, or - for stdout")
+    purge.add_argument("--spool-encryption-key-file", type=Path, default=None,
+                       help="keys of an encrypted spool (default: env GATEWAY_SPOOL_ENCRYPTION_KEY_FILE or "
+                       "GATEWAY_SPOOL_ENCRYPTION_KEYS)")
     purge.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "./gateway-data")),
                        help="the gateway's --data-dir (every worker spool is purged)")
     retention.add_argument("--days", type=int, required=True, help="keep events this many days (0 = forever)")

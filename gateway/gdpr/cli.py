@@ -23,6 +23,7 @@ from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subje
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
 from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked
+from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.purge import purge_spool
 
 Handler = Callable[[argparse.Namespace, EventsTable, AuditLog, str], Awaitable[int]]
@@ -123,11 +124,12 @@ def _purge_spool(args: argparse.Namespace, audit: AuditLog) -> int:
     totals = {"removed": 0, "segments_rewritten": 0, "skipped": 0}
     directories = sorted(p for p in (args.data_dir / "spool").glob("worker-*") if p.is_dir())
     try:
+        keyring = load_keyring(args.spool_encryption_key_file)
         for directory in directories:
-            result = purge_spool(directory, matches)
+            result = purge_spool(directory, matches, keyring)
             for name in totals:
                 totals[name] += getattr(result, name)
-    except SpoolLocked as exc:
+    except (SpoolLocked, SpoolKeyError) as exc:
         audit.append("purge-spool", args.distinct_id, args.token, "refused", target=str(args.data_dir),
                      detail=str(exc), **totals)
         print(f"gateway gdpr purge-spool: {exc}", file=sys.stderr)

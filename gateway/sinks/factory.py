@@ -20,11 +20,20 @@ from gateway.sinks.kafka_producer import ReconnectingProducer, java_partitioner
 from gateway.sinks.spool import SpoolSink
 from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
+from gateway.spool.crypto import Keyring, install, load_keyring
 
 _WORKER_DIR = re.compile(r"^worker-(\d+)$")
 # Headroom over the largest batch for the produce request's own framing.
 _REQUEST_OVERHEAD = 64 * 1024
 UPSTREAM_SPOOL = "upstream-spool"
+
+
+def spool_keyring(settings: ServeSettings) -> Keyring | None:
+    """The spool keys of the settings (file or environment), installed as this process's keyring so
+    every spool reader here (Kafka and upstream replay, adopted spools) opens encrypted segments."""
+    keyring = load_keyring(settings.spool_encryption_key_file)
+    install(keyring)
+    return keyring
 
 
 def spool_dir(settings: ServeSettings, worker: int) -> Path:
@@ -101,6 +110,7 @@ def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSin
         fsync=settings.fsync,
         fsync_window_ms=settings.fsync_window_ms,
         max_bytes=settings.spool_max_bytes,
+        keyring=spool_keyring(settings),
     )
     # No circuit breaker: the first failure already sends requests to the spool until replay catches up.
     client = UpstreamClient(connections=settings.upstream_connections, retries=settings.upstream_retries)
@@ -115,6 +125,7 @@ def local_sink(settings: ServeSettings, worker: int) -> Sink:
         fsync=settings.fsync,
         fsync_window_ms=settings.fsync_window_ms,
         max_bytes=settings.spool_max_bytes,
+        keyring=spool_keyring(settings),
     )
     if not settings.kafka_bootstrap_servers:
         return spool

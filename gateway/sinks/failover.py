@@ -33,6 +33,7 @@ from gateway.capture.record import Record
 from gateway.sinks.base import Readiness
 from gateway.sinks.spool import SpoolSink
 from gateway.spool import SpoolLocked, SpoolReader
+from gateway.spool.crypto import SpoolKeyError
 
 log = logging.getLogger("gateway.failover")
 
@@ -40,6 +41,7 @@ REPLAY_BATCH_RECORDS = 5_000
 REPLAY_BATCH_BYTES = 8 * 1024 * 1024
 IDLE_POLL_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 10.0
+KEY_ERROR_RETRY_SECONDS = 60.0
 
 
 class Mode(Enum):
@@ -156,7 +158,12 @@ class FailoverSink:
         backoff = 0.5
         try:
             while not self._closing:
-                batch = await asyncio.to_thread(reader.read_batch, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES)
+                try:
+                    batch = await asyncio.to_thread(reader.read_batch, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES)
+                except SpoolKeyError as exc:  # loud, and the records stay on disk: restart with the key
+                    log.error("cannot replay spool %s to %s: %s", directory, self.name, exc)
+                    await self._sleep(KEY_ERROR_RETRY_SECONDS)
+                    continue
                 if batch.records:
                     try:
                         await asyncio.wait_for(self.remote.produce_bulk(batch.records), max(self.ack_timeout, 30))

@@ -9,6 +9,7 @@ from gateway.capture.errors import ServiceUnavailable
 from gateway.capture.record import Record
 from gateway.sinks.base import Readiness
 from gateway.spool import FsyncPolicy, Spool, SpoolFull
+from gateway.spool.crypto import Keyring
 
 SPOOL_FULL_RETRY_AFTER = 30
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -23,10 +24,12 @@ class SpoolSink:
         self.spool = spool
 
     @classmethod
-    def at(cls, directory: Path, *, fsync: str, fsync_window_ms: float, max_bytes: int) -> SpoolSink:
+    def at(
+        cls, directory: Path, *, fsync: str, fsync_window_ms: float, max_bytes: int, keyring: Keyring | None = None
+    ) -> SpoolSink:
         segment_bytes = min(MAX_SEGMENT_BYTES, max_bytes // SEGMENTS_PER_SPOOL)
         spool = Spool(directory, fsync=FsyncPolicy(fsync), fsync_window_ms=fsync_window_ms, max_bytes=max_bytes,
-                      segment_bytes=segment_bytes)
+                      segment_bytes=segment_bytes, keyring=keyring)
         return cls(spool)
 
     async def start(self) -> None:

@@ -17,6 +17,7 @@ from gateway.sinkworker.sources import KafkaSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.sinkworker.writer import open_writer
+from gateway.spool.crypto import load_keyring
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ async def _source_and_dlq(settings: SinkSettings) -> tuple[Source, DeadLetters]:
         dead_letters = await KafkaDeadLetters.start(settings.kafka_bootstrap_servers, settings.dlq_topic)
     source: Source
     if settings.spool_dir:
-        source = SpoolSource(settings.spool_dir, settings.spool_reader_name)
+        key_file = Path(settings.spool_encryption_key_file) if settings.spool_encryption_key_file else None
+        source = SpoolSource(settings.spool_dir, settings.spool_reader_name, load_keyring(key_file))
     else:
         source = KafkaSource.create(
             settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms

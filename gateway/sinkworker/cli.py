@@ -28,6 +28,7 @@ HELP = {
     "session_timeout_ms": "consumer group session timeout",
     "spool_dir": "drain this local spool directory instead of Kafka (embedded mode)",
     "spool_reader_name": "name of the persisted spool cursor",
+    "spool_encryption_key_file": "keys of an encrypted spool (as gateway serve's; or GATEWAY_SPOOL_ENCRYPTION_KEYS)",
     "dlq_topic": "dead-letter Kafka topic",
     "dlq_dir": "dead letters as JSON lines in this directory (spool mode default: SPOOL_DIR-dlq)",
     "batch_rows": "flush a batch at this many rows",

@@ -30,6 +30,7 @@ class SinkSettings:
     session_timeout_ms: int = 10_000
     spool_dir: str = ""  # drain this spool directory instead of Kafka
     spool_reader_name: str = "sink"
+    spool_encryption_key_file: str = ""  # keys of an encrypted spool (else GATEWAY_SPOOL_ENCRYPTION_KEYS)
     dlq_topic: str = DEFAULT_DLQ_TOPIC
     dlq_dir: str = ""  # file DLQ; the default in spool mode is `<spool-dir>-dlq`
     batch_rows: int = 100_000

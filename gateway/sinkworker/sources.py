@@ -22,6 +22,7 @@ from gateway.sinkworker.batch import TopicPartition as TP
 from gateway.sinkworker.metrics import CONSUMER_LAG
 from gateway.sinkworker.rows import SourceMessage
 from gateway.spool import SpoolPosition, SpoolReader
+from gateway.spool.crypto import OVERHEAD, Keyring
 from gateway.spool.format import HEADER_SIZE, encode_record
 from gateway.spool.segment import Stop, list_segments, scan_segment, segment_name
 
@@ -140,15 +141,16 @@ class SpoolSource:
 
     POLL_INTERVAL_S = 0.1
 
-    def __init__(self, directory: str | Path, name: str = "sink") -> None:
+    def __init__(self, directory: str | Path, name: str = "sink", keyring: Keyring | None = None) -> None:
         self._directory = Path(directory)
         self._name = name
+        self._keyring = keyring  # None: the process's keyring (from the environment)
         self._reader: SpoolReader | None = None
         self._position: SpoolPosition | None = None
         self._paused = False
 
     async def start(self, listener: AssignmentListener) -> None:
-        self._reader = await asyncio.to_thread(SpoolReader, self._directory, self._name)
+        self._reader = await asyncio.to_thread(SpoolReader, self._directory, self._name, self._keyring)
         self._position = self._reader.committed
 
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
@@ -170,12 +172,14 @@ class SpoolSource:
                 self._directory / segment_name(position.segment),
                 position.offset,
                 max_records=max_records - len(messages),
+                keyring=self._keyring,
             )
             if scan.stop is Stop.MISSING:
                 continue
             end = max(position.offset, HEADER_SIZE)
+            overhead = OVERHEAD if scan.key_id else 0
             for record in scan.records:
-                end += len(encode_record(record))
+                end += len(encode_record(record)) + overhead
                 messages.append(
                     SpoolMessage(
                         record.topic,

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.capture.record import Record
+from gateway.spool.crypto import Keyring
+from gateway.spool.format import HEADER_SIZE, header_key_id
 from gateway.spool.locks import WRITE_LOCK, is_locked
 from gateway.spool.reader import count_records, lag_bytes, load_cursors
-from gateway.spool.segment import segment_sizes
+from gateway.spool.segment import list_segments, segment_name, segment_sizes
 
 
 def is_write_locked(directory: Path) -> bool:
@@ -19,8 +21,27 @@ def is_write_locked(directory: Path) -> bool:
     return is_locked(Path(directory) / WRITE_LOCK)
 
 
-def spool_stats(directory: Path) -> dict[str, Any]:
-    """Segments, bytes, record count (validates every frame: reads all data) and each cursor's lag."""
+def segment_keys(directory: Path, keyring: Keyring | None = None) -> dict[str, int]:
+    """Segments per encryption key: "plaintext", the key's label when `keyring` has it, else its id."""
+    labels = {key.key_id: key.label for key in keyring.keys} if keyring else {}
+    counts: dict[str, int] = {}
+    for number in list_segments(directory):
+        try:
+            with open(directory / segment_name(number), "rb") as file:
+                key_id = header_key_id(file.read(HEADER_SIZE))
+        except FileNotFoundError:
+            continue
+        if key_id is None:
+            name = "invalid header"
+        else:
+            name = "plaintext" if key_id == 0 else labels.get(key_id, f"{key_id:08x}")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def spool_stats(directory: Path, keyring: Keyring | None = None) -> dict[str, Any]:
+    """Segments, bytes, record count (validates every frame: reads all data), segments per encryption
+    key (no key needed) and each cursor's lag."""
     directory = Path(directory)
     sizes = segment_sizes(directory)
     return {
@@ -31,6 +52,7 @@ def spool_stats(directory: Path) -> dict[str, Any]:
         "newest_segment": max(sizes, default=None),
         "bytes": sum(sizes.values()),
         "records": count_records(directory),
+        "keys": segment_keys(directory, keyring),
         "cursors": {
             name: {
                 "segment": position.segment,

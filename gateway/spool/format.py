@@ -2,12 +2,14 @@
 
 A segment file is a 16-byte header followed by frames:
 
-    header  = magic b"GWSPOOL\\0" | u32 version | u32 reserved (0)
+    header  = magic b"GWSPOOL\\0" | u32 version | u32 key id
     frame   = u32 payload length | u32 crc32(payload) | payload
     payload = u16 topic length | i32 key length (-1: no key) | u16 header count
               | topic | key | (u16 name length | u32 value length | name | value) * count | value
 
 All integers are little-endian. The record value takes the rest of the payload, so it needs no length.
+Version 1: plaintext, key id 0. Version 2: encrypted; every frame payload is sealed (crypto.py) with
+the key whose id the header records, and the CRC covers the sealed bytes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,16 @@ from __future__ import annotations
 import struct
 import zlib
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from gateway.capture.record import Record
 
+if TYPE_CHECKING:
+    from gateway.spool.crypto import SpoolKey
+
 MAGIC = b"GWSPOOL\0"
 VERSION = 1
+VERSION_ENCRYPTED = 2
 SEGMENT_HEADER = struct.Struct("<8sII")
 HEADER_SIZE = SEGMENT_HEADER.size
 FRAME = struct.Struct("<II")
@@ -39,20 +46,31 @@ class FrameStatus(Enum):
     CORRUPT = "corrupt"  # impossible length or checksum mismatch
 
 
-def segment_header() -> bytes:
-    """The header every segment file starts with."""
-    return SEGMENT_HEADER.pack(MAGIC, VERSION, 0)
+def segment_header(key_id: int = 0) -> bytes:
+    """The header every segment file starts with (`key_id`: frames are sealed with that key)."""
+    return SEGMENT_HEADER.pack(MAGIC, VERSION_ENCRYPTED if key_id else VERSION, key_id)
+
+
+def header_key_id(data: bytes) -> int | None:
+    """The key id of a valid header (0: plaintext), None when `data` is no header this code reads."""
+    if len(data) < HEADER_SIZE:
+        return None
+    magic, version, key_id = SEGMENT_HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return None
+    if version == VERSION and key_id == 0:
+        return 0
+    if version == VERSION_ENCRYPTED and key_id:
+        return key_id
+    return None
 
 
 def header_is_valid(data: bytes) -> bool:
     """True when `data` starts with a segment header of a version this code reads."""
-    if len(data) < HEADER_SIZE:
-        return False
-    magic, version, _ = SEGMENT_HEADER.unpack_from(data)
-    return magic == MAGIC and version == VERSION
+    return header_key_id(data) is not None
 
 
-def encode_record(record: Record) -> bytes:
+def encode_record(record: Record, sealer: SpoolKey | None = None) -> bytes:
     """Frame one record (hot path: one struct call per part, one join, one checksum)."""
     try:
         topic = record.topic.encode()
@@ -70,6 +88,8 @@ def encode_record(record: Record) -> bytes:
         raise ValueError(f"record cannot be spooled: {exc}") from exc
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"record of {len(payload)} bytes exceeds the spool limit of {MAX_PAYLOAD}")
+    if sealer is not None:
+        payload = sealer.seal(payload)
     return FRAME.pack(len(payload), _crc32(payload)) + payload
 
 

@@ -7,7 +7,8 @@ The spool is append-only for the writer and readers, so a purge is a maintenance
 - a running writer may stay: it only appends to the newest segment, which is then left alone (its
   matches are reported as `skipped`; run again once the gateway has stopped or rolled the segment);
   without a writer the purge holds the write lock, so none starts, and rewrites every segment.
-A segment is rewritten as a filtered copy (kept frames re-encoded byte-for-byte, fsynced) renamed
+A segment is rewritten as a filtered copy (kept frames re-encoded byte-for-byte, fsynced; in an
+encrypted segment re-sealed with the same key and fresh nonces, so frame sizes do not change) renamed
 over the original. Cursors inside a rewritten segment are moved to the same logical position (the
 offset after the same kept records), so readers neither skip nor repeat anything. The rename and
 the cursor updates are made crash-safe by a journal: while `purge.journal` exists readers refuse to
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.capture.record import Record
+from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.errors import SpoolError, SpoolLocked
 from gateway.spool.format import HEADER_SIZE, encode_record, segment_header
 from gateway.spool.locks import PURGE_JOURNAL, PURGE_LOCK, WRITE_LOCK, FileLock
@@ -39,7 +41,9 @@ class PurgeResult:
     skipped: int = 0  # matches left in the segment a running writer is appending to
 
 
-def purge_spool(directory: Path, matches: Callable[[Record], bool]) -> PurgeResult:
+def purge_spool(
+    directory: Path, matches: Callable[[Record], bool], keyring: Keyring | None = None
+) -> PurgeResult:
     """Remove every record for which `matches` is true from `directory`'s spool (see module doc)."""
     directory = Path(directory)
     locks = [FileLock(directory / PURGE_LOCK)]
@@ -61,17 +65,19 @@ def purge_spool(directory: Path, matches: Callable[[Record], bool]) -> PurgeResu
         except SpoolLocked:
             writer_active = True
         _finish_interrupted(directory)
-        return _purge(directory, matches, writer_active)
+        return _purge(directory, matches, writer_active, keyring)
     finally:
         for lock in reversed(locks):
             lock.release()
 
 
-def _purge(directory: Path, matches: Callable[[Record], bool], writer_active: bool) -> PurgeResult:
+def _purge(
+    directory: Path, matches: Callable[[Record], bool], writer_active: bool, keyring: Keyring | None
+) -> PurgeResult:
     result = PurgeResult()
     segments = list_segments(directory)
     for number in segments:
-        scan = scan_segment(directory / segment_name(number))
+        scan = scan_segment(directory / segment_name(number), keyring=keyring)
         if scan.stop is Stop.MISSING:
             continue
         if writer_active and number == segments[-1]:
@@ -80,17 +86,19 @@ def _purge(directory: Path, matches: Callable[[Record], bool], writer_active: bo
         keep = [not matches(record) for record in scan.records]
         if all(keep):
             continue
-        _rewrite(directory, number, [encode_record(record) for record in scan.records], keep)
+        key = key_for(scan.key_id, f"spool segment {number}", keyring) if scan.key_id else None
+        frames = [encode_record(record, key) for record in scan.records]
+        _rewrite(directory, number, frames, keep, scan.key_id)
         result.removed += keep.count(False)
         result.segments_rewritten += 1
     return result
 
 
-def _rewrite(directory: Path, number: int, frames: list[bytes], keep: list[bool]) -> None:
+def _rewrite(directory: Path, number: int, frames: list[bytes], keep: list[bool], key_id: int) -> None:
     """Replace segment `number` by its kept frames and move cursors inside it, crash-safely."""
     path = directory / segment_name(number)
     tmp = path.with_name(path.name + _TMP_SUFFIX)
-    _write_synced(tmp, segment_header() + b"".join(f for f, k in zip(frames, keep, strict=True) if k))
+    _write_synced(tmp, segment_header(key_id) + b"".join(f for f, k in zip(frames, keep, strict=True) if k))
     cursors = {}
     for name, position in load_cursors(directory).items():
         if position.segment == number:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.capture.record import Record
+from gateway.spool.crypto import Keyring
 from gateway.spool.errors import SpoolError, SpoolLocked
 from gateway.spool.format import HEADER_SIZE
 from gateway.spool.locks import FileLock, purge_in_progress
@@ -80,7 +81,12 @@ def _settle(position: SpoolPosition | None, segments: list[int]) -> SpoolPositio
 
 
 def _read(
-    directory: Path, position: SpoolPosition | None, max_records: int, max_bytes: int, decode: bool = True
+    directory: Path,
+    position: SpoolPosition | None,
+    max_records: int,
+    max_bytes: int,
+    decode: bool = True,
+    keyring: Keyring | None = None,
 ) -> tuple[_Read, SpoolPosition | None]:
     """Read from `position` across segments until a limit or the end of what is written."""
     result = _Read()
@@ -96,6 +102,7 @@ def _read(
             max_records=max_records - result.count,
             max_bytes=max_bytes - result.size,
             decode=decode,
+            keyring=keyring,
         )
         result.records += scan.records
         result.size += scan.size
@@ -117,12 +124,14 @@ def _read(
     return result, position
 
 
-def iter_records(directory: Path, batch_records: int = 10_000) -> Iterator[Record]:
+def iter_records(
+    directory: Path, batch_records: int = 10_000, keyring: Keyring | None = None
+) -> Iterator[Record]:
     """Every retained record in order, from the oldest segment, ignoring cursors and locks."""
     directory = Path(directory)
     position: SpoolPosition | None = None
     while True:
-        result, position = _read(directory, position, batch_records, 16 * MiB)
+        result, position = _read(directory, position, batch_records, 16 * MiB, keyring=keyring)
         if not result.records:
             return
         yield from result.records
@@ -196,11 +205,12 @@ class SpoolReader:
     Synchronous (run it in a thread from asyncio). Use as a context manager, or call `close`.
     """
 
-    def __init__(self, directory: Path, name: str) -> None:
+    def __init__(self, directory: Path, name: str, keyring: Keyring | None = None) -> None:
         if not _CURSOR_NAME.fullmatch(name):
             raise ValueError(f"invalid reader name {name!r}: use up to 64 of [A-Za-z0-9_.-]")
         self.directory = Path(directory)
         self.name = name
+        self.keyring = keyring  # None: the process's keyring (crypto.active_keyring)
         if not self.directory.is_dir():
             raise SpoolError(f"spool directory {self.directory} does not exist")
         self._lock = FileLock(self.directory / f"{CURSOR_PREFIX}{name}.lock")
@@ -218,7 +228,7 @@ class SpoolReader:
 
     def read_batch(self, max_records: int = 10_000, max_bytes: int = 16 * MiB) -> SpoolBatch:
         """The next records in order (at least one if any is available); empty when caught up."""
-        result, position = _read(self.directory, self._position, max_records, max_bytes)
+        result, position = _read(self.directory, self._position, max_records, max_bytes, keyring=self.keyring)
         self._position = position
         if position is None:
             position = _start_of(0)

@@ -11,13 +11,14 @@ from enum import Enum
 from pathlib import Path
 
 from gateway.capture.record import Record
+from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.format import (
     FRAME_SIZE,
     HEADER_SIZE,
     FrameStatus,
     check_frame,
     decode_record,
-    header_is_valid,
+    header_key_id,
 )
 
 SUFFIX = ".seg"
@@ -70,6 +71,7 @@ class Scan:
     count: int = 0
     size: int = 0
     records: list[Record] = field(default_factory=list)
+    key_id: int = 0  # nonzero: the segment is encrypted with that key (crypto.py)
 
 
 def scan_segment(
@@ -79,23 +81,27 @@ def scan_segment(
     max_records: int | None = None,
     max_bytes: int | None = None,
     decode: bool = True,
+    keyring: Keyring | None = None,
 ) -> Scan:
     """Read valid frames of one segment from `offset` until a limit, the end, or the first bad frame.
 
     `max_bytes` counts frame bytes and is checked after each frame, so one frame is always returned
     even when it alone is larger. With `decode=False` frames are only validated and counted.
+    Decoding an encrypted segment needs its key (from `keyring`, else the process's keyring): a
+    missing or wrong key raises SpoolKeyError; validating and counting need no key.
     """
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed below, on every path
     except FileNotFoundError:
         return Scan(offset, Stop.MISSING)
     with file:
-        if offset <= HEADER_SIZE:
-            if not header_is_valid(file.read(HEADER_SIZE)):
-                return Scan(offset, Stop.CORRUPT)
-            offset = HEADER_SIZE
+        key_id = header_key_id(file.read(HEADER_SIZE))
+        if key_id is None:
+            return Scan(offset, Stop.CORRUPT)
+        offset = max(offset, HEADER_SIZE)
+        key = key_for(key_id, f"spool segment {path}", keyring) if key_id and decode else None
         file.seek(offset)
-        result = Scan(offset, Stop.END)
+        result = Scan(offset, Stop.END, key_id=key_id)
         chunk = _READ_CHUNK if max_bytes is None else max(FRAME_SIZE, min(_READ_CHUNK, max_bytes))
         data = file.read(chunk)
         view = memoryview(data)
@@ -122,7 +128,11 @@ def scan_segment(
                 break
             if decode:
                 try:
-                    result.records.append(decode_record(data, pos + FRAME_SIZE, end))
+                    if key is None:
+                        result.records.append(decode_record(data, pos + FRAME_SIZE, end))
+                    else:
+                        plain = key.open(view[pos + FRAME_SIZE : end], f"spool segment {path} at {result.end}")
+                        result.records.append(decode_record(plain, 0, len(plain)))
                 except ValueError:
                     result.stop = Stop.CORRUPT
                     break

@@ -10,6 +10,9 @@ were sealed) and truncates it at the first incomplete or corrupt frame, as a tor
 crash that tail was never acknowledged under ALWAYS/BATCH, and nothing before it is touched. (Media
 damage inside the newest segment therefore also drops the records after the damage; in older
 segments readers skip only the damaged rest of the segment, see reader.py.)
+
+With a keyring, every segment this writer creates is encrypted with its newest key (crypto.py);
+opening refuses (SpoolKeyError) a directory holding a segment whose key the keyring lacks.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from enum import StrEnum
 from pathlib import Path
 
 from gateway.capture.record import Record
+from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.errors import SpoolClosed, SpoolFull, SpoolWriteError
-from gateway.spool.format import HEADER_SIZE, encode_record, header_is_valid, segment_header
+from gateway.spool.format import HEADER_SIZE, encode_record, header_is_valid, header_key_id, segment_header
 from gateway.spool.locks import WRITE_LOCK, FileLock
 from gateway.spool.segment import (
     Stop,
@@ -80,6 +84,7 @@ class Spool:
         fsync_window_ms: float = 2.0,
         max_bytes: int = 4 * GiB,
         segment_bytes: int = 64 * MiB,
+        keyring: Keyring | None = None,
     ) -> None:
         if segment_bytes <= HEADER_SIZE or max_bytes < segment_bytes:
             raise ValueError("need max_bytes >= segment_bytes > segment header size")
@@ -90,6 +95,9 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._window_s = fsync_window_ms / 1000
+        # Encryption at rest (crypto.py): new segments are sealed with the newest key.
+        self._keyring = keyring
+        self._key = None if keyring is None else keyring.newest
         self._lock = FileLock(self.directory / WRITE_LOCK)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -145,7 +153,8 @@ class Spool:
             raise SpoolClosed("spool is not open")
         if not records:
             return
-        frames = [encode_record(record) for record in records]
+        key = self._key
+        frames = [encode_record(record, key) for record in records]
         size = sum(map(len, frames))
         if self.used_bytes + size > self.max_bytes:
             await self._make_room(size)
@@ -266,6 +275,7 @@ class Spool:
             for leftover in self.directory.glob("*.seg.tmp"):
                 leftover.unlink()
             segments = list_segments(self.directory)
+            self._check_keys(segments)
             if segments:
                 self._recover(segments[-1])
             self._create_segment(segments[-1] + 1 if segments else 1)
@@ -273,6 +283,18 @@ class Spool:
         except BaseException:
             self._lock.release()
             raise
+
+    def _check_keys(self, segments: list[int]) -> None:
+        """Refuse to open (SpoolKeyError) when a retained segment is encrypted with a key not configured:
+        its records could not be replayed, so fail at startup rather than later in a reader."""
+        for number in segments:
+            try:
+                with open(self.directory / segment_name(number), "rb") as file:
+                    key_id = header_key_id(file.read(HEADER_SIZE))
+            except FileNotFoundError:
+                continue
+            if key_id:
+                key_for(key_id, f"spool segment {self.directory / segment_name(number)}", self._keyring)
 
     def _recover(self, number: int) -> None:
         """Truncate a torn tail of the newest segment; set a segment with a bad header aside."""
@@ -312,7 +334,7 @@ class Spool:
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            _pwrite_all(fd, segment_header(), 0)
+            _pwrite_all(fd, segment_header(0 if self._key is None else self._key.key_id), 0)
             os.fsync(fd)
             os.rename(tmp, path)
             fsync_directory(self.directory)

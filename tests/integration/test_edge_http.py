@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
+import http.client
 import ipaddress
 import socket
+import ssl
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from gateway.reload import Reloader
 from gateway.spool import iter_records
 from tests.support.inprocess import InProcessGateway, free_port, settings_for
 
@@ -346,3 +351,133 @@ def test_management_on_separate_listener(start) -> None:
     assert_error(requests.get(gateway.url + "/metrics", timeout=5), 404, "not_found")
     response = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5)
     assert response.status_code == 200 and "gateway_http_requests_total" in response.text
+
+
+def tls_client(cert: Path, minimum: ssl.TLSVersion, maximum: ssl.TLSVersion, ciphers: str = "") -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cert))
+    warnings.simplefilter("ignore", DeprecationWarning)  # TLSVersion.TLSv1/TLSv1_1, on purpose
+    context.set_ciphers(ciphers or "DEFAULT:@SECLEVEL=0")  # let the client offer what the server must refuse
+    context.minimum_version, context.maximum_version = minimum, maximum
+    return context
+
+
+def handshake(gateway: InProcessGateway, context: ssl.SSLContext) -> str:
+    """The negotiated protocol version, or raises ssl.SSLError."""
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as raw, \
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        return tls.version() or ""
+
+
+def test_tls_only_1_2_and_1_3_with_aead_ciphers(start, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    gateway = start(tls_cert=cert, tls_key=key)
+    v = ssl.TLSVersion
+    assert handshake(gateway, tls_client(cert, v.TLSv1_3, v.TLSv1_3)) == "TLSv1.3"
+    assert handshake(gateway, tls_client(cert, v.TLSv1_2, v.TLSv1_2)) == "TLSv1.2"
+    # A TLS 1.0/1.1 client: the server hangs up on its hello (asyncio's TLS closes without flushing the
+    # alert). A client-side refusal would fail before connecting (NO_PROTOCOLS_AVAILABLE) instead.
+    with pytest.raises(ssl.SSLError, match=r"UNEXPECTED_EOF|ALERT_PROTOCOL_VERSION"):
+        handshake(gateway, tls_client(cert, v.TLSv1, v.TLSv1_1))
+    with pytest.raises((ssl.SSLError, ConnectionError)):  # TLS 1.2 offering only CBC suites: no shared cipher
+        handshake(gateway, tls_client(cert, v.TLSv1_2, v.TLSv1_2, "ECDHE-ECDSA-AES128-SHA256:@SECLEVEL=0"))
+
+
+def https_connection(gateway: InProcessGateway, cert: Path) -> http.client.HTTPSConnection:
+    context = ssl.create_default_context(cafile=str(cert))
+    return http.client.HTTPSConnection("127.0.0.1", gateway.port, context=context, timeout=5)
+
+
+def post_on(conn: http.client.HTTPSConnection) -> int:
+    conn.request("POST", "/e/", body=orjson.dumps(event()), headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def test_cert_reload_serves_new_connections_and_keeps_open_ones(start, tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    (tmp_path / "live").mkdir()
+    old_cert, _ = self_signed(tmp_path / "old")
+    cert, key = self_signed(tmp_path / "live")
+    cert.write_bytes(old_cert.read_bytes())
+    key.write_bytes((tmp_path / "old" / "key.pem").read_bytes())
+    gateway = start(tls_cert=cert, tls_key=key)
+    kept = https_connection(gateway, old_cert)
+    assert post_on(kept) == 200
+
+    (tmp_path / "new").mkdir()
+    new_cert, new_key = self_signed(tmp_path / "new")
+    cert.write_bytes(new_cert.read_bytes())  # renewed in place, same file names
+    key.write_bytes(new_key.read_bytes())
+    reloader = Reloader(gateway.settings, lambda: gateway.settings, gateway.edge)
+
+    async def sighup() -> bool:  # what the SIGHUP handler runs, on the gateway's loop
+        return reloader.reload()
+
+    assert asyncio.run_coroutine_threadsafe(sighup(), gateway._loop).result(5)
+    fresh = https_connection(gateway, new_cert)
+    assert post_on(fresh) == 200
+    assert post_on(kept) == 200  # the open keep-alive connection carries on with the old certificate
+    assert kept.sock is not None
+    assert kept.sock.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(old_cert.read_text())
+    with pytest.raises(ssl.SSLCertVerificationError):  # new connections no longer get the old one
+        post_on(https_connection(gateway, old_cert))
+
+    cert.write_text("not a certificate")  # a broken renewal: refused, the running certificate stays
+    assert not asyncio.run_coroutine_threadsafe(sighup(), gateway._loop).result(5)
+    assert post_on(https_connection(gateway, new_cert)) == 200
+    # Turning TLS off (or on) needs a new listener: reported as needing a restart, nothing changed.
+    plain = dataclasses.replace(gateway.settings, tls_cert=None, tls_key=None)
+    assert asyncio.run_coroutine_threadsafe(_reload(gateway.edge, plain), gateway._loop).result(5) == ["tls_cert"]
+    assert gateway.edge.settings.tls_cert == cert
+    kept.close()
+    fresh.close()
+
+
+async def _reload(edge, settings) -> list[str]:
+    return edge.reload(settings)
+
+
+# --- request head limits -----------------------------------------------------------------------
+
+
+def raw_exchange(gateway: InProcessGateway, head: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        sock.sendall(head)
+        return read_response(sock)
+
+
+def test_oversized_request_head_is_refused(start) -> None:
+    gateway = start(max_header_bytes=1024, max_headers=16)
+    ok = raw_exchange(gateway, b"GET /_liveness HTTP/1.1\r\nHost: x\r\nX-Fill: " + b"a" * 900 + b"\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.1 200")
+    for head in (
+        b"GET /_liveness HTTP/1.1\r\nHost: x\r\nX-Fill: " + b"a" * 2000 + b"\r\n\r\n",  # one long field
+        b"GET /_liveness?" + b"q" * 2000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # long request line
+        b"GET /_liveness HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(40)) + b"\r\n",
+    ):
+        answer = raw_exchange(gateway, head)
+        assert answer.split(b" ", 2)[1] == b"400", answer[:200]  # aiohttp answers HTTP/1.0 400 and closes
+    assert requests.get(gateway.url + "/_liveness", timeout=5).status_code == 200
+
+
+def test_slow_request_head_is_cut_off(start) -> None:
+    gateway = start(idle_timeout=0.5)
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.sendall(b"POST /e/ HTTP/1.1\r\nHost: x\r\n")
+        closed = False
+        while time.monotonic() - started < 5:  # dribbling more header bytes does not reset the timer
+            try:
+                sock.sendall(b"X-Slow: 1\r\n")
+                if sock.recv(1024, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.1)
+        assert closed and 0.4 < time.monotonic() - started < 3
+    assert requests.get(gateway.url + "/_liveness", timeout=5).status_code == 200

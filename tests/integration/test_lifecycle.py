@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import signal
 import socket
+import ssl
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import orjson
 import pytest
 import requests
 
+from gateway.edge.certs import write_dev_cert
 from tests.support.processes import GatewayProcess, spool_dump
 
 OLD_ORIGIN = "https://old.example.com"
@@ -106,3 +108,30 @@ def test_sigterm_completes_a_trickling_request_and_exits_0(tmp_path: Path, worke
         assert gateway.process.wait(30) == 0
     stored = [record["data"]["uuid"] for record in spool_dump(tmp_path / "data")]
     assert stored == [orjson.loads(body)["uuid"]]
+
+
+def test_sighup_reloads_the_tls_certificate_for_new_connections_only(tmp_path: Path) -> None:
+    live, old_dir, new_dir = tmp_path / "live", tmp_path / "old", tmp_path / "new"
+    for directory in (live, old_dir, new_dir):
+        directory.mkdir()
+    old_cert, old_key = write_dev_cert(old_dir, ["127.0.0.1"])
+    new_cert, new_key = write_dev_cert(new_dir, ["127.0.0.1"])
+    cert, key = live / "cert.pem", live / "key.pem"
+    cert.write_bytes(old_cert.read_bytes())
+    key.write_bytes(old_key.read_bytes())
+    with GatewayProcess(tmp_path / "data", "--tls-cert", str(cert), "--tls-key", str(key)) as gateway:
+        kept = http.client.HTTPSConnection("127.0.0.1", gateway.port, timeout=5,
+                                           context=ssl.create_default_context(cafile=str(old_cert)))
+        assert post_on(kept, OLD_ORIGIN).status == 200
+
+        cert.write_bytes(new_cert.read_bytes())  # renewed in place
+        key.write_bytes(new_key.read_bytes())
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: "TLS certificate reloaded" in gateway.log())
+
+        fresh = requests.post(gateway.url + "/e/", data=event_body(), verify=str(new_cert), timeout=5)
+        assert fresh.status_code == 200
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.post(gateway.url + "/e/", data=event_body(), verify=str(old_cert), timeout=5)
+        assert post_on(kept, OLD_ORIGIN).status == 200  # the open connection was not dropped
+        kept.close()

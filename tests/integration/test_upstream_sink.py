@@ -222,3 +222,25 @@ def test_mirror_mode_writes_both(tmp_path: Path) -> None:
     local = [orjson.loads(r.value)["uuid"] for r in iter_records(tmp_path / "spool" / "worker-0")]
     assert local == [sent["uuid"]]
     assert [e["uuid"] for _, _, e in forwarded(upstream)] == [sent["uuid"]]
+
+
+def test_encrypted_upstream_spool_replays_everything(tmp_path: Path) -> None:
+    keys = tmp_path / "spool.keys"
+    keys.write_text(f"k1:{bytes(range(32)).hex()}\n")
+    marker = "enc-marker-31f4"
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, upstream_ack_timeout_ms=300, upstream_timeout=2.0,
+                                spool_encryption_key_file=keys)
+        try:
+            upstream.stop()
+            sent = [event(marker) for _ in range(5)]
+            for e in sent:
+                assert post(gateway, "/e/", e, "198.51.100.9").status_code == 200
+            spool = tmp_path / "upstream-spool" / "worker-0"
+            on_disk = b"".join(p.read_bytes() for p in spool.glob("*.seg"))
+            assert on_disk and marker.encode() not in on_disk  # spooled, sealed
+            upstream.start()
+            wait_for(lambda: {e["uuid"] for e in sent} <= {e["uuid"] for _, _, e in forwarded(upstream)})
+        finally:
+            gateway.stop()
+    assert [e["uuid"] for _, _, e in forwarded(upstream)] == [e["uuid"] for e in sent]

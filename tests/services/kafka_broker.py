@@ -160,7 +160,7 @@ class KafkaBroker(Service):
     def _format(self, libs: Path) -> None:
         """Format the data dir with this broker's cluster id (kafka-storage.sh format)."""
         result = subprocess.run(
-            self._java(libs, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+            self._java(libs, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                        "-c", str(self.root / "server.properties")),
             capture_output=True, text=True, check=False,
         )

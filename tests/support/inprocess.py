@@ -11,9 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.app import build_app, utc_now
+from gateway.app import EDGE_KEY, build_app, utc_now
 from gateway.config import ServeSettings
-from gateway.edge.tls import server_ssl_context
+from gateway.lifecycle import runner_options
 from gateway.sinks.base import Sink
 from gateway.sinks.factory import build_sink
 
@@ -64,11 +64,10 @@ class InProcessGateway:
 
     async def _start(self) -> None:
         app = build_app(self.settings, self.sink, clock=self.clock)
-        self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
+        self._runner = web.AppRunner(app, **runner_options(self.settings))
         await self._runner.setup()
-        settings = self.settings
-        tls = server_ssl_context(settings.tls_cert, settings.tls_key) if settings.tls_cert else None
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=tls).start()
+        self.edge = app[EDGE_KEY]  # its SSL context is the one SIGHUP reloads
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.edge.ssl_context).start()
 
     def stop(self) -> None:
         if self._runner is not None:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ class GatewayProcess:
         self.data_dir = Path(data_dir)
         self.args = args
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if '--tls-cert' in args else 'http'}://127.0.0.1:{self.port}"
         self.log_path = self.data_dir.parent / f"{name}-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -64,8 +65,10 @@ class GatewayProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.log()}")
             try:
-                if requests.get(self.url + "/_readiness", timeout=1).status_code == 200:
-                    return
+                with warnings.catch_warnings():  # verify=False: a test's self-signed certificate
+                    warnings.simplefilter("ignore")
+                    if requests.get(self.url + "/_readiness", timeout=1, verify=False).status_code == 200:
+                        return
             except requests.ConnectionError:
                 pass
             time.sleep(0.05)
@@ -106,10 +109,10 @@ class GatewayProcess:
         self.stop()
 
 
-def spool_dump(data_dir: Path) -> list[dict[str, Any]]:
+def spool_dump(data_dir: Path, *args: str) -> list[dict[str, Any]]:
     """Every record as `gateway spool dump` prints it, with `value` parsed and `data` (the raw event) too."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "spool", "dump", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "gateway", "spool", "dump", "--data-dir", str(data_dir), *args],
         capture_output=True, env=gateway_env(), cwd=REPO_ROOT, timeout=60, check=True,
     )
     records = []
