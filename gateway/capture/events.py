@@ -37,7 +37,6 @@ class DataType(Enum):
     EXCEPTION = "exceptions"
     HEATMAP = "heatmaps"
     CLIENT_INGESTION_WARNING = "client_warnings"
-    SNAPSHOT = "replay"
 
 
 @dataclass(slots=True, frozen=True)

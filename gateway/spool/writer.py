@@ -194,11 +194,6 @@ class Spool:
         """Segment bytes on disk plus bytes accepted but not yet written."""
         return self._disk_bytes + self._inflight_bytes + self._pending_bytes
 
-    @property
-    def is_full(self) -> bool:
-        """True when no more bytes fit (as of the last measurement of disk usage)."""
-        return self.used_bytes >= self.max_bytes
-
     def stats(self) -> SpoolStats:
         """A snapshot of the counters (no I/O)."""
         return SpoolStats(
