@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import orjson
 import pytest
 import requests
 
+from gateway.edge.certs import write_dev_cert
 from tests.support.fake_posthog import ARRAY_JS, BINARY, FLAGS_V1, FLAGS_V2, GZIP_JS, FakePostHog, etag_of
 from tests.support.inprocess import InProcessGateway, settings_for
 from tests.support.waiting import wait_for
@@ -201,3 +203,29 @@ def test_posthog_python_sdk_gets_flags_through_gateway(tmp_path: Path, upstream:
     events = [e for r in upstream.requests_to("/batch/") for e in r.json()["batch"]]
     assert {e["event"] for e in events} == {"$feature_flag_called"}
     assert events[0]["properties"]["$feature_flag_response"] == "variant-a"
+
+
+def test_upstream_tls_error_gives_bounded_errors_and_spools_events(tmp_path: Path) -> None:
+    """An upstream whose certificate is not trusted: proxied routes fail fast in PostHog's error shape,
+    capture is still answered 200 (spooled) and readiness says degraded."""
+    cert, key = write_dev_cert(tmp_path / "untrusted-cert")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    with FakePostHog(ssl_context=context) as untrusted, gateway_for(tmp_path / "gw", untrusted) as gateway:
+        started = time.monotonic()
+        flags = requests.post(gateway.url + "/flags/?v=2", json={"token": TOKEN, "distinct_id": "u"}, timeout=15)
+        assert flags.status_code in (502, 503) and flags.json()["code"]
+        assert time.monotonic() - started < 5
+        assert not untrusted.received  # the TLS handshake failed: nothing reached the upstream
+        event = {"event": "e", "distinct_id": "u", "uuid": str(uuid.uuid4()), "properties": {"token": TOKEN}}
+        assert requests.post(gateway.url + "/e/", data=orjson.dumps(event), timeout=15).status_code == 200
+        assert requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "degraded"
+
+
+def test_slow_upstream_flags_time_out_within_the_flags_timeout(tmp_path: Path) -> None:
+    with FakePostHog(delay=5) as slow, gateway_for(tmp_path, slow, upstream_flags_timeout=0.5) as gateway:
+        started = time.monotonic()
+        response = requests.post(gateway.url + "/flags/?v=2", json={"token": TOKEN, "distinct_id": "u"}, timeout=15)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 504 and response.json()["code"] == "upstream_timeout"
+    assert elapsed < 3

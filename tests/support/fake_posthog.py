@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import ssl
 import threading
 from dataclasses import dataclass, field
 
@@ -74,9 +75,10 @@ class FakePostHog:
     asset_max_age: int = 60
     redirect_flags: bool = False
     flag_definitions: dict[str, dict] = field(default_factory=dict)
+    ssl_context: ssl.SSLContext | None = None  # serve HTTPS (e.g. with a certificate clients do not trust)
 
     def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
@@ -112,7 +114,9 @@ class FakePostHog:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True).start()
+        await web.TCPSite(
+            self._runner, "127.0.0.1", self.port, reuse_address=True, ssl_context=self.ssl_context
+        ).start()
 
     # --- what PostHog answers ---
     async def _handle(self, request: web.Request) -> web.StreamResponse:
