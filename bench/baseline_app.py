@@ -11,6 +11,7 @@ import argparse
 import base64
 import multiprocessing as mp
 import zlib
+from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs
 
 import orjson
@@ -40,15 +41,18 @@ async def handle(request: web.Request) -> web.Response:
     return web.Response(body=OK_BODY, content_type="application/json")
 
 
-def make_app() -> web.Application:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(handler: Handler = handle) -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", handler)
     return app
 
 
-def serve(host: str, port: int) -> None:
+def serve(host: str, port: int, handler: Handler = handle) -> None:
     web.run_app(
-        make_app(),
+        make_app(handler),
         host=host,
         port=port,
         reuse_port=True,
@@ -58,16 +62,17 @@ def serve(host: str, port: int) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, handler: Handler = handle, description: str | None = __doc__) -> None:
+    """Serve `handler` on --port with --workers processes (also used by bench.upstream_app)."""
+    parser = argparse.ArgumentParser(description=(description or "").splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if args.workers == 1:
-        serve(args.host, args.port)
+        serve(args.host, args.port, handler)
         return
-    workers = [mp.Process(target=serve, args=(args.host, args.port)) for _ in range(args.workers)]
+    workers = [mp.Process(target=serve, args=(args.host, args.port, handler)) for _ in range(args.workers)]
     for worker in workers:
         worker.start()
     for worker in workers:

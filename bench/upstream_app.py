@@ -8,12 +8,10 @@ Run: `python -m bench.upstream_app --port 8002 [--workers 2]` (workers share the
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing as mp
-
 import orjson
-import uvloop
 from aiohttp import web
+
+from bench import baseline_app
 
 CAPTURE_BODY = b'{"status":1}'
 FLAGS_BODY = orjson.dumps(
@@ -43,38 +41,8 @@ async def handle(request: web.Request) -> web.Response:
     return web.Response(body=CAPTURE_BODY, content_type="application/json")
 
 
-def make_app() -> web.Application:
-    app = web.Application(client_max_size=32 * 1024 * 1024)
-    app.router.add_route("*", "/{tail:.*}", handle)
-    return app
-
-
-def serve(host: str, port: int) -> None:
-    web.run_app(
-        make_app(),
-        host=host,
-        port=port,
-        reuse_port=True,
-        access_log=None,
-        print=None,
-        loop=uvloop.new_event_loop(),
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args(argv)
-    if args.workers == 1:
-        serve(args.host, args.port)
-        return
-    workers = [mp.Process(target=serve, args=(args.host, args.port)) for _ in range(args.workers)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    baseline_app.main(argv, handler=handle, description=__doc__)
 
 
 if __name__ == "__main__":
