@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ import orjson
 from gateway.check import add_check_command
 from gateway.config import ConfigError, ServeSettings, add_arguments
 from gateway.config_check import add_config_command
-from gateway.config_file import add_config_argument, load_settings
+from gateway.config_file import add_config_argument, load_settings, requested_workers
 from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.arguments import add_gdpr_command
 from gateway.metrics_multiproc import multiprocess_metrics
@@ -69,15 +70,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if args.command == "serve":
-        with multiprocess_metrics():  # before settings: validating them imports prometheus_client
-            try:
+        try:
+            # One worker keeps prometheus-client's plain in-memory values (several times cheaper per
+            # update); more need multiprocess mode, chosen before validation imports the library.
+            multi_worker = requested_workers(args) > 1
+            with multiprocess_metrics() if multi_worker else contextlib.nullcontext():
                 settings = load_settings(args)
-            except ConfigError as exc:
-                print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
-                return 2
-            from gateway.serve import serve
+                from gateway.serve import serve
 
-            return serve(settings, lambda: load_settings(args))
+                return serve(settings, lambda: load_settings(args))
+        except ConfigError as exc:  # raised only while loading: serve() reports reload errors itself
+            print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
+            return 2
     if args.command == "config":
         from gateway.config_check import config_command
 

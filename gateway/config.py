@@ -520,6 +520,16 @@ def settings_from_args(
 
     Raises ConfigError naming the bad setting.
     """
+    return settings_class(**merged_values(args, settings_class, environ, base)).validate()
+
+
+def merged_values(
+    args: argparse.Namespace,
+    settings_class: type = ServeSettings,
+    environ: dict[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The explicitly set field values (flags over env over `base`), converted but not validated."""
     environ = dict(os.environ) if environ is None else environ
     values: dict[str, Any] = dict(base or {})
     for f in fields(settings_class):
@@ -531,7 +541,7 @@ def settings_from_args(
         if raw is None:
             continue
         values[f.name] = convert(f, raw)
-    return settings_class(**values).validate()
+    return values
 
 
 def convert(f: Any, raw: Any) -> Any:

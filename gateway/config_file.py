@@ -16,7 +16,7 @@ from dataclasses import Field, fields
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ConfigError, ServeSettings, convert, settings_from_args
+from gateway.config import ConfigError, ServeSettings, convert, merged_values, settings_from_args
 
 CONFIG_ENV = "GATEWAY_CONFIG"
 
@@ -39,6 +39,15 @@ def load_settings(args: argparse.Namespace, environ: dict[str, str] | None = Non
     path = config_path(args, environ)
     base = read_config_file(path) if path else {}
     return settings_from_args(args, ServeSettings, environ, base=base)
+
+
+def requested_workers(args: argparse.Namespace) -> int:
+    """`--workers` as configured, read without validating the rest (validation imports the metrics)."""
+    environ = dict(os.environ)
+    path = config_path(args, environ)
+    values = merged_values(args, ServeSettings, environ, read_config_file(path) if path else {})
+    default = next(f.default for f in fields(ServeSettings) if f.name == "workers")
+    return values.get("workers", default)
 
 
 def read_config_file(path: Path, settings_class: type = ServeSettings) -> dict[str, Any]:
