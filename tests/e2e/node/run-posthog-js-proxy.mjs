@@ -9,11 +9,8 @@
 //
 // usage: node run-posthog-js-proxy.mjs <edge-url> <token> <array.js integrity>
 import { createHash } from 'node:crypto'
-import { mkdtempSync, rmSync } from 'node:fs'
-import { createServer } from 'node:http'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { chromium } from 'playwright-core'
+
+import { launchChromium, servePage } from './browser.mjs'
 
 const [edge, token, integrity] = process.argv.slice(2)
 if (!edge || !token || !integrity) {
@@ -41,25 +38,8 @@ const page = `<!doctype html>
   })
 </script></head><body><h1>ok</h1><p id="text">some text to record</p><button id="b">click</button></body></html>`
 
-const server = createServer((request, response) => {
-  if (request.url.startsWith('/index.html')) {
-    response.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(page)
-  } else {
-    response.writeHead(404).end()
-  }
-})
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-const origin = `http://127.0.0.1:${server.address().port}`
-
-const userDataDir = mkdtempSync(join(tmpdir(), 'gateway-e2e-chromium-'))
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-})
+const { origin, close: closeServer } = await servePage({ '/index.html': ['text/html; charset=utf-8', page] })
+const { context, close: closeBrowser } = await launchChromium()
 
 const sent = new Map()
 const requests = []
@@ -133,9 +113,8 @@ try {
   await tab.waitForTimeout(500)
   await Promise.all(pending)
 } finally {
-  await context.close()
-  server.close()
-  rmSync(userDataDir, { recursive: true, force: true })
+  await closeBrowser()
+  closeServer()
 }
 
 process.stdout.write(JSON.stringify({ origin, sent: [...sent.values()], requests, consoleErrors }))

@@ -4,11 +4,9 @@
 // transport (from `before_send`), the requests the page made and console errors.
 //
 // usage: node run-posthog-js.mjs <gateway-url> <token>
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
-import { createServer } from 'node:http'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { chromium } from 'playwright-core'
+import { readFileSync } from 'node:fs'
+
+import { launchChromium, servePage } from './browser.mjs'
 
 const [apiHost, token] = process.argv.slice(2)
 if (!apiHost || !token) {
@@ -37,27 +35,11 @@ const page = `<!doctype html>
   })
 </script></head><body>ok</body></html>`
 
-const server = createServer((request, response) => {
-  if (request.url === '/posthog.js') {
-    response.writeHead(200, { 'Content-Type': 'application/javascript' }).end(bundle)
-  } else if (request.url.startsWith('/index.html')) {
-    response.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8' }).end(page)
-  } else {
-    response.writeHead(404).end()
-  }
+const { origin, close: closeServer } = await servePage({
+  '/posthog.js': ['application/javascript', bundle],
+  '/index.html': ['text/html; charset=utf-8', page],
 })
-await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-const origin = `http://127.0.0.1:${server.address().port}`
-
-const userDataDir = mkdtempSync(join(tmpdir(), 'gateway-e2e-chromium-'))
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-})
+const { context, close: closeBrowser } = await launchChromium()
 
 const sent = new Map()
 const requests = []
@@ -109,9 +91,8 @@ try {
   await tab.goto('about:blank')
   await tab.waitForTimeout(500)
 } finally {
-  await context.close()
-  server.close()
-  rmSync(userDataDir, { recursive: true, force: true })
+  await closeBrowser()
+  closeServer()
 }
 
 process.stdout.write(JSON.stringify({ origin, sent: [...sent.values()], requests, consoleErrors }))
