@@ -125,10 +125,6 @@ class RunSummary:
         """Events in requests answered 200, per second."""
         return self.events_acked / self.elapsed_s if self.elapsed_s else 0.0
 
-    @property
-    def ok_ratio(self) -> float:
-        return self.statuses.get("200", 0) / self.requests if self.requests else 0.0
-
     def percentile_ms(self, percentile: float) -> float:
         return self.histogram.get_value_at_percentile(percentile) / 1000 if self.requests else 0.0
 
