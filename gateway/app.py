@@ -90,7 +90,7 @@ def build_app(
     spools = SpoolCollector(spool_dir(settings, 0).parent, settings.spool_max_bytes)
     readiness_checks = [sink.readiness, drain.readiness]  # the upstream proxy's check joins this list
     edge.add_probe(app.router, "/_liveness", liveness)
-    edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks))
+    edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks, edge.serves("flags")))
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
     app.cleanup_ctx.append(sampler.lifecycle)
     app[EDGE_KEY] = edge

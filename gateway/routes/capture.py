@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 
 from gateway import metrics
+from gateway.capture.check_event import CheckEvents
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
 from gateway.capture.errors import CaptureError, PayloadTooLarge
 from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
@@ -61,6 +62,7 @@ class CaptureHandler:
         self.body_read_timeout = body_read_timeout
         self.clock = clock
         self.privacy = privacy
+        self.checks = CheckEvents(sink, metrics.EVENTS_DROPPED.labels("gateway_check"))
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
         answered = {
@@ -145,7 +147,7 @@ class CaptureHandler:
                 return []
         if spec.replay:
             return [replay_record(parsed, context, self.options)]
-        return analytics_records(parsed, context, self.options)
+        return self.checks.remove(parsed.events, analytics_records(parsed, context, self.options))
 
 
 async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:

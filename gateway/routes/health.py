@@ -27,8 +27,11 @@ def combined(states: Sequence[Readiness]) -> Readiness:
     )
 
 
-def readiness_handler(checks: Sequence[ReadinessCheck]) -> Handler:
-    """/_readiness: 200 while ready (status ok or degraded), 503 to take the instance out of rotation."""
+def readiness_handler(checks: Sequence[ReadinessCheck], flags_served: bool = False) -> Handler:
+    """/_readiness: 200 while ready (status ok or degraded), 503 to take the instance out of rotation.
+
+    `flags_served` tells `gateway check` whether to evaluate a flag (only with an upstream).
+    """
 
     async def readiness(request: web.Request) -> web.Response:
         state = combined([check() for check in checks])
@@ -36,6 +39,7 @@ def readiness_handler(checks: Sequence[ReadinessCheck]) -> Handler:
             "status": "degraded" if state.degraded else "ok",
             "ready": state.ready,
             "detail": state.detail,
+            "flags_served": flags_served,
         }
         return web.json_response(body, status=200 if state.ready else 503)
 

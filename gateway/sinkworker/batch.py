@@ -56,7 +56,7 @@ class Batch:
         self.rejects.append((message, error))
 
     def skip(self, message: SourceMessage) -> None:
-        """A message whose row is already stored (replay after a crash)."""
+        """A message with no row to store: already stored (replay after a crash) or the check event."""
         self.consumed(message)
         self.skipped.append((message.topic, message.partition, message.offset))
 

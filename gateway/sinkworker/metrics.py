@@ -11,6 +11,9 @@ ROWS_INSERTED = Counter("gateway_sink_rows_inserted_total", "Rows stored in Clic
 ROWS_SKIPPED_REPLAY = Counter(
     "gateway_sink_rows_skipped_replay_total", "Re-read messages skipped because their row was already stored"
 )
+CHECK_EVENTS_DROPPED = Counter(
+    "gateway_sink_check_events_dropped_total", "`gateway check` events read from the source and not stored"
+)
 DLQ_MESSAGES = Counter(
     "gateway_sink_dlq_messages_total", "Messages sent to the dead-letter queue", ["reason"]
 )

@@ -1,7 +1,8 @@
 """Turn one captured Kafka message (PostHog's CapturedEvent JSON) into one events-table row.
 
 The row is a JSONEachRow line. Messages that cannot become a row raise `Rejected` with a reason
-from `REJECT_REASONS`; the worker sends them to the dead-letter queue.
+from `REJECT_REASONS`; the worker sends them to the dead-letter queue. `gateway check`'s event is no
+row at all (None): the gateway never writes it, and if one arrives anyway it is dropped here.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.capture.check_event import CHECK_EVENT
 from gateway.capture.timestamps import event_timestamp, parse_timestamp
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
 from gateway.sinkworker.timestamps import format_clickhouse
@@ -70,8 +72,8 @@ class RowEncoder:
     ip_mode: IpMode = IpMode.SET
     subsecond: bool = True  # False on servers without DateTime64
 
-    def encode(self, message: SourceMessage) -> bytes:
-        """One newline-terminated JSON row, or raise Rejected."""
+    def encode(self, message: SourceMessage) -> bytes | None:
+        """One newline-terminated JSON row, None for the check event, or raise Rejected."""
         envelope = _load_object(message.value, "invalid_json")
         raw = envelope.get("data")
         data = raw if isinstance(raw, dict) else _load_object(raw, "invalid_data")
@@ -79,6 +81,8 @@ class RowEncoder:
         event = envelope.get("event") or data.get("event")
         if not isinstance(event, str) or not event:
             raise Rejected("missing_event")
+        if event == CHECK_EVENT:
+            return None
         distinct_id = envelope.get("distinct_id")
         if distinct_id is None or distinct_id == "":
             raise Rejected("missing_distinct_id")

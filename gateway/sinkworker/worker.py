@@ -27,6 +27,7 @@ from gateway.sinkworker.dlq import DeadLetters
 from gateway.sinkworker.metrics import (
     BATCH_BYTES,
     BATCH_ROWS,
+    CHECK_EVENTS_DROPPED,
     COMMITS,
     INGESTION_LAG,
     INSERT_ERRORS,
@@ -152,9 +153,15 @@ class SinkWorker:
                 ROWS_SKIPPED_REPLAY.inc()
                 continue
             try:
-                batch.add_row(message, self._encoder.encode(message))
+                row = self._encoder.encode(message)
             except Rejected as error:
                 batch.add_reject(message, error)
+                continue
+            if row is None:
+                batch.skip(message)
+                CHECK_EVENTS_DROPPED.inc()
+            else:
+                batch.add_row(message, row)
         for topic, count in topics.items():
             MESSAGES_CONSUMED.labels(topic).inc(count)
 

@@ -56,5 +56,5 @@ def test_single_process_scrape_has_spool_gauges_and_readiness_detail(tmp_path: P
         assert scrape[("gateway_spool_segments", (("spool", "worker-0"),))] >= 1
         ready = requests.get(gateway.url + "/_readiness", timeout=5)
         assert ready.status_code == 200
-        assert ready.json() == {"status": "ok", "ready": True, "detail": "spool"}
+        assert ready.json() == {"status": "ok", "ready": True, "detail": "spool", "flags_served": False}
         assert requests.get(gateway.url + "/_liveness", timeout=5).json() == {"status": "ok"}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.capture.record import Record
 from gateway.sinkworker.batch import FlushPolicy
@@ -71,6 +72,20 @@ def test_worker_stores_every_row_once_and_dead_letters_garbage(
     assert sorted(error.reason for _, error in dead.items) == ["invalid_json", "invalid_json"]
     ends = {(TOPIC, p): len([m for m in messages if m.partition == p]) for p in range(3)}
     assert source.committed == ends
+
+
+def test_check_events_are_dropped_not_stored_nor_dead_lettered(chdb_writer: ChdbWriter, chdb_table: str) -> None:
+    """Defence in depth: the gateway never writes `gateway check`'s event; if one arrives, it is skipped."""
+    messages = stream(20, partitions=1)
+    messages[5] = record(captured_value(5, event="$gateway_check"), offset=5)
+    source, dead = ListSource(messages), ListDeadLetters()
+    dropped = "gateway_sink_check_events_dropped_total"
+    before = REGISTRY.get_sample_value(dropped) or 0.0
+    run_worker(chdb_writer, chdb_table, source, dead)
+    assert counts(chdb_writer, chdb_table) == (19, 19)
+    assert dead.items == []
+    assert source.committed == {(TOPIC, 0): 20}  # consumed past it
+    assert REGISTRY.get_sample_value(dropped) == before + 1
 
 
 def test_crash_between_insert_and_commit_then_restart_is_exact(

@@ -1,0 +1,42 @@
+"""The reserved health-check event: `gateway check` proves the capture path without storing anything.
+
+An event named `$gateway_check` goes through everything a real event does (decode, parse, token
+allowlist and rate limit, privacy rules, validation into a record) and gets the same answer, but is
+then dropped instead of reaching Kafka, the spool or an upstream, and counted as
+`capture_events_dropped{cause="gateway_check"}`. Where a real event would be refused because the sink
+cannot store it (spool full), the check event is refused too. The sink worker drops the name as well
+(gateway/sinkworker/rows.py), in case one was ever written by an older gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from gateway.capture.errors import ServiceUnavailable
+from gateway.capture.parse import RawEvent
+from gateway.capture.record import Record
+from gateway.sinks.base import Sink
+
+if TYPE_CHECKING:  # the sink worker's settings import this module: no prometheus_client at CLI build time
+    from prometheus_client import Counter
+
+CHECK_EVENT = "$gateway_check"
+
+
+class CheckEvents:
+    def __init__(self, sink: Sink, dropped: Counter) -> None:
+        self._sink = sink
+        self._dropped = dropped
+
+    def remove(self, events: Sequence[RawEvent], records: list[Record]) -> list[Record]:
+        """`records` (one per event, in order) without the check events' records."""
+        if not any(event["event"] == CHECK_EVENT for event in events):
+            return records
+        kept = [record for event, record in zip(events, records, strict=True) if event["event"] != CHECK_EVENT]
+        if not kept:  # nothing to deliver: answer what delivering would have answered
+            readiness = self._sink.readiness()
+            if not readiness.ready:
+                raise ServiceUnavailable(f"events cannot be stored now: {readiness.detail}")
+        self._dropped.inc(len(records) - len(kept))
+        return kept
