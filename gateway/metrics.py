@@ -65,6 +65,10 @@ RATE_LIMITED = Counter(
 RATE_LIMIT_SYNC_ERRORS = Counter(
     "gateway_rate_limit_sync_errors", "Failed syncs with the shared rate-limit storage (limits failed open)"
 )
+UNTRUSTED_FORWARDED = Counter(
+    "gateway_untrusted_forwarded_requests",
+    "Requests with X-Forwarded-For/Forwarded while no proxy is trusted (set --trusted-proxy-hops or -cidrs)",
+)
 IN_FLIGHT = Gauge(
     "gateway_in_flight_requests",
     "Requests being handled now, all workers (each bounded by --max-in-flight; sampled each second)",
