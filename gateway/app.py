@@ -22,7 +22,7 @@ from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_handler, readiness_handler
 from gateway.sinks.base import Sink
-from gateway.sinks.factory import spool_dir, topics_from
+from gateway.sinks.factory import topics_from
 from gateway.spool.collector import SpoolCollector
 
 SINK_KEY = web.AppKey("sink", Sink)
@@ -87,7 +87,7 @@ def build_app(
     # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics_export.py) ---
     sampler = GaugeSampler()
     sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
-    spools = SpoolCollector(spool_dir(settings, 0).parent, settings.spool_max_bytes)
+    spools = SpoolCollector(settings.data_dir, settings.spool_max_bytes)
     readiness_checks = [sink.readiness, drain.readiness]  # the upstream proxy's check joins this list
     edge.add_probe(app.router, "/_liveness", liveness)
     edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks, edge.serves("flags")))

@@ -19,6 +19,7 @@ from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.arguments import add_gdpr_command
 from gateway.metrics_multiproc import multiprocess_metrics
 from gateway.sinkworker.cli import add_sink_arguments
+from gateway.spool.layout import KINDS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
             "--data-dir",
             type=Path,
             default=Path("./gateway-data"),
-            help="the gateway's --data-dir (all worker spools are read)",
+            help="the gateway's --data-dir (every spool is read: spool/ and upstream-spool/ workers)",
+        )
+        sub.add_argument(
+            "--kind",
+            choices=KINDS,
+            action="append",
+            default=None,
+            help="only spools of this kind: main (spool/), upstream (upstream-spool/); repeatable (default: all)",
         )
         sub.add_argument(
             "--spool-encryption-key-file",
@@ -112,18 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def spool_command(args: argparse.Namespace) -> int:
     from gateway.spool import SpoolError, iter_records, record_to_json, spool_stats
     from gateway.spool.crypto import load_keyring
+    from gateway.spool.layout import spools
 
-    directories = sorted(p for p in (args.data_dir / "spool").glob("worker-*") if p.is_dir())
+    found = spools(args.data_dir, args.kind or KINDS)
     try:
         keyring = load_keyring(args.spool_encryption_key_file)
         if args.spool_command == "stats":
-            stats = {d.name: spool_stats(d, keyring) for d in directories}
+            stats = {spool.name: spool_stats(directory, keyring) for spool, directory in found}
             sys.stdout.buffer.write(orjson.dumps(stats, option=orjson.OPT_INDENT_2) + b"\n")
             return 0
         out = sys.stdout.buffer
-        for directory in directories:
+        for spool, directory in found:
             for record in iter_records(directory, keyring=keyring):
-                out.write(orjson.dumps(record_to_json(record)) + b"\n")
+                out.write(orjson.dumps({"spool": spool.name, **record_to_json(record)}) + b"\n")
         out.flush()
     except SpoolError as exc:
         print(f"gateway spool {args.spool_command}: {exc}", file=sys.stderr)

@@ -21,7 +21,8 @@ def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
     sub = gdpr.add_subparsers(dest="gdpr_command", required=True)
     export = sub.add_parser("export", help="write a person's events as NDJSON (data portability)")
     delete = sub.add_parser("delete", help="delete a person's events from ClickHouse and verify")
-    purge = sub.add_parser("purge-spool", help="remove a person's records still waiting in the local spool")
+    purge = sub.add_parser("purge-spool",
+                           help="remove a person's records still waiting in any spool (local and upstream)")
     retention = sub.add_parser("retention", help="set the events table TTL (servers with TTL: chdb, ≥ 19.6)")
     expire_cmd = sub.add_parser("expire", help="drop events older than N days (any server; run daily)")
     for parser in (export, delete, purge):
@@ -41,7 +42,7 @@ def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
                        help="keys of an encrypted spool (default: env GATEWAY_SPOOL_ENCRYPTION_KEY_FILE or "
                        "GATEWAY_SPOOL_ENCRYPTION_KEYS)")
     purge.add_argument("--data-dir", type=Path, default=Path(_env("DATA_DIR", "./gateway-data")),
-                       help="the gateway's --data-dir (every worker spool is purged)")
+                       help="the gateway's --data-dir (every spool is purged: spool/ and upstream-spool/ workers)")
     retention.add_argument("--days", type=int, required=True, help="keep events this many days (0 = forever)")
     expire_cmd.add_argument("--older-than-days", type=int, required=True, help="drop events older than this")
     for parser in (export, delete, purge, retention, expire_cmd):

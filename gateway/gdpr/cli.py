@@ -18,12 +18,14 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from gateway.capture.record import Record
+from gateway.core.startup import StartupError
 from gateway.gdpr.audit import AuditLog
 from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subject_filter
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
 from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import SpoolKeyError, load_keyring
+from gateway.spool.layout import spools
 from gateway.spool.purge import purge_spool
 
 Handler = Callable[[argparse.Namespace, EventsTable, AuditLog, str], Awaitable[int]]
@@ -46,6 +48,9 @@ async def _with_table(dsn: str, args: argparse.Namespace, audit: AuditLog, handl
     """Open the ClickHouse target, run `handler` on its events table, close."""
     try:
         writer = await open_writer(dsn, max_in_flight=1, compression="none")
+    except StartupError as error:
+        print(error.line(), file=sys.stderr)
+        return error.exit_code
     except (WriteError, ValueError, RuntimeError) as exc:
         print(f"gateway gdpr: cannot open {redact(dsn)}: {exc}", file=sys.stderr)
         return 2
@@ -122,10 +127,9 @@ def _purge_spool(args: argparse.Namespace, audit: AuditLog) -> int:
         return record.header("distinct_id") in ids and (token is None or record.header("token") == token)
 
     totals = {"removed": 0, "segments_rewritten": 0, "skipped": 0}
-    directories = sorted(p for p in (args.data_dir / "spool").glob("worker-*") if p.is_dir())
     try:
         keyring = load_keyring(args.spool_encryption_key_file)
-        for directory in directories:
+        for _, directory in spools(args.data_dir):
             result = purge_spool(directory, matches, keyring)
             for name in totals:
                 totals[name] += getattr(result, name)

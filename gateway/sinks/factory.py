@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +19,11 @@ from gateway.sinks.kafka_producer import ReconnectingProducer, java_partitioner
 from gateway.sinks.spool import SpoolSink
 from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
+from gateway.spool import layout
 from gateway.spool.crypto import Keyring, install, load_keyring
 
-_WORKER_DIR = re.compile(r"^worker-(\d+)$")
 # Headroom over the largest batch for the produce request's own framing.
 _REQUEST_OVERHEAD = 64 * 1024
-UPSTREAM_SPOOL = "upstream-spool"
 
 
 def spool_keyring(settings: ServeSettings) -> Keyring | None:
@@ -36,8 +34,8 @@ def spool_keyring(settings: ServeSettings) -> Keyring | None:
     return keyring
 
 
-def spool_dir(settings: ServeSettings, worker: int) -> Path:
-    return settings.data_dir / "spool" / f"worker-{worker}"
+def spool_dir(settings: ServeSettings, worker: int, kind: str = layout.MAIN) -> Path:
+    return layout.spool_dir(settings.data_dir, worker, kind)
 
 
 def topics_from(settings: ServeSettings) -> Topics:
@@ -52,17 +50,9 @@ def topics_from(settings: ServeSettings) -> Topics:
     )
 
 
-def orphaned_spools(settings: ServeSettings, worker: int, kind: str = "spool") -> list[Path]:
+def orphaned_spools(settings: ServeSettings, worker: int, kind: str = layout.MAIN) -> list[Path]:
     """Spools of workers that no longer exist (a previous run had more); worker j goes to j mod N."""
-    root = settings.data_dir / kind
-    if not root.is_dir():
-        return []
-    found = []
-    for path in sorted(root.iterdir()):
-        match = _WORKER_DIR.match(path.name)
-        if match and int(match[1]) >= settings.workers and int(match[1]) % settings.workers == worker:
-            found.append(path)
-    return found
+    return layout.orphaned_spools(settings.data_dir, kind, settings.workers, worker)
 
 
 def producer_config(settings: ServeSettings) -> dict[str, Any]:
@@ -106,7 +96,7 @@ def build_sink(settings: ServeSettings, worker: int) -> Sink:
 
 def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSink:
     spool = SpoolSink.at(
-        settings.data_dir / UPSTREAM_SPOOL / f"worker-{worker}",
+        spool_dir(settings, worker, layout.UPSTREAM),
         fsync=settings.fsync,
         fsync_window_ms=settings.fsync_window_ms,
         max_bytes=settings.spool_max_bytes,
@@ -116,7 +106,7 @@ def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSin
     client = UpstreamClient(connections=settings.upstream_connections, retries=settings.upstream_retries)
     remote = UpstreamRemote(api, client, timeout=settings.upstream_timeout)
     return UpstreamSink(remote, spool, settings.upstream_ack_timeout_ms / 1000,
-                        adopt=orphaned_spools(settings, worker, UPSTREAM_SPOOL))
+                        adopt=orphaned_spools(settings, worker, layout.UPSTREAM))
 
 
 def local_sink(settings: ServeSettings, worker: int) -> Sink:

@@ -8,22 +8,27 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rows import IpMode, RowEncoder
 from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.settings import SinkSettings
-from gateway.sinkworker.sources import KafkaSource, Source, SpoolSource
+from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.sinkworker.writer import open_writer
+from gateway.spool import SpoolLocked
 from gateway.spool.crypto import load_keyring
+from gateway.spool.layout import MAIN, is_spool, spools
 
 log = logging.getLogger(__name__)
+PROGRESS_INTERVAL_S = 10.0
 
 
 async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
     """Run until `stop`; exit status 0 when everything consumed was stored and committed."""
+    check_spool_settings(settings)
     writer = await open_writer(settings.clickhouse, settings.max_in_flight, settings.compression)
     try:
         if settings.retention_days and not writer.caps.ttl:
@@ -50,9 +55,13 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
             shutdown_timeout_s=settings.shutdown_timeout_s,
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
+        progress = asyncio.create_task(_log_progress(worker, source))
         try:
             await worker.run(stop)
+        except SpoolLocked as error:
+            raise StartupError("spool", settings.data_dir or settings.spool_dir, str(error)) from error
         finally:
+            progress.cancel()
             await dead_letters.close()
         return 0 if worker.clean_exit else 1
     finally:
@@ -64,17 +73,59 @@ async def _source_and_dlq(settings: SinkSettings) -> tuple[Source, DeadLetters]:
     dead_letters: DeadLetters
     if settings.dlq_dir:
         dead_letters = FileDeadLetters(settings.dlq_dir)
+    elif settings.data_dir:
+        dead_letters = FileDeadLetters(Path(settings.data_dir) / "sink-dlq")
     elif settings.spool_dir:
         spool = Path(settings.spool_dir)
         dead_letters = FileDeadLetters(spool.with_name(spool.name + "-dlq"))
     else:
         dead_letters = await KafkaDeadLetters.start(settings.kafka_bootstrap_servers, settings.dlq_topic)
     source: Source
-    if settings.spool_dir:
-        key_file = Path(settings.spool_encryption_key_file) if settings.spool_encryption_key_file else None
+    key_file = Path(settings.spool_encryption_key_file) if settings.spool_encryption_key_file else None
+    if settings.data_dir:
+        source = DataDirSource(settings.data_dir, settings.spool_reader_name, load_keyring(key_file))
+    elif settings.spool_dir:
         source = SpoolSource(settings.spool_dir, settings.spool_reader_name, load_keyring(key_file))
     else:
         source = KafkaSource.create(
             settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms
         )
     return source, dead_letters
+
+
+def check_spool_settings(settings: SinkSettings) -> None:
+    """A spool to drain must exist: a wrong directory is an error, not a sink idling forever."""
+    if settings.data_dir and settings.spool_dir:
+        raise StartupError("--spool-dir", settings.spool_dir, "give either --data-dir or --spool-dir",
+                           exit_code=CONFIG_EXIT)
+    if settings.data_dir:
+        data_dir = Path(settings.data_dir)
+        if not data_dir.is_dir():
+            raise StartupError("--data-dir", data_dir, "no such directory", exit_code=CONFIG_EXIT)
+        if not spools(data_dir, (MAIN,)):
+            raise StartupError("--data-dir", data_dir, "not a gateway data dir: it has no spool/worker-N "
+                               "(run `gateway serve --data-dir` with it first)", exit_code=CONFIG_EXIT)
+    elif settings.spool_dir:
+        directory = Path(settings.spool_dir)
+        if not directory.is_dir():
+            raise StartupError("--spool-dir", directory, "no such directory", exit_code=CONFIG_EXIT)
+        if not is_spool(directory):
+            why = "not a spool directory (no segment or write.lock)"
+            if spools(directory):
+                why += "; it is a gateway data dir: use --data-dir"
+            raise StartupError("--spool-dir", directory, why, exit_code=CONFIG_EXIT)
+
+
+async def _log_progress(worker: SinkWorker, source: Source, interval_s: float = PROGRESS_INTERVAL_S) -> None:
+    """Every interval in which rows were written (and once when caught up): rows written and lag."""
+    logged = 0
+    lag = None
+    while True:
+        await asyncio.sleep(interval_s)
+        rows = worker.rows_written
+        previous_lag, lag = lag, source.lag()
+        if rows == logged and lag == previous_lag:
+            continue
+        log.info("sink progress: %d rows written (%d since last), lag %d %s",
+                 rows, rows - logged, lag, source.lag_unit)
+        logged = rows

@@ -1,17 +1,25 @@
 """Embedded ClickHouse (chdb) writer: one session, used only from one dedicated thread.
 
 chdb sessions are not thread-safe (concurrent inserts fail or duplicate), and one process owns a
-data directory, so every call is funnelled through a single-thread executor.
+data directory, so every call is funnelled through a single-thread executor. The writer holds
+`gateway.lock` in the data directory: a second process (another sink, `gateway gdpr`) gets a
+one-line error instead of chdb's own failure (printed from C++ plus a traceback).
 """
 
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+from gateway.core.startup import StartupError
 from gateway.sinkworker.schema import ServerCaps, quote_string
 from gateway.sinkworker.writer import classify
+from gateway.spool.errors import SpoolLocked
+from gateway.spool.locks import FileLock
+
+LOCK_FILE = "gateway.lock"
 
 
 class ChdbWriter:
@@ -19,14 +27,16 @@ class ChdbWriter:
 
     max_in_flight = 1
 
-    def __init__(self, executor: ThreadPoolExecutor, session: Any, caps: ServerCaps) -> None:
+    def __init__(self, executor: ThreadPoolExecutor, session: Any, caps: ServerCaps, lock: FileLock) -> None:
         self._executor = executor
         self._session = session
         self.caps = caps
+        self._lock = lock
 
     @classmethod
     async def open(cls, path: str) -> ChdbWriter:
-        """Create the session inside its dedicated thread and probe the engine version."""
+        """Lock the data directory, create the session inside its dedicated thread, probe the version."""
+        lock = _lock(Path(path))
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         loop = asyncio.get_running_loop()
         try:
@@ -34,8 +44,9 @@ class ChdbWriter:
             version = await loop.run_in_executor(executor, _query, session, "SELECT version()")
         except BaseException:
             executor.shutdown(wait=False)
+            lock.release()
             raise
-        return cls(executor, session, ServerCaps.from_version(version))
+        return cls(executor, session, ServerCaps.from_version(version), lock)
 
     async def _run(self, function: Any, *args: Any) -> Any:
         try:
@@ -62,6 +73,21 @@ class ChdbWriter:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._session.close)
         self._executor.shutdown(wait=True)
+        self._lock.release()
+
+
+def _lock(path: Path) -> FileLock:
+    """Hold the chdb data directory for this process (chdb allows one process per directory)."""
+    lock = FileLock(path / LOCK_FILE)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except SpoolLocked as error:
+        holder = str(error).rpartition("(")[2].rstrip(")")
+        raise StartupError("chdb path", path, f"locked by another sink or gdpr command ({holder})") from None
+    except OSError as error:
+        raise StartupError("chdb path", path, error.strerror or str(error)) from None
+    return lock
 
 
 def _open_session(path: str) -> Any:

@@ -8,11 +8,13 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 from enum import Enum
 from typing import Any
 
 import uvloop
 
+from gateway.core.startup import StartupError
 from gateway.sinkworker.settings import SinkSettings
 
 HELP = {
@@ -26,11 +28,12 @@ HELP = {
     "topics": "comma-separated topics to consume",
     "group_id": "Kafka consumer group",
     "session_timeout_ms": "consumer group session timeout",
-    "spool_dir": "drain this local spool directory instead of Kafka (embedded mode)",
+    "data_dir": "drain every spool of this gateway --data-dir instead of Kafka (embedded mode)",
+    "spool_dir": "drain this one spool directory (e.g. DATA_DIR/spool/worker-0) instead of Kafka",
     "spool_reader_name": "name of the persisted spool cursor",
     "spool_encryption_key_file": "keys of an encrypted spool (as gateway serve's; or GATEWAY_SPOOL_ENCRYPTION_KEYS)",
     "dlq_topic": "dead-letter Kafka topic",
-    "dlq_dir": "dead letters as JSON lines in this directory (spool mode default: SPOOL_DIR-dlq)",
+    "dlq_dir": "dead letters as JSON lines in this directory (default: DATA_DIR/sink-dlq, SPOOL_DIR-dlq)",
     "batch_rows": "flush a batch at this many rows",
     "batch_bytes": "flush a batch at this many JSONEachRow bytes",
     "batch_age_ms": "flush a batch this long after its first message",
@@ -108,7 +111,11 @@ def run_sink(settings: SinkSettings) -> int:
 
         return await serve(settings, stop)
 
-    return uvloop.run(main())
+    try:
+        return uvloop.run(main())
+    except StartupError as error:  # until gateway.cli reports start-up errors itself
+        print(error.line(), file=sys.stderr)
+        return error.exit_code
 
 
 def main(argv: list[str] | None = None) -> int:

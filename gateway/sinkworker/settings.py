@@ -9,10 +9,14 @@ from gateway.sinkworker.rows import IpMode
 # PostHog's own dead-letter topic name.
 DEFAULT_DLQ_TOPIC = "events_plugin_ingestion_dlq"
 
+# Every topic the gateway writes whose events PostHog stores in `events`: analytics and exceptions
+# (`$exception` goes through error tracking, then into `events`). Heatmaps, client ingestion warnings
+# and replay have tables of their own in PostHog.
 DEFAULT_TOPICS = (
     "events_plugin_ingestion",
     "events_plugin_ingestion_historical",
     "events_plugin_ingestion_overflow",
+    "error_tracking_events",
 )
 DEFAULT_CLICKHOUSE = "chdb://gateway-data/chdb"
 
@@ -28,11 +32,12 @@ class SinkSettings:
     topics: tuple[str, ...] = DEFAULT_TOPICS
     group_id: str = "gateway-sink"
     session_timeout_ms: int = 10_000
-    spool_dir: str = ""  # drain this spool directory instead of Kafka
+    data_dir: str = ""  # drain every main spool of this gateway data dir instead of Kafka
+    spool_dir: str = ""  # drain this one spool directory instead of Kafka
     spool_reader_name: str = "sink"
     spool_encryption_key_file: str = ""  # keys of an encrypted spool (else GATEWAY_SPOOL_ENCRYPTION_KEYS)
     dlq_topic: str = DEFAULT_DLQ_TOPIC
-    dlq_dir: str = ""  # file DLQ; the default in spool mode is `<spool-dir>-dlq`
+    dlq_dir: str = ""  # file DLQ; spool mode default: `<data-dir>/sink-dlq` or `<spool-dir>-dlq`
     batch_rows: int = 100_000
     batch_bytes: int = 64 * 1024 * 1024
     batch_age_ms: int = 1000

@@ -1,9 +1,12 @@
-"""Where messages come from: a Kafka consumer group, or a local spool directory (embedded mode).
+"""Where messages come from: a Kafka consumer group, or local spools (embedded mode).
 
 Both yield objects with ConsumerRecord's attributes and take commits as {(topic, partition): next
-offset}. In the spool, a record's "partition" is its segment number and its "offset" the byte
-position of the last byte of its frame, so offsets are unique, increase in read order, survive
-restarts, and `offset + 1` is where the next frame starts.
+offset}. In a spool, a record's "offset" is the byte position of the last byte of its frame and its
+"partition" names the spool and the segment: `spool.number << 40 | segment` (main/worker-0 is spool
+number 0, so its partition is the plain segment number). Every worker's spool starts at segment 1,
+so without the spool in it two spools would share positions, and the replay guard and insert dedup
+tokens would take one spool's rows for the other's. Positions are unique, increase in read order
+within a spool, survive restarts, and `offset + 1` is where the next frame starts.
 """
 
 from __future__ import annotations
@@ -24,9 +27,22 @@ from gateway.sinkworker.rows import SourceMessage
 from gateway.spool import SpoolPosition, SpoolReader
 from gateway.spool.crypto import OVERHEAD, Keyring
 from gateway.spool.format import HEADER_SIZE, encode_record
+from gateway.spool.layout import MAIN, SpoolId, identify, spools
+from gateway.spool.reader import lag_bytes
 from gateway.spool.segment import Stop, list_segments, scan_segment, segment_name
 
 log = logging.getLogger(__name__)
+SEGMENT_BITS = 40
+
+
+def spool_partition(spool: SpoolId, segment: int) -> int:
+    """The "partition" of a spool record: which spool and which segment (see the module doc)."""
+    return spool.number << SEGMENT_BITS | segment
+
+
+def split_partition(partition: int) -> tuple[SpoolId, int]:
+    """(spool, segment) of a spool record's partition."""
+    return SpoolId.from_number(partition >> SEGMENT_BITS), partition & ((1 << SEGMENT_BITS) - 1)
 
 
 class AssignmentListener(Protocol):
@@ -42,6 +58,8 @@ class AssignmentListener(Protocol):
 
 
 class Source(Protocol):
+    lag_unit: str
+
     async def start(self, listener: AssignmentListener) -> None: ...
 
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]: ...
@@ -69,9 +87,12 @@ class _Rebalance(ConsumerRebalanceListener):
 class KafkaSource:
     """A manually committing member of a consumer group over the capture topics."""
 
+    lag_unit = "messages"
+
     def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str]) -> None:
         self._consumer = consumer
         self._topics = list(topics)
+        self._lag: dict[TP, int] = {}
 
     @classmethod
     def create(
@@ -105,8 +126,12 @@ class KafkaSource:
             messages += records
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(highwater - records[-1].offset - 1)
+                lag = self._lag[(tp.topic, tp.partition)] = highwater - records[-1].offset - 1
+                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
         return messages
+
+    def lag(self) -> int:
+        return sum(self._lag.values())
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         await self._consumer.commit(
@@ -137,12 +162,24 @@ class SpoolMessage:
 
 
 class SpoolSource:
-    """Drains a spool directory with a named, persisted cursor (default reader name `sink`)."""
+    """Drains a spool directory with a named, persisted cursor (default reader name `sink`).
+
+    `spool` is the directory's identity; by default taken from where it lies in a data dir, else
+    main/worker-0.
+    """
 
     POLL_INTERVAL_S = 0.1
+    lag_unit = "bytes"
 
-    def __init__(self, directory: str | Path, name: str = "sink", keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str = "sink",
+        keyring: Keyring | None = None,
+        spool: SpoolId | None = None,
+    ) -> None:
         self._directory = Path(directory)
+        self.spool = spool or identify(self._directory) or SpoolId(MAIN, 0)
         self._name = name
         self._keyring = keyring  # None: the process's keyring (from the environment)
         self._reader: SpoolReader | None = None
@@ -154,10 +191,14 @@ class SpoolSource:
         self._position = self._reader.committed
 
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
-        messages = [] if self._paused else await asyncio.to_thread(self._read, max_records)
+        messages = [] if self._paused else await self.read(max_records)
         if not messages:
             await asyncio.sleep(min(timeout_s, self.POLL_INTERVAL_S))
         return messages
+
+    async def read(self, max_records: int) -> list[SpoolMessage]:
+        """What is there now, up to `max_records`, without waiting for more."""
+        return await asyncio.to_thread(self._read, max_records)
 
     def _read(self, max_records: int) -> list[SpoolMessage]:
         """Read up to `max_records`, walking segments like SpoolReader but keeping frame positions."""
@@ -177,13 +218,14 @@ class SpoolSource:
             if scan.stop is Stop.MISSING:
                 continue
             end = max(position.offset, HEADER_SIZE)
+            partition = spool_partition(self.spool, position.segment)
             overhead = OVERHEAD if scan.key_id else 0
             for record in scan.records:
                 end += len(encode_record(record)) + overhead
                 messages.append(
                     SpoolMessage(
                         record.topic,
-                        position.segment,
+                        partition,
                         end - 1,
                         now_ms,
                         record.key,
@@ -219,8 +261,14 @@ class SpoolSource:
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         if offsets and self._reader is not None:
-            segment, offset = max((part, off) for (_, part), off in offsets.items())
+            partition, offset = max((part, off) for (_, part), off in offsets.items())
+            spool, segment = split_partition(partition)
+            if spool != self.spool:
+                raise ValueError(f"commit for spool {spool.name} sent to {self.spool.name}")
             await asyncio.to_thread(self._reader.commit, SpoolPosition(segment, offset))
+
+    def lag(self) -> int:
+        return lag_bytes(self._directory, self._position)
 
     def pause(self) -> None:
         self._paused = True
@@ -231,3 +279,89 @@ class SpoolSource:
     async def stop(self) -> None:
         if self._reader is not None:
             await asyncio.to_thread(self._reader.close)
+
+
+class DataDirSource:
+    """Drains every main spool of a gateway data dir (one SpoolSource per worker spool).
+
+    Spools that appear later (the gateway restarted with more workers) are picked up by a rescan.
+    Reads take turns across spools so a busy one does not starve the others.
+    """
+
+    POLL_INTERVAL_S = 0.1
+    RESCAN_INTERVAL_S = 5.0
+    lag_unit = "bytes"
+
+    def __init__(self, data_dir: str | Path, name: str = "sink", keyring: Keyring | None = None) -> None:
+        self._data_dir = Path(data_dir)
+        self._name = name
+        self._keyring = keyring
+        self._sources: dict[SpoolId, SpoolSource] = {}
+        self._turn = 0
+        self._scanned = 0.0
+        self._paused = False
+
+    @property
+    def spools(self) -> list[SpoolId]:
+        return sorted(self._sources)
+
+    async def start(self, listener: AssignmentListener) -> None:
+        await self._rescan()
+
+    async def _rescan(self) -> None:
+        self._scanned = time.monotonic()
+        for spool, directory in spools(self._data_dir, (MAIN,)):
+            if spool not in self._sources:
+                source = SpoolSource(directory, self._name, self._keyring, spool)
+                await source.start(_NO_LISTENER)
+                self._sources[spool] = source
+                log.info("draining spool %s (%s)", spool.name, directory)
+
+    async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
+        if time.monotonic() - self._scanned >= self.RESCAN_INTERVAL_S:
+            await self._rescan()
+        messages: list[SourceMessage] = []
+        if not self._paused:
+            sources = list(self._sources.values())
+            self._turn = (self._turn + 1) % max(1, len(sources))
+            for source in sources[self._turn :] + sources[: self._turn]:
+                if len(messages) >= max_records:
+                    break
+                messages += await source.read(max_records - len(messages))
+        if not messages:
+            await asyncio.sleep(min(timeout_s, self.POLL_INTERVAL_S))
+        return messages
+
+    async def commit(self, offsets: dict[TP, int]) -> None:
+        by_spool: dict[SpoolId, dict[TP, int]] = {}
+        for (topic, partition), offset in offsets.items():
+            spool, _ = split_partition(partition)
+            by_spool.setdefault(spool, {})[(topic, partition)] = offset
+        for spool, part in by_spool.items():
+            await self._sources[spool].commit(part)
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    async def stop(self) -> None:
+        for source in self._sources.values():
+            await source.stop()
+
+    def lag(self) -> int:
+        return sum(source.lag() for source in self._sources.values())
+
+
+class _NoListener:
+    """Spool sources have no partition assignment: nothing to tell."""
+
+    def assigned(self, partitions: set[TP]) -> None:
+        return None
+
+    async def revoked(self, partitions: set[TP]) -> None:
+        return None
+
+
+_NO_LISTENER = _NoListener()

@@ -88,6 +88,7 @@ class SinkWorker:
         self._paused = False
         self._failure: BaseException | None = None
         self.clean_exit = True
+        self.rows_written = 0
 
     # AssignmentListener -------------------------------------------------------------------------
     def assigned(self, partitions: set[TopicPartition]) -> None:
@@ -215,6 +216,7 @@ class SinkWorker:
                 continue
             INSERT_SECONDS.observe(time.perf_counter() - started)
             ROWS_INSERTED.inc(len(rows))
+            self.rows_written += len(rows)
             _observe_lag(messages)
             return
 

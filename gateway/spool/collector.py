@@ -1,7 +1,8 @@
 """Spool gauges read from disk at scrape time: correct across workers without any per-write cost.
 
-Every `worker-N` spool under the data directory is measured (file sizes and cursor files only, no
-record is read), so one scrape of any worker reports every spool, adopted orphans included.
+Every spool of the data directory (every kind and worker, see `layout.py`) is measured (file sizes
+and cursor files only, no record is read), so one scrape of any worker reports every spool, adopted
+orphans included. Labels: `kind` (main, upstream) and `spool` (worker-N).
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from gateway.spool.layout import spools
 from gateway.spool.reader import cursor_mtime, lag_bytes, load_cursors
 from gateway.spool.segment import segment_sizes
 
 
 class SpoolCollector(Collector):
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = Path(root)
+    def __init__(self, data_dir: Path, max_bytes: int) -> None:
+        self.data_dir = Path(data_dir)
         self.max_bytes = max_bytes
 
     def describe(self) -> Iterable[Metric]:
@@ -29,35 +31,37 @@ class SpoolCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         used, limit, segments, lag, idle = families = self._families()
         now = time.time()
-        for directory in sorted(self.root.glob("worker-*")):
+        for spool, directory in spools(self.data_dir):
+            labels = [spool.kind, directory.name]
             sizes = segment_sizes(directory)
-            spool = directory.name
-            used.add_metric([spool], sum(sizes.values()))
-            limit.add_metric([spool], self.max_bytes)
-            segments.add_metric([spool], len(sizes))
+            used.add_metric(labels, sum(sizes.values()))
+            limit.add_metric(labels, self.max_bytes)
+            segments.add_metric(labels, len(sizes))
             for reader, position in sorted(load_cursors(directory).items()):
-                lag.add_metric([spool, reader], lag_bytes(directory, position))
+                lag.add_metric([*labels, reader], lag_bytes(directory, position))
                 committed = cursor_mtime(directory, reader)
                 if committed is not None:
-                    idle.add_metric([spool, reader], max(0.0, now - committed))
+                    idle.add_metric([*labels, reader], max(0.0, now - committed))
         return families
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
         return [
-            GaugeMetricFamily("gateway_spool_bytes", "Segment bytes on disk, per worker spool", labels=["spool"]),
             GaugeMetricFamily(
-                "gateway_spool_max_bytes", "Spool size bound (--spool-max-bytes); full → 503", labels=["spool"]
+                "gateway_spool_bytes", "Segment bytes on disk, per worker spool", labels=["kind", "spool"]
             ),
-            GaugeMetricFamily("gateway_spool_segments", "Segment files, per worker spool", labels=["spool"]),
+            GaugeMetricFamily(
+                "gateway_spool_max_bytes", "Spool size bound (--spool-max-bytes); full → 503", labels=["kind", "spool"]
+            ),
+            GaugeMetricFamily("gateway_spool_segments", "Segment files, per worker spool", labels=["kind", "spool"]),
             GaugeMetricFamily(
                 "gateway_spool_reader_lag_bytes",
-                "Spooled bytes a reader (kafka = replay into Kafka) has not consumed yet",
-                labels=["spool", "reader"],
+                "Spooled bytes a reader (kafka, upstream = replay; sink) has not consumed yet",
+                labels=["kind", "spool", "reader"],
             ),
             GaugeMetricFamily(
                 "gateway_spool_reader_idle_seconds",
                 "Seconds since a reader last committed progress (with lag > 0: replay stalled)",
-                labels=["spool", "reader"],
+                labels=["kind", "spool", "reader"],
             ),
         ]

@@ -9,10 +9,13 @@ import orjson
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.inprocess import InProcessGateway, settings_for
+from tests.support.inprocess import InProcessGateway, free_port, settings_for
 from tests.support.processes import GatewayProcess
 
 TOKEN = "phc_metrics_token"
+
+
+MAIN_0 = (("kind", "main"), ("spool", "worker-0"))
 
 
 def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -41,9 +44,10 @@ def test_one_scrape_counts_requests_served_by_every_worker(tmp_path: Path) -> No
             assert scrape[("gateway_http_requests_total", (("route", "events"), ("status", "200")))] == 40
             assert scrape[("capture_events_ingested_total", (("route", "events"),))] == 40
             assert scrape[("capture_event_batch_size_count", (("route", "events"),))] == 40
-            spooled = {s: scrape[("gateway_spool_bytes", (("spool", s),))] for s in ("worker-0", "worker-1")}
+            spooled = {s: scrape[("gateway_spool_bytes", (("kind", "main"), ("spool", s)))]
+                       for s in ("worker-0", "worker-1")}
             assert all(size > 0 for size in spooled.values()), f"one worker served everything: {spooled}"
-            assert scrape[("gateway_spool_max_bytes", (("spool", "worker-0"),))] > 0
+            assert scrape[("gateway_spool_max_bytes", MAIN_0)] > 0
             assert ("gateway_in_flight_requests", ()) in scrape
 
 
@@ -52,9 +56,18 @@ def test_single_process_scrape_has_spool_gauges_and_readiness_detail(tmp_path: P
         capture(gateway.url, 3)
         scrape = samples(gateway.url)
         assert scrape[("capture_events_ingested_total", (("route", "events"),))] >= 3
-        assert scrape[("gateway_spool_bytes", (("spool", "worker-0"),))] > 0
-        assert scrape[("gateway_spool_segments", (("spool", "worker-0"),))] >= 1
+        assert scrape[("gateway_spool_bytes", MAIN_0)] > 0
+        assert scrape[("gateway_spool_segments", MAIN_0)] >= 1
         ready = requests.get(gateway.url + "/_readiness", timeout=5)
         assert ready.status_code == 200
         assert ready.json() == {"status": "ok", "ready": True, "detail": "spool", "flags_served": False}
         assert requests.get(gateway.url + "/_liveness", timeout=5).json() == {"status": "ok"}
+
+
+def test_spool_gauges_cover_the_upstream_spool(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path, upstream=f"http://127.0.0.1:{free_port()}", upstream_ack_timeout_ms=200)
+    with InProcessGateway(settings) as gateway:  # the upstream is a closed port: events wait in its spool
+        capture(gateway.url, 3)
+        scrape = samples(gateway.url)
+        assert scrape[("gateway_spool_bytes", (("kind", "upstream"), ("spool", "worker-0")))] > 0
+        assert scrape[("gateway_spool_max_bytes", (("kind", "upstream"), ("spool", "worker-0")))] > 0

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from gateway.sinkworker.settings import DEFAULT_TOPICS
 from tests.services.clickhouse_server import ClickHouseServer, clickhouse_query
 from tests.services.fixtures import SessionServices
 from tests.services.kafka_broker import KafkaBroker
@@ -284,3 +285,37 @@ def test_clickhouse_outage_builds_lag_then_drains_exactly_once(
         assert_exactly_once(pipe, clients.sent)
     finally:
         pipe.stop()
+
+
+def test_exception_events_reach_the_table_with_the_sinks_default_topics(
+    tmp_path: Path, kafka: KafkaBroker, clickhouse_http_url: str
+) -> None:
+    """`$exception` goes to PostHog's error-tracking topic; the sink consumes it without `--topics`."""
+    person, table = unique("crashy"), unique("events")
+    asyncio.run(kafka.create_topics(DEFAULT_TOPICS))
+    sink = [sys.executable, "-m", "gateway", "sink", "--clickhouse-url", clickhouse_http_url, "--table", table,
+            "--kafka-bootstrap-servers", kafka.bootstrap_servers, "--group-id", unique("sink"),
+            "--dlq-topic", unique("dlq"), "--batch-age-ms", "200", "--session-timeout-ms", "6000"]  # fmt: skip
+    subprocess.run([*sink, "--init-schema"], env=gateway_env(), cwd=REPO_ROOT, check=True, timeout=60,
+                   capture_output=True)  # fmt: skip
+    events = [
+        {"event": "$exception", "distinct_id": person, "uuid": str(uuid.uuid4()),
+         "properties": {"$exception_list": [{"type": "TypeError", "value": "x is undefined"}]}},
+        {"event": "$pageview", "distinct_id": person, "uuid": str(uuid.uuid4()), "properties": {}},
+    ]  # fmt: skip
+    log = tmp_path / "sink.log"
+    with GatewayProcess(tmp_path / "gateway", "--kafka-bootstrap-servers", kafka.bootstrap_servers,
+                        "--rate-limit-ip", "off") as gateway, log.open("ab") as out:  # fmt: skip
+        response = requests.post(gateway.url + "/batch/", json={"api_key": TOKEN, "batch": events}, timeout=10)
+        assert response.status_code == 200
+        process = subprocess.Popen(sink, stdout=out, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
+        try:
+            query = f"SELECT event, _topic FROM default.{table} WHERE distinct_id = '{person}' ORDER BY event"
+            deadline = time.monotonic() + 90
+            while len(stored := clickhouse_query(clickhouse_http_url, query).splitlines()) < 2:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        finally:
+            process.terminate()
+            process.wait(30)
+    assert stored == ["$exception\terror_tracking_events", "$pageview\tevents_plugin_ingestion"]

@@ -109,10 +109,11 @@ class GatewayProcess:
         self.stop()
 
 
-def spool_dump(data_dir: Path, *args: str) -> list[dict[str, Any]]:
-    """Every record as `gateway spool dump` prints it, with `value` parsed and `data` (the raw event) too."""
+def spool_dump(data_dir: Path, *args: str, kind: str = "main") -> list[dict[str, Any]]:
+    """Every record of the `kind` spools as `gateway spool dump` prints it, with `value` parsed and
+    `data` (the raw event) too."""
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", "spool", "dump", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "gateway", "spool", "dump", "--data-dir", str(data_dir), "--kind", kind, *args],
         capture_output=True, env=gateway_env(), cwd=REPO_ROOT, timeout=60, check=True,
     )
     records = []

@@ -1,0 +1,163 @@
+"""Every worker spool of a data dir drained into one table: each event exactly once, on chdb and on
+ClickHouse 18.16 over HTTP (no insert dedup tokens there: the replay guard alone must hold).
+
+Every worker's spool starts at segment 1, so two spools hold records at the same (topic, segment,
+offset); the sink must still tell them apart, drained one after the other, together, and across a
+crash between insert and commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from gateway.capture.record import Record
+from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.chdb_writer import ChdbWriter
+from gateway.sinkworker.dlq import FileDeadLetters
+from gateway.sinkworker.http_writer import HttpWriter
+from gateway.sinkworker.rows import RowEncoder
+from gateway.sinkworker.schema import events_table_ddl, table_name
+from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
+from gateway.sinkworker.teams import TeamResolver
+from gateway.sinkworker.worker import SinkWorker, WorkerConfig
+from gateway.sinkworker.writer import Writer
+from gateway.spool import Spool
+from tests.sinkworker.helpers import TOPIC, captured_value
+
+PER_SPOOL = 120
+WORKERS = 2
+WriterFactory = Callable[[], AbstractAsyncContextManager[Writer]]
+
+
+@pytest.fixture(params=["chdb", "clickhouse-18.16"])
+def open_table(request: pytest.FixtureRequest) -> tuple[WriterFactory, str]:
+    """A way to open a writer (inside the test's event loop) and a fresh events table on it."""
+    name = f"events_spools_{uuid.uuid4().hex[:10]}"
+    if request.param == "chdb":
+        writer: ChdbWriter = request.getfixturevalue("chdb_writer")  # one chdb per process: shared
+
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[Writer]:
+            yield writer
+    else:
+        url = request.getfixturevalue("clickhouse_http_url")
+
+        @asynccontextmanager
+        async def opened() -> AsyncIterator[Writer]:
+            http = await HttpWriter.connect(url, max_in_flight=2, compression="none")
+            try:
+                yield http
+            finally:
+                await http.close()
+
+    async def create() -> None:
+        async with opened() as writer:
+            await writer.command(events_table_ddl(writer.caps, "default", name, retention_days=3650))
+
+    asyncio.run(create())
+    return opened, table_name("default", name)
+
+
+def fill_workers(data_dir: Path) -> None:
+    """`PER_SPOOL` events in each worker spool (several 16 KiB segments each), distinct uuids."""
+
+    async def fill() -> None:
+        for worker in range(WORKERS):
+            spool = Spool(data_dir / "spool" / f"worker-{worker}", segment_bytes=16 * 1024)
+            await spool.open()
+            start = worker * 10_000
+            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + PER_SPOOL)])
+            await spool.close()
+
+    asyncio.run(fill())
+
+
+class Crashing:
+    """Runs a source until the first commit, which fails like a crash after the insert."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+    async def commit(self, offsets: dict) -> None:
+        raise RuntimeError("simulated crash between insert and commit")
+
+
+class Draining:
+    """Signals when a fetch comes back empty (everything read)."""
+
+    def __init__(self, source: Source) -> None:
+        self._source = source
+        self.drained = asyncio.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+    async def fetch(self, timeout_s: float, max_records: int):
+        messages = await self._source.fetch(timeout_s, max_records)
+        if not messages:
+            self.drained.set()
+        return messages
+
+
+def drain(open_table: tuple[WriterFactory, str], make_source: Callable[[], Source], dlq: Path,
+          rows: int = 50) -> None:
+    opened, table = open_table
+
+    async def main() -> None:
+        async with opened() as writer:
+            source = Draining(make_source())
+            config = WorkerConfig(table, FlushPolicy(max_rows=rows, max_age_s=0.05), shutdown_timeout_s=10)
+            encoder = RowEncoder(TeamResolver({}), subsecond=writer.caps.datetime64)
+            worker = SinkWorker(source, writer, FileDeadLetters(dlq), encoder, config)
+            stop = asyncio.Event()
+            task = asyncio.create_task(worker.run(stop))
+            drained = asyncio.create_task(source.drained.wait())
+            await asyncio.wait([task, drained], return_when=asyncio.FIRST_COMPLETED)
+            stop.set()
+            drained.cancel()
+            await task
+
+    asyncio.run(main())
+
+
+def counts(open_table: tuple[WriterFactory, str]) -> tuple[int, int]:
+    opened, table = open_table
+
+    async def query() -> list[list[str]]:
+        async with opened() as writer:
+            return await writer.select(f"SELECT count(), uniqExact(uuid) FROM {table}")
+
+    (count, distinct), = asyncio.run(query())
+    return int(count), int(distinct)
+
+
+def test_worker_spools_drained_one_after_the_other_store_every_event_once(
+    open_table: tuple[WriterFactory, str], tmp_path: Path
+) -> None:
+    fill_workers(tmp_path)
+    for worker in range(WORKERS):
+        drain(open_table, lambda w=worker: SpoolSource(tmp_path / "spool" / f"worker-{w}"), tmp_path / "dlq")
+    assert counts(open_table) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
+
+
+def test_data_dir_source_stores_every_event_once_across_a_crash(
+    open_table: tuple[WriterFactory, str], tmp_path: Path
+) -> None:
+    fill_workers(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        drain(open_table, lambda: Crashing(DataDirSource(tmp_path)), tmp_path / "dlq", rows=37)
+    stored, _ = counts(open_table)
+    assert stored > 0 and not list(tmp_path.glob("spool/*/cursor-sink.json"))  # the restart re-reads them
+    drain(open_table, lambda: DataDirSource(tmp_path), tmp_path / "dlq", rows=45)
+    assert counts(open_table) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
+    drain(open_table, lambda: DataDirSource(tmp_path), tmp_path / "dlq")  # cursors committed: nothing new
+    assert counts(open_table) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
