@@ -144,7 +144,7 @@ class SpoolSource:
     def __init__(self, directory: str | Path, name: str = "sink", keyring: Keyring | None = None) -> None:
         self._directory = Path(directory)
         self._name = name
-        self._keyring = keyring  # None: the process's keyring (from the environment)
+        self._keyring = keyring  # None: no keys, an encrypted segment raises SpoolKeyError
         self._reader: SpoolReader | None = None
         self._position: SpoolPosition | None = None
         self._paused = False
