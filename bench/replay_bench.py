@@ -55,14 +55,14 @@ async def baseline(settings: ServeSettings, records: list[Record]) -> float:
 
 async def replay(settings: ServeSettings, records: list[Record], directory: Path) -> float:
     """Records/s from a full spool to Kafka through KafkaSink's replayer (reading, producing, committing)."""
-    filler = SpoolSink.at(directory, fsync="never", fsync_window_ms=0, max_bytes=8 << 30)
+    filler = SpoolSink.at(directory, fsync="never", fsync_window_ms=0, max_bytes=8 << 30, keyring=None)
     await filler.start()
     for start in range(0, len(records), BATCH):
         await filler.deliver(records[start : start + BATCH])
     await filler.close()
 
     sink = KafkaSink(producer(settings), SpoolSink.at(directory, fsync="batch", fsync_window_ms=2,
-                                                      max_bytes=8 << 30),
+                                                      max_bytes=8 << 30, keyring=None),
                      ack_timeout=10, max_record_bytes=1 << 20)
     started = time.perf_counter()
     await sink.start()

@@ -55,6 +55,12 @@ SPOOLED_RECORDS = Counter(
     "gateway_spooled_records", "Records written to the spool because Kafka was unavailable"
 )
 SPOOL_REPLAYED_RECORDS = Counter("gateway_spool_replayed_records", "Spooled records replayed into Kafka")
+SPOOL_ERRORS = Counter(
+    "gateway_spool_errors",
+    "Spool appends refused, each answered 503 + Retry-After, by spool kind (main, upstream) and reason: "
+    "full (--spool-max-bytes), no_space (disk full or quota), read_only, io_error, closed",
+    ["kind", "reason"],
+)
 # Spool disk usage and reader lag (gateway_spool_*) are read from disk at scrape time: gateway/spool/collector.py
 
 # Edge policy (gateway/edge)

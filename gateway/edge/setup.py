@@ -41,6 +41,33 @@ RELOADABLE = (
     "rate_limit_ip", "rate_limit_token", "allow_tokens", "drop_events", "cors_origins",
     "admin_allow_cidrs", "admin_token_file", "max_in_flight", "tls_cert", "tls_key",
 )
+TLS_FILES = ("tls_cert", "tls_key")
+SHARED_RATES = ("rate_limit_ip", "rate_limit_token")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadPlan:
+    """What a reload does: the settings to run with, and the changed ones that need a restart."""
+
+    settings: ServeSettings
+    restart: tuple[str, ...]
+
+
+def plan_reload(running: ServeSettings, new: ServeSettings) -> ReloadPlan:
+    """The RELOADABLE settings of `new` apply live, except:
+    - TLS switched on or off (a new listener): tls_cert/tls_key need a restart; a new certificate for a
+      running TLS listener applies live;
+    - rate limits shared through Redis (their windows are registered with the sync task) need a restart.
+    Every other setting keeps its running value (gateway/reload.py reports those as needing a restart)."""
+    settings = replace(running, **{name: getattr(new, name) for name in RELOADABLE})
+    restart: list[str] = []
+    if bool(running.tls_cert) != bool(new.tls_cert):
+        restart += [name for name in TLS_FILES if getattr(running, name) != getattr(new, name)]
+        settings = replace(settings, **{name: getattr(running, name) for name in TLS_FILES})
+    if not running.rate_limit_storage.startswith("memory://"):
+        restart += [name for name in SHARED_RATES if getattr(running, name) != getattr(new, name)]
+        settings = replace(settings, **{name: getattr(running, name) for name in SHARED_RATES})
+    return ReloadPlan(settings, tuple(restart))
 
 
 def route_methods(entries: Iterable[str], routes: Iterable[str]) -> dict[str, frozenset[str]]:
@@ -112,18 +139,16 @@ class Edge:
     def reload(self, settings: ServeSettings) -> list[str]:
         """Apply the RELOADABLE settings in place (SIGHUP), keeping connections and unchanged rate windows.
 
-        Returns the changed settings that still need a restart: rate limits shared through Redis stay,
-        their windows being registered with the sync task. Raises ConfigError, applying nothing, if a
-        value is invalid.
+        Returns the changed settings that still need a restart (`plan_reload`). Raises ConfigError,
+        applying nothing, if a value is invalid.
         """
         running = self.settings
-        pinned = replace(running, **{name: getattr(settings, name) for name in RELOADABLE})
-        fresh = Edge.from_settings(pinned, self.methods)
-        restart: list[str] = []
-        if (self.ssl_context is None) != (fresh.ssl_context is None):  # TLS on or off: a new listener
-            restart += ["tls_cert"]
-            pinned = replace(pinned, tls_cert=running.tls_cert, tls_key=running.tls_key)
-        elif self.ssl_context is not None and pinned.tls_cert is not None:
+        # Built from every new value (a certificate to switch TLS on included): an invalid one fails here.
+        fresh = Edge.from_settings(replace(running, **{name: getattr(settings, name) for name in RELOADABLE}),
+                                   self.methods)
+        plan = plan_reload(running, settings)
+        pinned = plan.settings
+        if self.ssl_context is not None and settings.tls_cert:  # TLS stays on
             # Always re-read (a renewed certificate usually keeps its file name); before anything else
             # is applied, so a failure leaves the running configuration whole.
             with _setting("tls_cert"):
@@ -133,9 +158,6 @@ class Edge:
             by_ip = _keep_unchanged(self.rate_limits.by_ip, fresh.rate_limits.by_ip)
             by_token = _keep_unchanged(self.rate_limits.by_token, fresh.rate_limits.by_token)
         else:
-            rates = ("rate_limit_ip", "rate_limit_token")
-            restart = [name for name in rates if getattr(running, name) != getattr(pinned, name)]
-            pinned = replace(pinned, **{name: getattr(running, name) for name in rates})
             by_ip, by_token = self.rate_limits.by_ip, self.rate_limits.by_token
         self.rate_limits.by_ip, self.rate_limits.by_token = by_ip, by_token
         for route, policy in list(self.policy.routes.items()):
@@ -146,7 +168,7 @@ class Edge:
         self.policy.admin = fresh.policy.admin
         self.policy.max_in_flight = fresh.policy.max_in_flight
         self.settings = pinned
-        return restart
+        return list(plan.restart)
 
     def serves(self, route: str) -> bool:
         return route in self.methods

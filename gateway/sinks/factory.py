@@ -20,18 +20,10 @@ from gateway.sinks.spool import SpoolSink
 from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
 from gateway.spool import layout
-from gateway.spool.crypto import Keyring, install, load_keyring
+from gateway.spool.crypto import Keyring, load_keyring
 
 # Headroom over the largest batch for the produce request's own framing.
 _REQUEST_OVERHEAD = 64 * 1024
-
-
-def spool_keyring(settings: ServeSettings) -> Keyring | None:
-    """The spool keys of the settings (file or environment), installed as this process's keyring so
-    every spool reader here (Kafka and upstream replay, adopted spools) opens encrypted segments."""
-    keyring = load_keyring(settings.spool_encryption_key_file)
-    install(keyring)
-    return keyring
 
 
 def spool_dir(settings: ServeSettings, worker: int, kind: str = layout.MAIN) -> Path:
@@ -86,21 +78,24 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
 def build_sink(settings: ServeSettings, worker: int) -> Sink:
     """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror)."""
     upstreams = Upstreams.from_settings(settings)
+    # Spool keys (file or environment): every spool writer and reader of this worker gets them from here.
+    keyring = load_keyring(settings.spool_encryption_key_file)
     if upstreams.api is None or settings.upstream_events_mode == "off":
-        return local_sink(settings, worker)
-    upstream = upstream_sink(settings, worker, upstreams.api)
+        return local_sink(settings, worker, keyring)
+    upstream = upstream_sink(settings, worker, upstreams.api, keyring)
     if settings.upstream_events_mode == "forward":
         return upstream
-    return TeeSink(local_sink(settings, worker), upstream)
+    return TeeSink(local_sink(settings, worker, keyring), upstream)
 
 
-def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSink:
+def upstream_sink(settings: ServeSettings, worker: int, api: URL, keyring: Keyring | None) -> UpstreamSink:
     spool = SpoolSink.at(
         spool_dir(settings, worker, layout.UPSTREAM),
         fsync=settings.fsync,
         fsync_window_ms=settings.fsync_window_ms,
         max_bytes=settings.spool_max_bytes,
-        keyring=spool_keyring(settings),
+        keyring=keyring,
+        kind=layout.UPSTREAM,
     )
     # No circuit breaker: the first failure already sends requests to the spool until replay catches up.
     client = UpstreamClient(connections=settings.upstream_connections, retries=settings.upstream_retries)
@@ -109,13 +104,14 @@ def upstream_sink(settings: ServeSettings, worker: int, api: URL) -> UpstreamSin
                         adopt=orphaned_spools(settings, worker, layout.UPSTREAM))
 
 
-def local_sink(settings: ServeSettings, worker: int) -> Sink:
+def local_sink(settings: ServeSettings, worker: int, keyring: Keyring | None) -> Sink:
     spool = SpoolSink.at(
         spool_dir(settings, worker),
         fsync=settings.fsync,
         fsync_window_ms=settings.fsync_window_ms,
         max_bytes=settings.spool_max_bytes,
-        keyring=spool_keyring(settings),
+        keyring=keyring,
+        kind=layout.MAIN,
     )
     if not settings.kafka_bootstrap_servers:
         return spool

@@ -94,6 +94,7 @@ class FailoverSink:
     ) -> None:
         self.remote = remote
         self.spool = spool
+        self.keyring = spool.spool.keyring  # the replayers read with the keys the spool writes with
         self.name = name  # in logs, readiness and the spool cursor's name
         self.ack_timeout = ack_timeout
         self.metrics = metrics
@@ -151,7 +152,7 @@ class FailoverSink:
     async def _replay_forever(self, directory: Path, own: bool) -> None:
         """Drain `directory` into the remote; for our own spool also decide when to go back to DIRECT."""
         try:
-            reader = await asyncio.to_thread(SpoolReader, directory, self.name)
+            reader = await asyncio.to_thread(SpoolReader, directory, self.name, self.keyring)
         except SpoolLocked:
             log.info("spool %s is replayed by another process", directory)
             return
@@ -163,6 +164,10 @@ class FailoverSink:
                 except SpoolKeyError as exc:  # loud, and the records stay on disk: restart with the key
                     log.error("cannot replay spool %s to %s: %s", directory, self.name, exc)
                     await self._sleep(KEY_ERROR_RETRY_SECONDS)
+                    continue
+                except OSError as exc:  # e.g. EIO: the records stay on disk, try again
+                    log.error("cannot read spool %s for %s: %s", directory, self.name, exc)
+                    await self._sleep(MAX_BACKOFF_SECONDS)
                     continue
                 if batch.records:
                     try:
@@ -178,7 +183,13 @@ class FailoverSink:
                         reader = await asyncio.to_thread(_rewind, reader)
                         continue
                     backoff = 0.5
-                    await asyncio.to_thread(reader.commit, batch)
+                    try:
+                        await asyncio.to_thread(reader.commit, batch)
+                    except OSError as exc:  # e.g. disk full: the batch is replayed again (at least once)
+                        log.error("cannot commit the %s cursor of spool %s: %s", self.name, directory, exc)
+                        await self._sleep(MAX_BACKOFF_SECONDS)
+                        reader = await asyncio.to_thread(_rewind, reader)
+                        continue
                     if own:
                         await self.spool.spool.remeasure()
                     self.metrics.replayed.inc(len(batch.records))
@@ -228,12 +239,11 @@ class FailoverSink:
         return Readiness(ready=True, degraded=False, detail=self.name)
 
     def _has_backlog(self, directory: Path) -> bool:
-        with SpoolReader(directory, self.name) as reader:
+        with SpoolReader(directory, self.name, self.keyring) as reader:
             return reader.lag() > 0
 
 
 def _rewind(reader: SpoolReader) -> SpoolReader:
     """Re-open the reader at its committed cursor so a failed batch is read again."""
-    directory, name = reader.directory, reader.name
     reader.close()
-    return SpoolReader(directory, name)
+    return SpoolReader(reader.directory, reader.name, reader.keyring)

@@ -1,17 +1,30 @@
-"""The embedded default sink: records are acknowledged once they are durable in the local spool."""
+"""The embedded default sink: records are acknowledged once they are durable in the local spool.
+
+Every spool failure (full, disk full, I/O error, closing) is a 503 + Retry-After, counted by spool
+kind and reason in gateway_spool_errors_total: the client retries, nothing is acknowledged.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway import metrics
 from gateway.capture.errors import ServiceUnavailable
 from gateway.capture.record import Record
 from gateway.sinks.base import Readiness
-from gateway.spool import FsyncPolicy, Spool, SpoolFull
+from gateway.spool import FsyncPolicy, Spool, SpoolError, layout
 from gateway.spool.crypto import Keyring
 
-SPOOL_FULL_RETRY_AFTER = 30
+# Browsers (posthog-js) and posthog-python honour Retry-After up to 30 s.
+SPOOL_RETRY_AFTER = 30
+# What the client is told, by SpoolError.reason (never the path or the OS message).
+_MESSAGES = {
+    "full": "local spool is full",
+    "no_space": "local spool: no space left on the device",
+    "read_only": "local spool: the file system is read-only",
+    "closed": "local spool is closed (shutting down)",
+}
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
 # Several segments per spool, so replayed ones can be deleted while the newest one is still active.
 SEGMENTS_PER_SPOOL = 8
@@ -20,17 +33,19 @@ READY_HEADROOM = 0.05
 
 
 class SpoolSink:
-    def __init__(self, spool: Spool) -> None:
+    def __init__(self, spool: Spool, kind: str = layout.MAIN) -> None:
         self.spool = spool
+        self.kind = kind  # gateway/spool/layout.py: main or upstream
 
     @classmethod
     def at(
-        cls, directory: Path, *, fsync: str, fsync_window_ms: float, max_bytes: int, keyring: Keyring | None = None
+        cls, directory: Path, *, fsync: str, fsync_window_ms: float, max_bytes: int, keyring: Keyring | None,
+        kind: str = layout.MAIN,
     ) -> SpoolSink:
         segment_bytes = min(MAX_SEGMENT_BYTES, max_bytes // SEGMENTS_PER_SPOOL)
         spool = Spool(directory, fsync=FsyncPolicy(fsync), fsync_window_ms=fsync_window_ms, max_bytes=max_bytes,
                       segment_bytes=segment_bytes, keyring=keyring)
-        return cls(spool)
+        return cls(spool, kind)
 
     async def start(self) -> None:
         await self.spool.open()
@@ -38,8 +53,10 @@ class SpoolSink:
     async def deliver(self, records: Sequence[Record]) -> None:
         try:
             await self.spool.append(records)
-        except SpoolFull as exc:
-            raise ServiceUnavailable("local spool is full", retry_after=SPOOL_FULL_RETRY_AFTER) from exc
+        except SpoolError as exc:
+            metrics.SPOOL_ERRORS.labels(self.kind, exc.reason).inc()
+            message = _MESSAGES.get(exc.reason, "local spool: write failed")
+            raise ServiceUnavailable(message, retry_after=SPOOL_RETRY_AFTER) from exc
 
     async def close(self) -> None:
         await self.spool.close()

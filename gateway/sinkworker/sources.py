@@ -181,7 +181,7 @@ class SpoolSource:
         self._directory = Path(directory)
         self.spool = spool or identify(self._directory) or SpoolId(MAIN, 0)
         self._name = name
-        self._keyring = keyring  # None: the process's keyring (from the environment)
+        self._keyring = keyring  # None: no keys, an encrypted segment raises SpoolKeyError
         self._reader: SpoolReader | None = None
         self._position: SpoolPosition | None = None
         self._paused = False

@@ -156,28 +156,8 @@ def load_keyring(key_file: Path | None = None, environ: Mapping[str, str] | None
     return None
 
 
-# The process's keyring, for readers that are not handed one: loaded from the environment on first
-# use, or set once at startup from the settings (`install`).
-_UNSET = object()
-_active: object = _UNSET
-
-
-def install(keyring: Keyring | None) -> None:
-    """Make `keyring` the one every spool reader and writer of this process uses by default."""
-    global _active
-    _active = keyring
-
-
-def active_keyring() -> Keyring | None:
-    global _active
-    if _active is _UNSET:
-        _active = load_keyring()
-    return _active  # type: ignore[return-value]
-
-
-def key_for(key_id: int, where: str, keyring: Keyring | None = None) -> SpoolKey:
-    """The key that opens data recorded with `key_id` (SpoolKeyError if there is none)."""
-    keyring = keyring or active_keyring()
+def key_for(key_id: int, where: str, keyring: Keyring | None) -> SpoolKey:
+    """The key of `keyring` that opens data recorded with `key_id` (SpoolKeyError if there is none)."""
     if keyring is None:
         raise SpoolKeyError(f"{where} is encrypted (key id {key_id:08x}) but no spool encryption keys are "
                             f"configured: use --spool-encryption-key-file or {ENV_KEYS}")

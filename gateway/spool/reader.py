@@ -9,6 +9,7 @@ before it is still delivered.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -153,10 +154,15 @@ def write_cursor(directory: Path, name: str, segment: int, offset: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
-        os.write(fd, json.dumps({"segment": segment, "offset": offset}).encode())
+        data = json.dumps({"segment": segment, "offset": offset}).encode()
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, "short write")
         os.fsync(fd)
-    finally:
+    except BaseException:  # e.g. disk full: the committed cursor stays as it was
         os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
     os.rename(tmp, path)
     fsync_directory(directory)
 
@@ -210,7 +216,7 @@ class SpoolReader:
             raise ValueError(f"invalid reader name {name!r}: use up to 64 of [A-Za-z0-9_.-]")
         self.directory = Path(directory)
         self.name = name
-        self.keyring = keyring  # None: the process's keyring (crypto.active_keyring)
+        self.keyring = keyring  # None: no keys, an encrypted segment raises SpoolKeyError
         if not self.directory.is_dir():
             raise SpoolError(f"spool directory {self.directory} does not exist")
         self._lock = FileLock(self.directory / f"{CURSOR_PREFIX}{name}.lock")

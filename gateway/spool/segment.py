@@ -87,8 +87,8 @@ def scan_segment(
 
     `max_bytes` counts frame bytes and is checked after each frame, so one frame is always returned
     even when it alone is larger. With `decode=False` frames are only validated and counted.
-    Decoding an encrypted segment needs its key (from `keyring`, else the process's keyring): a
-    missing or wrong key raises SpoolKeyError; validating and counting need no key.
+    Decoding an encrypted segment needs its key in `keyring`: a missing or wrong key raises
+    SpoolKeyError; validating and counting need no key.
     """
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed below, on every path

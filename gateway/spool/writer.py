@@ -95,8 +95,9 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
         self._window_s = fsync_window_ms / 1000
-        # Encryption at rest (crypto.py): new segments are sealed with the newest key.
-        self._keyring = keyring
+        # Encryption at rest (crypto.py): new segments are sealed with the newest key; the keyring
+        # is also what this spool's readers need (`keyring`).
+        self.keyring = keyring
         self._key = None if keyring is None else keyring.newest
         self._lock = FileLock(self.directory / WRITE_LOCK)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,7 +217,10 @@ class Spool:
         assert loop is not None and self._executor is not None
         if loop.time() - self._measured_at >= _MEASURE_INTERVAL_S:
             self._measured_at = loop.time()
-            await loop.run_in_executor(self._executor, self._measure)
+            try:
+                await loop.run_in_executor(self._executor, self._measure)
+            except OSError as exc:
+                raise SpoolWriteError(f"spool {self.directory}: cannot measure: {exc}", exc.errno) from exc
         if self.used_bytes + size > self.max_bytes:
             self._full_rejections += 1
             raise SpoolFull(f"spool {self.directory} is full ({self.used_bytes} of {self.max_bytes} bytes)")
@@ -253,7 +257,7 @@ class Spool:
                 self._inflight_records,
                 exc,
             )
-            group.set_exception(SpoolWriteError(f"spool write failed: {exc}"))
+            group.set_exception(SpoolWriteError(f"spool write failed: {exc}", getattr(exc, "errno", None)))
         else:
             self._flushes += 1
             self._records_written += self._inflight_records
@@ -289,7 +293,7 @@ class Spool:
             except FileNotFoundError:
                 continue
             if key_id:
-                key_for(key_id, f"spool segment {self.directory / segment_name(number)}", self._keyring)
+                key_for(key_id, f"spool segment {self.directory / segment_name(number)}", self.keyring)
 
     def _recover(self, number: int) -> None:
         """Truncate a torn tail of the newest segment; set a segment with a bad header aside."""
@@ -332,14 +336,16 @@ class Spool:
             _pwrite_all(fd, segment_header(0 if self._key is None else self._key.key_id), 0)
             os.fsync(fd)
             os.rename(tmp, path)
-            fsync_directory(self.directory)
-        except BaseException:
+        except BaseException:  # e.g. disk full: the active segment stays; the next write tries again
             os.close(fd)
+            tmp.unlink(missing_ok=True)
             raise
-        self._fsyncs += 2
+        # Switch at once: once the new segment exists, readers take the previous one as sealed.
         if self._fd >= 0:
             os.close(self._fd)
         self._fd, self._segment, self._segment_size = fd, number, HEADER_SIZE
+        self._fsyncs += 2
+        fsync_directory(self.directory)
 
     def _measure(self) -> None:
         """Re-read the size of every segment: readers may have deleted consumed ones."""
@@ -358,6 +364,9 @@ class Spool:
         try:
             _pwrite_all(self._fd, data, start)
             if self.fsync is not FsyncPolicy.NEVER:
+                # A failed fdatasync (ENOSPC at delayed allocation, EIO) is never retried: Linux may
+                # mark the failed pages clean, so a retry could "succeed" without the data. The group
+                # is cut off instead and its appends fail; earlier groups were synced before.
                 os.fdatasync(self._fd)
                 self._fsyncs += 1
         except OSError:

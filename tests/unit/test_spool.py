@@ -249,6 +249,65 @@ def test_write_error_fails_the_appends_and_leaves_no_partial_frame(
     assert seqs(read_all(tmp_path)) == [0, 3]
 
 
+@pytest.mark.parametrize(("os_errno", "reason"), [(errno.EIO, "io_error"), (errno.ENOSPC, "no_space"),
+                                                (errno.EDQUOT, "no_space"), (errno.EROFS, "read_only")])
+def test_failed_fsync_acknowledges_nothing_and_is_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, os_errno: int, reason: str
+) -> None:
+    real_fdatasync = os.fdatasync
+    failures = {"left": 0}
+
+    def failing_fdatasync(fd: int) -> None:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(os_errno, os.strerror(os_errno))
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+
+    async def scenario() -> None:
+        spool = Spool(tmp_path, fsync=FsyncPolicy.ALWAYS)
+        await spool.open()
+        await spool.append([rec(0)])
+        failures["left"] = 1
+        with pytest.raises(SpoolWriteError) as failed:
+            await spool.append([rec(1), rec(2)])
+        assert failed.value.reason == reason
+        await spool.append([rec(3)])  # the next group is written where the failed one was cut off
+        await spool.close()
+
+    asyncio.run(scenario())
+    assert seqs(read_all(tmp_path)) == [0, 3]
+
+
+def test_failed_segment_roll_leaves_the_spool_usable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    frame = len(encode_record(rec(0)))
+    real_pwrite = os.pwrite
+    failures = {"left": 0}
+
+    def enospc_on_segment_header(fd: int, data: bytes, offset: int) -> int:
+        if failures["left"] and offset == 0:  # the new segment file exists, its header does not fit
+            failures["left"] -= 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", enospc_on_segment_header)
+
+    async def scenario() -> None:
+        spool = Spool(tmp_path, segment_bytes=2 * frame + HEADER_SIZE, max_bytes=100 * frame)
+        await spool.open()
+        await spool.append([rec(0), rec(1)])  # the first segment is full
+        failures["left"] = 1
+        with pytest.raises(SpoolWriteError, match="No space"):
+            await spool.append([rec(2)])
+        assert not list(tmp_path.glob("*.tmp"))
+        await spool.append([rec(3)])
+        await spool.close()
+
+    asyncio.run(scenario())
+    assert seqs(read_all(tmp_path)) == [0, 1, 3]
+
+
 def test_writer_lock_is_exclusive_and_observable(tmp_path: Path) -> None:
     async def scenario() -> None:
         first = Spool(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -50,12 +50,6 @@ def on_disk(directory: Path) -> bytes:
 def numbers(records: Sequence[Record]) -> list[int]:
     return [int(r.key or b"-1") for r in records]
 
-
-@pytest.fixture(autouse=True)
-def no_process_keyring() -> Iterator[None]:
-    crypto.install(None)
-    yield
-    crypto._active = crypto._UNSET
 
 
 def test_no_plaintext_on_disk_and_round_trip(tmp_path: Path) -> None:
@@ -122,10 +116,12 @@ def test_plaintext_segments_stay_readable_after_turning_encryption_on(tmp_path: 
     assert numbers(list(iter_records(tmp_path, keyring=keyring(KEY_A)))) == [0, 1]
 
 
-def test_process_keyring_serves_readers_without_one(tmp_path: Path) -> None:
+def test_a_reader_uses_only_the_keyring_it_is_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(write(tmp_path, [[rec(n) for n in range(4)]], keyring(KEY_A)))
-    crypto.install(keyring(KEY_A))
-    with SpoolReader(tmp_path, "kafka") as reader:
+    monkeypatch.setenv(crypto.ENV_KEYS, KEY_A.hex())  # no hidden process keyring picks these up
+    with SpoolReader(tmp_path, "kafka") as reader, pytest.raises(SpoolKeyError, match="no spool encryption keys"):
+        reader.read_batch()
+    with SpoolReader(tmp_path, "kafka", keyring(KEY_A)) as reader:
         assert numbers(reader.read_batch().records) == [0, 1, 2, 3]
 
 
