@@ -8,11 +8,11 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from gateway.settings import SinkSettings
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rows import IpMode, RowEncoder
 from gateway.sinkworker.schema import events_table_ddl, table_name
-from gateway.sinkworker.settings import SinkSettings
 from gateway.sinkworker.sources import KafkaSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
     """Run until `stop`; exit status 0 when everything consumed was stored and committed."""
-    writer = await open_writer(settings.clickhouse, settings.max_in_flight, settings.compression)
+    writer = await open_writer(settings.clickhouse, settings.insert_concurrency, settings.compression)
     try:
         if settings.retention_days and not writer.caps.ttl:
             log.warning("server %s has no table TTL: --retention-days ignored", writer.caps.version)
@@ -45,9 +45,9 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
         config = WorkerConfig(
             table=table_name(settings.database, settings.table),
             policy=FlushPolicy(settings.batch_rows, settings.batch_bytes, settings.batch_age_ms / 1000),
-            max_in_flight=min(settings.max_in_flight, writer.max_in_flight),
+            max_in_flight=min(settings.insert_concurrency, writer.max_in_flight),
             fetch_max_records=settings.fetch_max_records,
-            shutdown_timeout_s=settings.shutdown_timeout_s,
+            shutdown_timeout_s=settings.shutdown_timeout,
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
         try:
