@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from gateway.settings import COMMANDS, ServeSettings, add_arguments, add_config_argument, load
+from gateway.settings import ServeSettings, add_arguments, add_config_argument, load
 from gateway.settings.check import effective_config
 from gateway.settings.fields import check_env
 
@@ -28,7 +28,7 @@ def config_command(args: argparse.Namespace) -> int:
     from gateway.app import check_components
     from gateway.reload import RELOADABLE
 
-    check_env(os.environ, COMMANDS)
+    check_env(os.environ)
     settings = check_components(load(ServeSettings, args))
     print(effective_config(settings, args, os.environ, RELOADABLE))
     return 0

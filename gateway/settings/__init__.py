@@ -14,10 +14,7 @@ from gateway.settings.fields import (
 from gateway.settings.serve import ServeSettings
 from gateway.settings.sink import SinkSettings
 
-COMMANDS = (ServeSettings, SinkSettings)  # every command's settings: a GATEWAY_* name outside them is a typo
-
 __all__ = [
-    "COMMANDS",
     "ConfigError",
     "ServeSettings",
     "SinkSettings",

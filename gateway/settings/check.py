@@ -21,6 +21,7 @@ def effective_config(
 ) -> str:
     path = config_path(args, environ)
     from_file = read_config_file(path, type(settings)) if path else {}
+    shown = redacted(settings)
     lines = [f"# effective configuration (flags > env > {path or 'no config file'} > defaults)"]
     for f in fields(settings):
         value = getattr(settings, f.name)
@@ -37,13 +38,22 @@ def effective_config(
         note = f"# {source}{', SIGHUP' if f.name in reloadable else ''}"
         if value is None:
             lines.append(f"# {f.name} is unset  {note}")
-            continue
+        else:
+            lines.append(f"{f.name} = {toml_value(shown[f.name])}  {note}")
+    return "\n".join(lines)
+
+
+def redacted(settings: Any) -> dict[str, Any]:
+    """Every setting's value, fit to print or log: secrets and URL passwords redacted."""
+    values = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
         if f.metadata.get("secret") and value:
             value = REDACTED
         elif f.metadata.get("url") and value:
             value = redact_password(value)
-        lines.append(f"{f.name} = {toml_value(value)}  {note}")
-    return "\n".join(lines)
+        values[f.name] = value
+    return values
 
 
 def redact_password(url: str) -> str:

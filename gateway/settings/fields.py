@@ -36,6 +36,8 @@ NOT_SETTINGS = frozenset({
     "GATEWAY_CONFORMANCE_DUMP", "GATEWAY_REQUIRE_SHARED",  # test suite only
 })
 _UNSHOWN = object()
+# Every command's settings class (see `command_settings`): one env file or TOML file can serve them all.
+COMMANDS: list[type] = []
 
 log = logging.getLogger("gateway.settings")
 
@@ -50,6 +52,12 @@ class ConfigError(StartupError, ValueError):
         if self.value is _UNSHOWN:
             return f"{self.what}: {self.why}"
         return f"{self.what} ({self.value}): {self.why}"
+
+
+def command_settings(settings_class: type) -> type:
+    """Register a command's settings: their names are known to every command's env and file checks."""
+    COMMANDS.append(settings_class)
+    return settings_class
 
 
 def size(text: str) -> int:
@@ -232,11 +240,14 @@ def read_config_file(path: Path, settings_class: type) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError("config file", f"invalid TOML: {exc}", value=path) from exc
     known = {f.name: f for f in fields(settings_class)}
+    elsewhere = {f.name for command in COMMANDS for f in fields(command)}  # another command's: skipped
     values = {}
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in known:
-            raise ConfigError("config file", f"unknown key {key!r}{_did_you_mean(name, known)}", value=path)
+            if name in elsewhere:
+                continue
+            raise ConfigError("config file", f"unknown key {key!r}{_did_you_mean(name, elsewhere)}", value=path)
         try:
             values[name] = _from_toml(known[name], value)
         except ConfigError as exc:
@@ -262,24 +273,24 @@ def _did_you_mean(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def unknown_env(environ: Mapping[str, str], settings_classes: Iterable[type]) -> list[str]:
+def unknown_env(environ: Mapping[str, str]) -> list[str]:
     """One message per `GATEWAY_*` variable that no command reads, with the closest known name."""
     known = set(NOT_SETTINGS)
-    for settings_class in settings_classes:
+    for settings_class in COMMANDS:
         known |= {env_name(f.name) for f in fields(settings_class)}
     return [f"{name}: unknown environment variable, ignored{_did_you_mean(name, known)}"
             for name in sorted(environ) if name.startswith(ENV_PREFIX) and name not in known]
 
 
-def check_env(environ: Mapping[str, str], settings_classes: Iterable[type]) -> None:
+def check_env(environ: Mapping[str, str]) -> None:
     """`config check`: an unknown `GATEWAY_*` variable is an error."""
-    problems = unknown_env(environ, settings_classes)
+    problems = unknown_env(environ)
     if problems:
         name, _, why = problems[0].partition(": ")
         raise ConfigError(name, why.replace(", ignored", ""))
 
 
-def warn_unknown_env(environ: Mapping[str, str], settings_classes: Iterable[type]) -> None:
+def warn_unknown_env(environ: Mapping[str, str]) -> None:
     """At start-up: one warning line per unknown `GATEWAY_*` variable."""
-    for problem in unknown_env(environ, settings_classes):
+    for problem in unknown_env(environ):
         log.warning(problem)

@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.settings import shared
-from gateway.settings.fields import ConfigError, GiB, MiB, choice, shown_value, size
+from gateway.settings.fields import ConfigError, GiB, MiB, choice, command_settings, shown_value, size
 
 DEFAULT_IP_RATE = "200/2seconds"  # 100 requests/s with bursts of 200
 DEFAULT_IP_RATES = {"flags": "100/2seconds"}  # per route family, where it differs
 
 
+@command_settings
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})

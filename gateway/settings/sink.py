@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gateway.settings import shared
-from gateway.settings.fields import ConfigError, MiB, choice, size
+from gateway.settings.fields import ConfigError, MiB, choice, command_settings, size
 
 # PostHog's own dead-letter topic name.
 DEFAULT_DLQ_TOPIC = "events_plugin_ingestion_dlq"
@@ -20,6 +20,7 @@ DEFAULT_TOPICS = (
 DEFAULT_CLICKHOUSE = "chdb://gateway-data/chdb"
 
 
+@command_settings
 @dataclass(frozen=True, slots=True)
 class SinkSettings:
     clickhouse: str = field(default=DEFAULT_CLICKHOUSE, metadata={

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import signal
 
 import uvloop
 
-from gateway.settings import COMMANDS, ConfigError, SinkSettings, add_arguments, add_config_argument, load
-from gateway.settings.check import effective_config
+from gateway.settings import ConfigError, SinkSettings, add_arguments, add_config_argument, load
+from gateway.settings.check import effective_config, redacted
 from gateway.settings.fields import check_env, warn_unknown_env
+
+log = logging.getLogger("gateway.sink")
 
 
 def add_sink_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -29,7 +32,7 @@ def sink_command(args: argparse.Namespace) -> int:
     """`gateway sink [--check]`; a bad setting raises ConfigError (printed as one line, exit 2)."""
     settings = check_components(load(SinkSettings, args))
     if args.check:
-        check_env(os.environ, COMMANDS)
+        check_env(os.environ)
         print(effective_config(settings, args, os.environ))
         return 0
     return run_sink(settings)
@@ -56,7 +59,8 @@ def run_sink(settings: SinkSettings) -> int:
     from gateway.logs import configure_logging  # with prometheus_client: not at CLI parser build
 
     configure_logging(settings.log_level, settings.log_format)
-    warn_unknown_env(os.environ, COMMANDS)
+    warn_unknown_env(os.environ)
+    log.debug("sink settings", extra={"settings": redacted(settings)})
 
     async def main() -> int:
         stop = asyncio.Event()
