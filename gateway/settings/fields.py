@@ -102,7 +102,17 @@ def shown_default(f: Field) -> str:
         return "true" if default else "false"
     if isinstance(default, tuple):
         return ",".join(map(str, default))
+    if f.metadata.get("parse") is size:
+        return size_text(default)
     return str(default)
+
+
+def size_text(value: int) -> str:
+    """4294967296 → 4G: a size as `size` reads it."""
+    for suffix, factor in (("G", GiB), ("M", MiB), ("K", 1024)):
+        if value and value % factor == 0:
+            return f"{value // factor}{suffix}"
+    return str(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None:

@@ -40,6 +40,8 @@ def test_help_shows_effective_defaults() -> None:
     serve, sink = help_of(sub_parser("serve")), help_of(sub_parser("sink"))
     assert "default: None" not in serve and "default: None" not in sink
     assert "(env GATEWAY_PORT; default: 8000)" in serve
+    assert "(env GATEWAY_SPOOL_MAX_BYTES; default: 4G)" in serve
+    assert "(env GATEWAY_MAX_HEADER_BYTES; default: 8190)" in serve
     assert "(env GATEWAY_RATE_LIMIT_IP; default: 200/2seconds, flags=100/2seconds)" in serve
     assert "(env GATEWAY_ADMIN_ALLOW_CIDRS; default: 127.0.0.0/8,::1/128)" in serve
     assert "(env GATEWAY_INSERT_CONCURRENCY; default: 2)" in sink
