@@ -17,7 +17,7 @@ import uvloop
 from aiokafka import AIOKafkaProducer
 
 from gateway.capture.record import Record
-from gateway.config import ServeSettings
+from gateway.settings import ServeSettings
 from gateway.sinks.factory import producer_config
 from gateway.sinks.failover import Mode
 from gateway.sinks.kafka import KafkaSink

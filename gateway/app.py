@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -10,8 +11,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
-from gateway.config import ServeSettings
-from gateway.edge.setup import Edge
+from gateway.edge.setup import Edge, read_secret
 from gateway.lifecycle import Drain
 from gateway.logs import request_context
 from gateway.metrics_export import GaugeSampler, MetricsExporter
@@ -21,9 +21,11 @@ from gateway.proxy.routes import PROXY_FAMILIES, Proxy
 from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_handler, readiness_handler
+from gateway.settings import ConfigError, ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.factory import topics_from
 from gateway.spool.collector import SpoolCollector
+from gateway.spool.crypto import SpoolKeyError, load_keyring
 
 SINK_KEY = web.AppKey("sink", Sink)
 EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)
@@ -44,6 +46,32 @@ def route_families(settings: ServeSettings) -> list[str]:
     if Upstreams.from_settings(settings).enabled:
         names += PROXY_FAMILIES
     return names
+
+
+def check_components(settings: ServeSettings) -> ServeSettings:
+    """Check what only building the components can: rate notation, CIDRs, TLS and key files, privacy
+    patterns, upstream URLs. Run by `gateway serve` at start and on SIGHUP, and by `config check`."""
+    settings.validate()
+    try:
+        load_keyring(settings.spool_encryption_key_file)
+    except SpoolKeyError as exc:
+        raise ConfigError("spool_encryption_key_file", str(exc), value=settings.spool_encryption_key_file) from exc
+    try:
+        Upstreams.from_settings(settings)
+    except ValueError as exc:
+        raise ConfigError("upstream", str(exc)) from exc
+    Edge.from_settings(settings, route_families(settings))  # raises ConfigError naming the setting
+    if settings.flags_personal_api_key_file is not None:
+        try:
+            read_secret(settings.flags_personal_api_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("flags_personal_api_key_file", str(exc),
+                              value=settings.flags_personal_api_key_file) from exc
+    try:
+        PrivacyPolicy.from_settings(settings)
+    except (ValueError, re.error) as exc:
+        raise ConfigError("privacy", str(exc)) from exc
+    return settings
 
 
 def utc_now() -> datetime:

@@ -6,29 +6,44 @@ import argparse
 import contextlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import orjson
 
 from gateway.check import add_check_command
-from gateway.config import ConfigError, ServeSettings, add_arguments
 from gateway.config_check import add_config_command
-from gateway.config_file import add_config_argument, load_settings, requested_workers
+from gateway.core.startup import StartupError
 from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.arguments import add_gdpr_command
 from gateway.metrics_multiproc import multiprocess_metrics
+from gateway.settings import ServeSettings, add_arguments, add_config_argument, load
+from gateway.settings.fields import requested
 from gateway.sinkworker.cli import add_sink_arguments
 from gateway.spool.layout import KINDS
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line, `gateway: error: <why>`, exit 2, like every configuration error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"gateway: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:  # name the sub-command whose flags these are not
+            command = " ".join(filter(None, (self.prog, getattr(parsed, "command", None))))
+            self.exit(2, f"gateway: error: unrecognized arguments: {' '.join(extras)} (see {command} --help)\n")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description="PostHog-compatible ingestion gateway")
+    parser = Parser(prog="gateway", description="PostHog-compatible ingestion gateway")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser(
-        "serve", help="run the capture gateway", formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
+    serve = commands.add_parser("serve", help="run the capture gateway")
     add_config_argument(serve)
     add_arguments(serve, ServeSettings)
 
@@ -71,25 +86,43 @@ def build_parser() -> argparse.ArgumentParser:
     add_sink_arguments(commands.add_parser("sink", help="move events from Kafka or a spool into ClickHouse"))
     add_config_command(commands)
     add_check_command(commands)
+    forbid_abbreviations(parser)
     return parser
+
+
+def forbid_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """`--kafka-boot` must be an error, not a silent `--kafka-bootstrap-servers`, on every sub-command."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                forbid_abbreviations(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if args.command == "serve":
-        try:
-            # One worker keeps prometheus-client's plain in-memory values (several times cheaper per
-            # update); more need multiprocess mode, chosen before validation imports the library.
-            multi_worker = requested_workers(args) > 1
-            with multiprocess_metrics() if multi_worker else contextlib.nullcontext():
-                settings = load_settings(args)
-                from gateway.serve import serve
+    try:
+        return run_command(args)
+    except StartupError as exc:  # ConfigError included; serve() reports reload errors itself
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        print(exc.line(), file=sys.stderr)
+        return exc.exit_code
 
-                return serve(settings, lambda: load_settings(args))
-        except ConfigError as exc:  # raised only while loading: serve() reports reload errors itself
-            print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+
+def run_command(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        # One worker keeps prometheus-client's plain in-memory values (several times cheaper per
+        # update); more need multiprocess mode, chosen before the components import the library.
+        multi_worker = requested(ServeSettings, args, "workers") > 1
+        with multiprocess_metrics() if multi_worker else contextlib.nullcontext():
+            from gateway.app import check_components
+            from gateway.serve import serve
+
+            def load_checked() -> ServeSettings:
+                return check_components(load(ServeSettings, args))
+
+            return serve(load_checked(), load_checked)
     if args.command == "config":
         from gateway.config_check import config_command
 
@@ -111,9 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return gdpr_command(args)
     if args.command == "sink":
-        from gateway.sinkworker.cli import run_sink, settings_from_args
+        from gateway.sinkworker.cli import sink_command
 
-        return run_sink(settings_from_args(args))
+        return sink_command(args)
     return 2
 
 

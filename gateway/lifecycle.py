@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.config import ServeSettings
+from gateway.settings import ServeSettings
 from gateway.sinks.base import Readiness
 
 POLL_S = 0.05

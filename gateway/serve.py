@@ -13,11 +13,12 @@ from collections.abc import Callable
 import uvloop
 
 from gateway.app import DRAIN_KEY, EDGE_KEY, build_app
-from gateway.config import ServeSettings
 from gateway.lifecycle import runner_options, serve_until_signalled
 from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
 from gateway.reload import Reloader
+from gateway.settings import ServeSettings
+from gateway.settings.fields import warn_unknown_env
 from gateway.sinks.factory import build_sink
 
 log = logging.getLogger("gateway.serve")
@@ -58,6 +59,7 @@ def run_worker(settings: ServeSettings, worker: int, load: Loader | None = None)
 def serve(settings: ServeSettings, load: Loader | None = None) -> int:
     """Run the workers until they exit; returns the first non-zero worker exit code, else 0."""
     configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_env(os.environ)
     log.info("gateway listening on %s:%d with %d worker(s)", settings.host, settings.port, settings.workers)
     if settings.workers == 1:
         run_worker(settings, 0, load)

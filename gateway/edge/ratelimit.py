@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import limits
 
 OFF = "off"
-DEFAULT_IP_RATE = "200/2seconds"  # 100 requests/s with bursts of 200
-DEFAULT_IP_RATES = {"flags": "100/2seconds"}
 
 
 @dataclass(frozen=True, slots=True)

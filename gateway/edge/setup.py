@@ -18,17 +18,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.config import ConfigError, ServeSettings
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.headers import security_headers
 from gateway.edge.policy import EdgePolicy, Handler, RoutePolicy
-from gateway.edge.ratelimit import DEFAULT_IP_RATE, DEFAULT_IP_RATES, RateLimits, SlidingWindow, route_rates
+from gateway.edge.ratelimit import RateLimits, SlidingWindow, route_rates
 from gateway.edge.ratelimit_sync import RedisRateSync
 from gateway.edge.tls import reload_certificate, server_ssl_context
 from gateway.edge.tokens import TokenPolicy
+from gateway.settings import ConfigError, ServeSettings
+from gateway.settings.serve import DEFAULT_IP_RATE, DEFAULT_IP_RATES
 
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
 PROBE_METHODS = frozenset({"GET", "HEAD"})
@@ -99,7 +100,8 @@ class Edge:
         served = [name for name in route_names if name in settings.routes] if settings.routes else list(route_names)
         unknown = set(settings.routes) - set(route_names)
         if unknown:
-            raise ConfigError(f"routes: unknown route families {sorted(unknown)}")
+            raise ConfigError("routes", f"unknown route families {sorted(unknown)}; served: {list(route_names)}",
+                              value=",".join(settings.routes))
         with _setting("trusted_proxy_cidrs"):
             client_ip = ClientIpResolver(
                 settings.trusted_proxy_hops, settings.trusted_proxy_cidrs, settings.client_ip_header
@@ -111,7 +113,7 @@ class Edge:
             by_token = route_rates(settings.rate_limit_token, served, {})
         storage = settings.rate_limit_storage
         if not storage.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ConfigError("rate_limit_storage: expected memory:// or redis://host:port/db")
+            raise ConfigError("rate_limit_storage", "expected memory:// or redis://host:port/db", value=storage)
         with _setting("cors_origins"):
             cors = CorsPolicy(settings.cors_origins)
         with _setting("admin_token_file"):
@@ -253,4 +255,4 @@ def _setting(name: str):
     try:
         yield
     except (ValueError, OSError) as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
+        raise ConfigError(name, str(exc)) from exc

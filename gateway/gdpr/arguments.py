@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from gateway.sinkworker.settings import DEFAULT_CLICKHOUSE
+from gateway.settings.sink import DEFAULT_CLICKHOUSE
 
 DEFAULT_AUDIT_LOG = "gateway-data/audit/gdpr.jsonl"
 

@@ -18,11 +18,11 @@ from typing import Any
 from gateway import metrics
 from gateway.capture.events import RequestContext
 from gateway.capture.parse import ParsedRequest
-from gateway.config import ServeSettings
 from gateway.privacy.consent import ConsentMode, anonymise_event, opted_out
 from gateway.privacy.denylist import PropertyDenylist
 from gateway.privacy.ip import IpMode, minimise_ip, token_ip_modes
 from gateway.privacy.masking import ValueMasker
+from gateway.settings import ServeSettings
 
 RULES = (
     "ip_truncate", "ip_drop", "denylist", "mask_email", "mask_card", "mask_pattern",

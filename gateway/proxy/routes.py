@@ -19,7 +19,6 @@ from yarl import URL
 
 from gateway import metrics
 from gateway.capture.errors import CaptureError
-from gateway.config import ServeSettings
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
@@ -27,6 +26,7 @@ from gateway.proxy.circuit import CircuitOpen
 from gateway.proxy.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
 from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import error_response, read_body
+from gateway.settings import ServeSettings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")

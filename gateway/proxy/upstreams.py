@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-from gateway.config import ServeSettings
+from gateway.settings import ServeSettings
 
 CLOUD_API = "https://{region}.i.posthog.com"
 CLOUD_ASSETS = "https://{region}-assets.i.posthog.com"

@@ -10,9 +10,9 @@ from aiokafka.helpers import create_ssl_context
 from yarl import URL
 
 from gateway.capture.events import Topics
-from gateway.config import ServeSettings
 from gateway.proxy.client import UpstreamClient
 from gateway.proxy.upstreams import Upstreams
+from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.kafka_producer import ReconnectingProducer, java_partitioner

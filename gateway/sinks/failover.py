@@ -33,7 +33,7 @@ from gateway.capture.record import Record
 from gateway.sinks.base import Readiness
 from gateway.sinks.spool import SpoolSink
 from gateway.spool import SpoolLocked, SpoolReader
-from gateway.spool.crypto import SpoolKeyError
+from gateway.spool.crypto import Keyring, SpoolKeyError
 
 log = logging.getLogger("gateway.failover")
 
@@ -151,11 +151,18 @@ class FailoverSink:
 
     async def _replay_forever(self, directory: Path, own: bool) -> None:
         """Drain `directory` into the remote; for our own spool also decide when to go back to DIRECT."""
-        try:
-            reader = await asyncio.to_thread(SpoolReader, directory, self.name, self.keyring)
-        except SpoolLocked:
-            log.info("spool %s is replayed by another process", directory)
-            return
+        while True:
+            try:
+                reader = await _open_reader(directory, self.name, self.keyring)
+                break
+            except SpoolLocked:
+                log.info("spool %s is replayed by another process", directory)
+                return
+            except OSError as exc:  # e.g. disk full while writing the cursor lock: try again, never give up
+                log.error("cannot open spool %s for %s: %s", directory, self.name, exc)
+                await self._sleep(MAX_BACKOFF_SECONDS)
+                if self._closing:
+                    return
         backoff = 0.5
         try:
             while not self._closing:
@@ -247,3 +254,15 @@ def _rewind(reader: SpoolReader) -> SpoolReader:
     """Re-open the reader at its committed cursor so a failed batch is read again."""
     reader.close()
     return SpoolReader(reader.directory, reader.name, reader.keyring)
+
+
+async def _open_reader(directory: Path, name: str, keyring: Keyring | None) -> SpoolReader:
+    """Open a reader in a thread. Cancelled meanwhile (close()), the thread still finishes opening: close
+    that reader before giving up, or its cursor lock would stay held until garbage collection."""
+    opening = asyncio.ensure_future(asyncio.to_thread(SpoolReader, directory, name, keyring))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            (await opening).close()
+        raise

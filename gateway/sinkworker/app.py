@@ -9,11 +9,11 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from gateway.core.startup import CONFIG_EXIT, StartupError
+from gateway.settings import SinkSettings
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rows import IpMode, RowEncoder
 from gateway.sinkworker.schema import events_table_ddl, table_name
-from gateway.sinkworker.settings import SinkSettings
 from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
@@ -28,8 +28,9 @@ PROGRESS_INTERVAL_S = 10.0
 
 async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
     """Run until `stop`; exit status 0 when everything consumed was stored and committed."""
-    check_spool_settings(settings)
-    writer = await open_writer(settings.clickhouse, settings.max_in_flight, settings.compression)
+    if not settings.init_schema:
+        check_spool_settings(settings)
+    writer = await open_writer(settings.clickhouse, settings.insert_concurrency, settings.compression)
     try:
         if settings.retention_days and not writer.caps.ttl:
             log.warning("server %s has no table TTL: --retention-days ignored", writer.caps.version)
@@ -50,16 +51,16 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
         config = WorkerConfig(
             table=table_name(settings.database, settings.table),
             policy=FlushPolicy(settings.batch_rows, settings.batch_bytes, settings.batch_age_ms / 1000),
-            max_in_flight=min(settings.max_in_flight, writer.max_in_flight),
+            max_in_flight=min(settings.insert_concurrency, writer.max_in_flight),
             fetch_max_records=settings.fetch_max_records,
-            shutdown_timeout_s=settings.shutdown_timeout_s,
+            shutdown_timeout_s=settings.shutdown_timeout,
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
         progress = asyncio.create_task(_log_progress(worker, source))
         try:
             await worker.run(stop)
         except SpoolLocked as error:
-            raise StartupError("spool", settings.data_dir or settings.spool_dir, str(error)) from error
+            raise StartupError("spool", settings.spool_dir or settings.data_dir, str(error)) from error
         finally:
             progress.cancel()
             await dead_letters.close()
@@ -69,43 +70,34 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
 
 
 async def _source_and_dlq(settings: SinkSettings) -> tuple[Source, DeadLetters]:
-    """Spool mode: spool source, file DLQ unless Kafka is asked for; otherwise Kafka for both."""
-    dead_letters: DeadLetters
-    if settings.dlq_dir:
-        dead_letters = FileDeadLetters(settings.dlq_dir)
-    elif settings.data_dir:
-        dead_letters = FileDeadLetters(Path(settings.data_dir) / "sink-dlq")
-    elif settings.spool_dir:
-        spool = Path(settings.spool_dir)
-        dead_letters = FileDeadLetters(spool.with_name(spool.name + "-dlq"))
-    else:
-        dead_letters = await KafkaDeadLetters.start(settings.kafka_bootstrap_servers, settings.dlq_topic)
-    source: Source
+    """Kafka mode: Kafka source and DLQ topic; spool modes: a spool source and a file DLQ (or --dlq-dir)."""
     key_file = Path(settings.spool_encryption_key_file) if settings.spool_encryption_key_file else None
-    if settings.data_dir:
-        source = DataDirSource(settings.data_dir, settings.spool_reader_name, load_keyring(key_file))
-    elif settings.spool_dir:
+    source: Source
+    dead_letters: DeadLetters
+    if settings.spool_dir:
         source = SpoolSource(settings.spool_dir, settings.spool_reader_name, load_keyring(key_file))
-    else:
+        spool = Path(settings.spool_dir)
+        dead_letters = FileDeadLetters(settings.dlq_dir or spool.with_name(spool.name + "-dlq"))
+    elif settings.kafka_bootstrap_servers:
         source = KafkaSource.create(
             settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms
         )
+        if settings.dlq_dir:
+            dead_letters = FileDeadLetters(settings.dlq_dir)
+        else:
+            dead_letters = await KafkaDeadLetters.start(settings.kafka_bootstrap_servers, settings.dlq_topic)
+    else:
+        source = DataDirSource(settings.data_dir, settings.spool_reader_name, load_keyring(key_file))
+        dead_letters = FileDeadLetters(settings.dlq_dir or settings.data_dir / "sink-dlq")
     return source, dead_letters
 
 
 def check_spool_settings(settings: SinkSettings) -> None:
     """A spool to drain must exist: a wrong directory is an error, not a sink idling forever."""
-    if settings.data_dir and settings.spool_dir:
-        raise StartupError("--spool-dir", settings.spool_dir, "give either --data-dir or --spool-dir",
-                           exit_code=CONFIG_EXIT)
-    if settings.data_dir:
-        data_dir = Path(settings.data_dir)
-        if not data_dir.is_dir():
-            raise StartupError("--data-dir", data_dir, "no such directory", exit_code=CONFIG_EXIT)
-        if not spools(data_dir, (MAIN,)):
-            raise StartupError("--data-dir", data_dir, "not a gateway data dir: it has no spool/worker-N "
-                               "(run `gateway serve --data-dir` with it first)", exit_code=CONFIG_EXIT)
-    elif settings.spool_dir:
+    if settings.spool_dir:
+        if settings.kafka_bootstrap_servers:
+            raise StartupError("--spool-dir", settings.spool_dir, "give either --kafka-bootstrap-servers or "
+                               "--spool-dir", exit_code=CONFIG_EXIT)
         directory = Path(settings.spool_dir)
         if not directory.is_dir():
             raise StartupError("--spool-dir", directory, "no such directory", exit_code=CONFIG_EXIT)
@@ -114,6 +106,14 @@ def check_spool_settings(settings: SinkSettings) -> None:
             if spools(directory):
                 why += "; it is a gateway data dir: use --data-dir"
             raise StartupError("--spool-dir", directory, why, exit_code=CONFIG_EXIT)
+    elif not settings.kafka_bootstrap_servers:
+        data_dir = settings.data_dir
+        if not data_dir.is_dir():
+            raise StartupError("--data-dir", data_dir, "no such directory",
+                               exit_code=CONFIG_EXIT)
+        if not spools(data_dir, (MAIN,)):
+            raise StartupError("--data-dir", data_dir, "not a gateway data dir: it has no spool/worker-N "
+                               "(run `gateway serve --data-dir` with it first)", exit_code=CONFIG_EXIT)
 
 
 async def _log_progress(worker: SinkWorker, source: Source, interval_s: float = PROGRESS_INTERVAL_S) -> None:

@@ -20,9 +20,9 @@ from typing import Protocol
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from gateway.settings.sink import DEFAULT_DLQ_TOPIC
 from gateway.sinkworker.metrics import DLQ_MESSAGES
 from gateway.sinkworker.rows import Rejected, SourceMessage
-from gateway.sinkworker.settings import DEFAULT_DLQ_TOPIC
 
 DETAIL_LIMIT = 512
 

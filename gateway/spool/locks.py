@@ -42,9 +42,12 @@ class FileLock:
                     os.close(fd)
                     raise SpoolLocked(f"{self.path} is locked by another process (pid {holder})") from None
                 time.sleep(_ACQUIRE_PAUSE_S)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        try:  # diagnostics only: a full disk must not fail (or leak) a lock already taken
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
 
     def release(self) -> None:
         """Drop the lock (closing the descriptor releases it)."""

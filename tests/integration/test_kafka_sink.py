@@ -15,7 +15,7 @@ import requests
 from aiokafka.partitioner import murmur2
 
 from gateway.capture.record import Record
-from gateway.config import ServeSettings
+from gateway.settings import ServeSettings
 from gateway.spool import Spool
 from gateway.spool.crypto import load_keyring
 from tests.services.kafka_broker import KafkaBroker

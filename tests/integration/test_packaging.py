@@ -27,7 +27,7 @@ import dockerfile
 import pytest
 import yaml
 
-from gateway.config import ServeSettings, add_arguments, env_name, settings_from_args
+from gateway.settings import ServeSettings, add_arguments, env_name, settings_from_args
 from tests.integration.test_nginx_front import write_certificate
 from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env
@@ -114,14 +114,14 @@ def test_image_env_is_a_valid_gateway_config() -> None:
     gateway_vars = {k: v for k, v in env.items() if k.startswith("GATEWAY_")}
     # settings_from_args ignores unknown GATEWAY_* names, so a typo would silently do nothing.
     assert set(gateway_vars) <= KNOWN_ENV, set(gateway_vars) - KNOWN_ENV
-    settings = settings_from_args(_empty_args(), environ=gateway_vars)
+    settings = settings_from_args(_empty_args(), ServeSettings, environ=gateway_vars)
     assert (settings.host, settings.port, str(settings.data_dir)) == ("0.0.0.0", 8000, "/data")
 
 
 def _empty_args() -> argparse.Namespace:
     """No flags: settings come from the environ passed to settings_from_args alone."""
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_arguments(parser, ServeSettings)
     return parser.parse_args([])
 
 
@@ -276,7 +276,7 @@ def test_compose_gateway_env_is_a_valid_config_paired_with_nginx() -> None:
     gateway = services["gateway"]
     env = {k: str(v) for k, v in gateway["environment"].items()}
     assert set(env) <= KNOWN_ENV, set(env) - KNOWN_ENV
-    settings = settings_from_args(_empty_args(), environ=env)
+    settings = settings_from_args(_empty_args(), ServeSettings, environ=env)
     # nginx is the one trusted hop, and the only way in: the gateway publishes no port.
     assert settings.trusted_proxy_hops == 1 and "ports" not in gateway
     upstream = (COMPOSE.parent / "nginx-upstream.conf").read_text()

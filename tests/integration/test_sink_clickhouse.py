@@ -176,7 +176,7 @@ def test_sink_process_killed_midway_then_restarted(kafka: KafkaBroker, clickhous
         "GATEWAY_TABLE": table,
     }
     command = [
-        sys.executable, "-m", "gateway.sinkworker.cli", "--topics", topic, "--group-id", group,
+        sys.executable, "-m", "gateway", "sink", "--topics", topic, "--group-id", group,
         "--dlq-topic", unique("dlq"), "--batch-rows", "300", "--batch-age-ms", "100",
         "--session-timeout-ms", str(SESSION_TIMEOUT_MS), "--log-level", "WARNING",
     ]  # fmt: skip

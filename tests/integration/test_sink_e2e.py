@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
-from gateway.sinkworker.settings import DEFAULT_TOPICS
+from gateway.settings.sink import DEFAULT_TOPICS
 from tests.services.clickhouse_server import ClickHouseServer, clickhouse_query
 from tests.services.fixtures import SessionServices
 from tests.services.kafka_broker import KafkaBroker

@@ -12,8 +12,8 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.app import EDGE_KEY, build_app, utc_now
-from gateway.config import ServeSettings
 from gateway.lifecycle import runner_options
+from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.factory import build_sink
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import check_components
 from gateway.cli import build_parser, main
-from gateway.config import ConfigError
-from gateway.config_file import load_settings
+from gateway.settings import ConfigError, ServeSettings, load
 
 
 def settings(argv: list[str], environ: dict[str, str]):
-    return load_settings(build_parser().parse_args(["serve", *argv]), environ)
+    return check_components(load(ServeSettings, build_parser().parse_args(["serve", *argv]), environ))
 
 
 @pytest.fixture

@@ -11,11 +11,12 @@ from limits.storage import MemoryStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from gateway.cli import main
-from gateway.config import ConfigError, parse_serve_settings
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import origin_matcher
 from gateway.edge.csp import site_directives
 from gateway.edge.ratelimit import Rate, SlidingWindow, route_rates
+from gateway.settings import ConfigError
+from tests.support.settings import parse_serve_settings
 
 
 @pytest.mark.parametrize(

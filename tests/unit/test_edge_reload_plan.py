@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from gateway.config import ServeSettings
 from gateway.edge.certs import write_dev_cert
 from gateway.edge.setup import RELOADABLE, Edge, plan_reload
+from gateway.settings import ServeSettings
 
 MEMORY = "memory://"
 REDIS = "redis://127.0.0.1:1/0"

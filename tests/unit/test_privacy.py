@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import ConfigError, parse_serve_settings
 from gateway.privacy.denylist import PropertyDenylist
 from gateway.privacy.ip import IpMode, minimise_ip, token_ip_modes, truncate_ip
 from gateway.privacy.masking import ValueMasker, luhn_valid
 from gateway.privacy.policy import PrivacyPolicy
+from gateway.settings import ConfigError
+from tests.support.settings import parse_serve_settings
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,14 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.capture.events import RecordOptions, RequestContext, analytics_records
 from gateway.capture.parse import parse_request
-from gateway.config import ConfigError, parse_serve_settings
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
 from gateway.proxy.circuit import CircuitBreaker, CircuitOpen, State
 from gateway.proxy.client import request_headers, response_headers
 from gateway.proxy.upstreams import Upstreams
+from gateway.settings import ConfigError
 from gateway.sinks.upstream import passthrough_record, upstream_posts
+from tests.support.settings import parse_serve_settings
 
 
 class Clock:

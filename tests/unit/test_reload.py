@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-from gateway.config import ConfigError, ServeSettings
 from gateway.edge.setup import Edge
 from gateway.reload import Reloader
+from gateway.settings import ConfigError, ServeSettings
 
 ROUTES = ["events", "batch", "replay"]
 
@@ -57,5 +57,5 @@ def test_reloader_applies_only_reloadable_settings(monkeypatch: pytest.MonkeyPat
     reloader = Reloader(settings, lambda: new, edge)
     assert reloader.reload() and reloader.settings.workers == 1 and reloader.settings.log_level == "warning"
     assert levels == ["warning"]
-    failing = Reloader(settings, lambda: (_ for _ in ()).throw(ConfigError("port bad")), edge)
+    failing = Reloader(settings, lambda: (_ for _ in ()).throw(ConfigError("port", "bad")), edge)
     assert failing.reload() is False

@@ -189,10 +189,11 @@ def test_writer_refuses_to_open_when_a_retained_segment_key_is_missing(tmp_path:
 
 
 def test_bad_key_file_is_a_configuration_error(tmp_path: Path) -> None:
-    from gateway.config import ConfigError, ServeSettings
+    from gateway.app import check_components
+    from gateway.settings import ConfigError, ServeSettings
 
     bad = tmp_path / "keys"
     bad.write_text("k1:not-a-key\n")
     for path in (bad, tmp_path / "missing"):
         with pytest.raises(ConfigError, match="spool_encryption_key_file"):
-            ServeSettings(data_dir=tmp_path, spool_encryption_key_file=path).validate()
+            check_components(ServeSettings(data_dir=tmp_path, spool_encryption_key_file=path))

@@ -1,52 +1,27 @@
-"""One typed settings object for `gateway serve`; every field is a flag and a `GATEWAY_<NAME>` env var.
+"""`gateway serve` settings: every field is a flag, a `GATEWAY_<NAME>` env var and a TOML key.
 
-Fields are declared once with their help text; the CLI derives its flags from them, so flags,
-env vars and `--help` can never drift apart.
+Only value checks live here; what needs the components (rate limit notation, CIDRs, TLS files,
+key files, privacy patterns) is checked by building them: `gateway.app.check_components`.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
+from gateway.settings import shared
+from gateway.settings.fields import ConfigError, GiB, MiB, choice, command_settings, shown_value, size
 
-
-class ConfigError(ValueError):
-    """A setting has an invalid value; the message names the setting."""
+DEFAULT_IP_RATE = "200/2seconds"  # 100 requests/s with bursts of 200
+DEFAULT_IP_RATES = {"flags": "100/2seconds"}  # per route family, where it differs
 
 
-def _size(text: str) -> int:
-    """Sizes accept plain bytes or a K/M/G (binary) suffix: 512K, 20M, 4G."""
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    factor = {"K": 1024, "M": MiB, "G": GiB}.get(text[-1:], 1)
-    number = text[:-1] if factor != 1 else text
-    return int(float(number) * factor)
-
-
-def _choice(*choices: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in choices:
-            raise ValueError(f"expected one of {', '.join(choices)}")
-        return text
-
-    return parse
-
-
+@command_settings
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     host: str = field(default="0.0.0.0", metadata={"help": "address to listen on"})
     port: int = field(default=8000, metadata={"help": "port to listen on"})
-    data_dir: Path = field(
-        default=Path("./gateway-data"), metadata={"help": "where the durable spool lives", "parse": Path}
-    )
+    data_dir: Path = shared.data_dir("where the durable spools live (<data-dir>/spool/worker-N)")  # noqa: RUF009
     prefix: tuple[str, ...] = field(
         default=(),
         metadata={"help": "extra mount point for every route, e.g. /ingest (repeatable)", "repeat": True},
@@ -56,7 +31,7 @@ class ServeSettings:
         default="batch",
         metadata={
             "help": "spool fsync policy: always | batch (group commit) | never",
-            "parse": _choice("always", "batch", "never"),
+            "parse": choice("always", "batch", "never"),
         },
     )
     fsync_window_ms: float = field(
@@ -64,23 +39,20 @@ class ServeSettings:
     )
     spool_max_bytes: int = field(
         default=4 * GiB,
-        metadata={"help": "spool size bound per worker; full → 503 + Retry-After", "parse": _size},
+        metadata={"help": "spool size bound per worker; full → 503 + Retry-After", "parse": size},
     )
-    spool_encryption_key_file: Path | None = field(
-        default=None,
-        metadata={"help": "encrypt the spool at rest (AES-256-GCM) with the keys in this file: ID:KEY lines "
-                  "(64 hex or base64 of 32 bytes), newest last; or set GATEWAY_SPOOL_ENCRYPTION_KEYS",
-                  "parse": Path},
+    spool_encryption_key_file: Path | None = shared.spool_encryption_key_file(  # noqa: RUF009 (a field())
+        "encrypt the spool at rest (AES-256-GCM) with the keys in this file"
     )
     event_body_limit: int = field(
-        default=2 * MiB, metadata={"help": "body limit of /e /i/v0/e /capture /track /engage", "parse": _size}
+        default=2 * MiB, metadata={"help": "body limit of /e /i/v0/e /capture /track /engage", "parse": size}
     )
-    batch_body_limit: int = field(default=20 * MiB, metadata={"help": "body limit of /batch", "parse": _size})
+    batch_body_limit: int = field(default=20 * MiB, metadata={"help": "body limit of /batch", "parse": size})
     replay_body_limit: int = field(
-        default=25 * MiB, metadata={"help": "body limit of /s (at most 64M)", "parse": _size}
+        default=25 * MiB, metadata={"help": "body limit of /s (at most 64M)", "parse": size}
     )
     max_decompressed_bytes: int = field(
-        default=64 * MiB, metadata={"help": "limit on a request's decoded payload", "parse": _size}
+        default=64 * MiB, metadata={"help": "limit on a request's decoded payload", "parse": size}
     )
     max_compression_ratio: float = field(
         default=100.0, metadata={"help": "decoded/encoded size ratio above which a payload is refused"}
@@ -93,30 +65,29 @@ class ServeSettings:
         default=0.0,
         metadata={"help": "reroute main events older than this many days to the historical topic (0 = off)"},
     )
-    shutdown_timeout: float = field(
-        default=30.0, metadata={"help": "seconds to finish in-flight requests on SIGTERM"}
-    )
+    shutdown_timeout: float = shared.shutdown_timeout(30.0, "finish in-flight requests")
     # --- edge policy (gateway/edge): routes, tokens, rate limits, CORS, client IP, admin, TLS ---
     routes: tuple[str, ...] = field(
         default=(),
         metadata={
-            "help": "route families to serve; every other path is 404 (repeatable; default: all of "
-            "events, batch, replay, and with --upstream also flags, api, logs, assets)",
+            "help": "route families to serve; every other path is 404 (repeatable)",
             "repeat": True,
+            "shown_default": "events,batch,replay, and with an upstream also flags,api,logs,assets",
         },
     )
     route_methods: tuple[str, ...] = field(
         default=(),
         metadata={
             "help": "ROUTE=M1,M2: methods a route family accepts, e.g. replay=POST (repeatable; "
-            "default GET,POST,HEAD; OPTIONS is always answered)",
+            "OPTIONS is always answered)",
             "repeat": True,
+            "shown_default": "GET,POST,HEAD for every route",
         },
     )
     allow_tokens: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "project tokens accepted; others get 403 (repeatable; empty = any)",
-                  "repeat": True},
+        metadata={"help": "project tokens accepted; others get 403 (repeatable)",
+                  "repeat": True, "shown_default": "any token"},
     )
     drop_events: tuple[str, ...] = field(
         default=(),
@@ -130,14 +101,15 @@ class ServeSettings:
         default=(),
         metadata={
             "help": "[ROUTE=]RATE per client IP, sliding window, `limits` notation, e.g. events=200/2seconds "
-            "or off (repeatable; default 200/2seconds = 100/s with bursts of 200, flags 100/2seconds)",
+            "or off (repeatable; 200/2seconds = 100/s with bursts of 200)",
             "repeat": True,
+            "shown_default": f"{DEFAULT_IP_RATE}, flags={DEFAULT_IP_RATES['flags']}",
         },
     )
     rate_limit_token: tuple[str, ...] = field(
         default=(),
-        metadata={"help": "[ROUTE=]RATE per project token, e.g. 5000/second (repeatable; default off)",
-                  "repeat": True},
+        metadata={"help": "[ROUTE=]RATE per project token, e.g. 5000/second (repeatable)",
+                  "repeat": True, "shown_default": "off"},
     )
     rate_limit_storage: str = field(
         default="memory://",
@@ -154,7 +126,7 @@ class ServeSettings:
     max_header_bytes: int = field(
         default=8190,
         metadata={"help": "longest request line or header field (name: value); longer → 400, connection closed",
-                  "parse": _size},
+                  "parse": size},
     )
     max_headers: int = field(default=128, metadata={"help": "most header fields in a request; more → 400"})
     idle_timeout: float = field(
@@ -168,9 +140,9 @@ class ServeSettings:
     cors_origins: tuple[str, ...] = field(
         default=(),
         metadata={
-            "help": "allowed CORS origins: https://app.example.com or *.example.com (repeatable; "
-            "empty = mirror any origin, as PostHog does)",
+            "help": "allowed CORS origins: https://app.example.com or *.example.com (repeatable)",
             "repeat": True,
+            "shown_default": "mirror any origin, as PostHog does",
         },
     )
     content_security_policy: str = field(
@@ -194,7 +166,7 @@ class ServeSettings:
         metadata={
             "help": "header carrying the client IP, honoured only from --trusted-proxy-cidrs peers: "
             "CF-Connecting-IP | Fly-Client-IP | True-Client-IP | X-Real-IP",
-            "parse": _choice("", "CF-Connecting-IP", "Fly-Client-IP", "True-Client-IP", "X-Real-IP"),
+            "parse": choice("", "CF-Connecting-IP", "Fly-Client-IP", "True-Client-IP", "X-Real-IP"),
         },
     )
     admin_allow_cidrs: tuple[str, ...] = field(
@@ -218,31 +190,23 @@ class ServeSettings:
     )
 
     # --- operations (gateway/logs.py) ---
-    log_level: str = field(
-        default="info",
-        metadata={"help": "debug | info | warning | error (SIGHUP reloads it)",
-                  "parse": _choice("debug", "info", "warning", "error")},
-    )
-    log_format: str = field(
-        default="json", metadata={"help": "json (one object per line) | text", "parse": _choice("json", "text")}
-    )
+    log_level: str = shared.log_level("debug | info | warning | error, any case (SIGHUP reloads it)")
+    log_format: str = shared.log_format()
 
     # Kafka sink (off unless bootstrap servers are given).
-    kafka_bootstrap_servers: str = field(
-        default="", metadata={"help": "HOST:PORT[,...] of Kafka; empty = spool only (embedded mode)"}
-    )
+    kafka_bootstrap_servers: str = shared.kafka_bootstrap_servers("", "empty = spool only (embedded mode)")
     kafka_security_protocol: str = field(
         default="PLAINTEXT",
         metadata={
             "help": "PLAINTEXT | SSL | SASL_PLAINTEXT | SASL_SSL",
-            "parse": _choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+            "parse": choice("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
         },
     )
     kafka_sasl_mechanism: str = field(
         default="PLAIN",
         metadata={
             "help": "PLAIN | SCRAM-SHA-256 | SCRAM-SHA-512",
-            "parse": _choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+            "parse": choice("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
         },
     )
     kafka_sasl_username: str = field(default="", metadata={"help": "SASL user name"})
@@ -254,7 +218,7 @@ class ServeSettings:
         default="zstd",
         metadata={
             "help": "producer compression: none | gzip | lz4 | zstd | snappy",
-            "parse": _choice("none", "gzip", "lz4", "zstd", "snappy"),
+            "parse": choice("none", "gzip", "lz4", "zstd", "snappy"),
         },
     )
     kafka_linger_ms: int = field(
@@ -265,7 +229,7 @@ class ServeSettings:
         default=1 * MiB,
         metadata={
             "help": "largest Kafka record batch; a record above it is refused with 413",
-            "parse": _size,
+            "parse": size,
         },
     )
     kafka_ack_timeout_ms: float = field(
@@ -293,7 +257,7 @@ class ServeSettings:
     ip_mode: str = field(
         default="keep",
         metadata={"help": "client IP stored: keep | truncate (IPv4 /24, IPv6 /48) | drop (empty ip, no $ip)",
-                  "parse": _choice("keep", "truncate", "drop")},
+                  "parse": choice("keep", "truncate", "drop")},
     )
     ip_mode_token: tuple[str, ...] = field(
         default=(),
@@ -318,7 +282,7 @@ class ServeSettings:
     dnt: str = field(
         default="ignore",
         metadata={"help": "requests with DNT: 1 or Sec-GPC: 1: ignore | drop (200, nothing stored) | "
-                  "anonymise (no IP, no person properties)", "parse": _choice("ignore", "drop", "anonymise")},
+                  "anonymise (no IP, no person properties)", "parse": choice("ignore", "drop", "anonymise")},
     )
     inject_geoip_disable: bool = field(
         default=False, metadata={"help": "set $geoip_disable: true on every event (no GeoIP enrichment)"}
@@ -331,19 +295,20 @@ class ServeSettings:
     )
     assets_upstream: str = field(
         default="",
-        metadata={"help": "host for /static and /array (default: the cloud assets host of --upstream, else it)"},
+        metadata={"help": "host for /static and /array",
+                  "shown_default": "the cloud assets host of --upstream, else --upstream"},
     )
     region: str = field(
         default="",
         metadata={"help": "us | eu: PostHog Cloud's API and assets hosts (instead of --upstream)",
-                  "parse": _choice("", "us", "eu")},
+                  "parse": choice("", "us", "eu")},
     )
     upstream_events_mode: str = field(
         default="forward",
         metadata={
             "help": "with an upstream, capture goes: forward (to the upstream only) | mirror (to Kafka/spool "
             "and the upstream) | off (to Kafka/spool only)",
-            "parse": _choice("forward", "mirror", "off"),
+            "parse": choice("forward", "mirror", "off"),
         },
     )
     upstream_passthrough: bool = field(
@@ -377,7 +342,7 @@ class ServeSettings:
     )
     proxy_cache_bytes: int = field(
         default=64 * MiB,
-        metadata={"help": "memory budget of the LRU cache for /static and /array answers (0 = off)", "parse": _size},
+        metadata={"help": "memory budget of the LRU cache for /static and /array answers (0 = off)", "parse": size},
     )
     # --- local flag evaluation (gateway/flags); needs an upstream, a key and at least one token ---
     flags_local_token: tuple[str, ...] = field(
@@ -430,14 +395,15 @@ class ServeSettings:
             (self.rate_limit_sync_interval > 0, "rate_limit_sync_interval", "must be > 0"),
             (0 <= self.admin_port <= 65535 and self.admin_port != self.port, "admin_port",
              "must be 0..65535 and differ from port"),
-            ((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "and tls_key go together"),
+            ((self.tls_cert is None) == (self.tls_key is None), "tls_cert", "needs --tls-key (they go together)"),
             (not self.client_ip_header or bool(self.trusted_proxy_cidrs), "client_ip_header",
              "needs trusted_proxy_cidrs (never trust a client-supplied header)"),
-            (not (self.region and self.upstream), "region", "and upstream exclude each other"),
+            (not (self.region and self.upstream), "region", "excludes --upstream"),
             (not self.upstream_passthrough or (bool(self.upstream or self.region)
                                                and self.upstream_events_mode == "forward"),
              "upstream_passthrough", "needs an upstream and --upstream-events-mode forward"),
-            (self.upstream_timeout > 0 and self.upstream_flags_timeout > 0, "upstream_timeout", "must be > 0"),
+            (self.upstream_timeout > 0, "upstream_timeout", "must be > 0"),
+            (self.upstream_flags_timeout > 0, "upstream_flags_timeout", "must be > 0"),
             (self.upstream_ack_timeout_ms > 0, "upstream_ack_timeout_ms", "must be > 0"),
             (self.upstream_connections >= 1, "upstream_connections", "must be at least 1"),
             (self.upstream_retries >= 0, "upstream_retries", "must be ≥ 0"),
@@ -449,125 +415,10 @@ class ServeSettings:
             (not self.flags_local_token or bool(self.flags_personal_api_key or self.flags_personal_api_key_file),
              "flags_local_token", "needs flags_personal_api_key(_file)"),
             (not (self.flags_personal_api_key and self.flags_personal_api_key_file), "flags_personal_api_key",
-             "and flags_personal_api_key_file exclude each other"),
+             "excludes flags_personal_api_key_file"),
         ]
         for ok, name, problem in checks:
             if not ok:
-                raise ConfigError(f"{name} {problem}")
-        from gateway.spool.crypto import SpoolKeyError, load_keyring
-
-        try:
-            load_keyring(self.spool_encryption_key_file)
-        except SpoolKeyError as exc:
-            raise ConfigError(f"spool_encryption_key_file {exc}") from exc
-        # Edge settings are checked by building them (imported here: edge.setup imports this module).
-        from gateway.app import route_families
-        from gateway.edge.setup import Edge
-        from gateway.proxy.upstreams import Upstreams
-
-        with _named("upstream"):
-            Upstreams.from_settings(self)
-        Edge.from_settings(self, route_families(self))
-        if self.flags_personal_api_key_file is not None:
-            from gateway.edge.setup import read_secret
-
-            try:
-                read_secret(self.flags_personal_api_key_file)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"flags_personal_api_key_file: {exc}") from exc
-        from gateway.privacy.policy import PrivacyPolicy
-
-        try:
-            PrivacyPolicy.from_settings(self)
-        except (ValueError, re.error) as exc:
-            raise ConfigError(f"privacy: {exc}") from exc
+                value = shown_value(self.__dataclass_fields__[name], getattr(self, name))
+                raise ConfigError(name, problem, value=value)
         return self
-
-
-@contextlib.contextmanager
-def _named(name: str) -> Iterator[None]:
-    """Turn a ValueError raised while checking setting `name` into a ConfigError naming it."""
-    try:
-        yield
-    except ValueError as exc:
-        raise ConfigError(f"{name}: {exc}") from exc
-
-
-def env_name(name: str) -> str:
-    return "GATEWAY_" + name.upper()
-
-
-def add_arguments(parser: argparse.ArgumentParser, settings_class: type = ServeSettings) -> None:
-    """Add one flag per settings field; defaults come from the env var, then the field default."""
-    for f in fields(settings_class):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} (env {env_name(f.name)}; default: %(default)s)"
-        if f.metadata.get("repeat"):
-            parser.add_argument(flag, action="append", default=None, help=help_text)
-        elif isinstance(f.default, bool):  # a bare `--flag` means true; `--flag false` is also accepted
-            parser.add_argument(flag, nargs="?", const="true", default=None, help=help_text, metavar="BOOL")
-        else:
-            parser.add_argument(flag, default=None, help=help_text, metavar=f.name.upper())
-
-
-def settings_from_args(
-    args: argparse.Namespace,
-    settings_class: type = ServeSettings,
-    environ: dict[str, str] | None = None,
-    base: Mapping[str, Any] | None = None,
-) -> Any:
-    """Flags win over env vars, which win over `base` (the config file), then defaults.
-
-    Raises ConfigError naming the bad setting.
-    """
-    return settings_class(**merged_values(args, settings_class, environ, base)).validate()
-
-
-def merged_values(
-    args: argparse.Namespace,
-    settings_class: type = ServeSettings,
-    environ: dict[str, str] | None = None,
-    base: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The explicitly set field values (flags over env over `base`), converted but not validated."""
-    environ = dict(os.environ) if environ is None else environ
-    values: dict[str, Any] = dict(base or {})
-    for f in fields(settings_class):
-        raw: Any = getattr(args, f.name, None)
-        if raw is None and env_name(f.name) in environ:
-            env_value = environ[env_name(f.name)]
-            separator = f.metadata.get("separator", ",")
-            raw = [v for v in env_value.split(separator) if v] if f.metadata.get("repeat") else env_value
-        if raw is None:
-            continue
-        values[f.name] = convert(f, raw)
-    return values
-
-
-def convert(f: Any, raw: Any) -> Any:
-    """A field's value from its text (or list of texts, for repeatable fields)."""
-    if f.metadata.get("repeat"):
-        return tuple(raw)
-    parse = f.metadata.get("parse") or _type_parser(f)
-    try:
-        return parse(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{f.name}: invalid value {raw!r}: {exc}") from exc
-
-
-def _type_parser(f: Any) -> Callable[[str], Any]:
-    default = f.default if f.default is not MISSING else None
-    if isinstance(default, bool):
-        return lambda text: text.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
-        return float
-    return str
-
-
-def parse_serve_settings(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServeSettings:
-    """Convenience for tests: settings from a flag list and an env mapping."""
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return settings_from_args(parser.parse_args(list(argv)), environ=environ or {})
