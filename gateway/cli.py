@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from gateway.check import add_check_command
 from gateway.config import ConfigError, ServeSettings, add_arguments
 from gateway.config_check import add_config_command
 from gateway.config_file import add_config_argument, load_settings, requested_workers
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.arguments import add_gdpr_command
 from gateway.metrics_multiproc import multiprocess_metrics
@@ -69,6 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return run_command(args)
+    except StartupError as exc:
+        if logging.getLogger().isEnabledFor(logging.DEBUG):
+            traceback.print_exc()
+        print(exc.line(), file=sys.stderr)
+        return exc.exit_code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run the chosen command; a command that cannot start raises StartupError (one line, exit 2 or 1)."""
     if args.command == "serve":
         try:
             # One worker keeps prometheus-client's plain in-memory values (several times cheaper per
@@ -80,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return serve(settings, lambda: load_settings(args))
         except ConfigError as exc:  # raised only while loading: serve() reports reload errors itself
-            print(f"gateway: invalid configuration: {exc}", file=sys.stderr)
-            return 2
+            print(f"gateway: error: invalid configuration: {exc}", file=sys.stderr)
+            return CONFIG_EXIT
     if args.command == "config":
         from gateway.config_check import config_command
 

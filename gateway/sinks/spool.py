@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.capture.errors import ServiceUnavailable
 from gateway.capture.record import Record
+from gateway.core.startup import StartupError
 from gateway.sinks.base import Readiness
-from gateway.spool import FsyncPolicy, Spool, SpoolFull
+from gateway.spool import FsyncPolicy, Spool, SpoolError, SpoolFull, SpoolLocked
 from gateway.spool.crypto import Keyring
+from gateway.spool.locks import WRITE_LOCK
 
 SPOOL_FULL_RETRY_AFTER = 30
 MAX_SEGMENT_BYTES = 64 * 1024 * 1024
@@ -33,7 +36,20 @@ class SpoolSink:
         return cls(spool)
 
     async def start(self) -> None:
-        await self.spool.open()
+        """Open the spool; a spool that cannot be opened stops the start-up (StartupError)."""
+        directory = self.spool.directory
+        try:
+            await self.spool.open()
+        except SpoolLocked as exc:
+            holder = _lock_holder(directory)
+            raise StartupError(
+                "spool", directory,
+                f"locked by another process (pid {holder}); is another gateway running with this --data-dir?",
+            ) from exc
+        except SpoolError as exc:
+            raise StartupError("spool", directory, str(exc)) from exc
+        except OSError as exc:
+            raise StartupError("spool", directory, f"cannot be opened: {exc.strerror or exc}") from exc
 
     async def deliver(self, records: Sequence[Record]) -> None:
         try:
@@ -48,3 +64,10 @@ class SpoolSink:
         if self.spool.used_bytes >= self.spool.max_bytes * (1 - READY_HEADROOM):
             return Readiness(ready=False, degraded=True, detail="spool full")
         return Readiness(ready=True, degraded=False, detail="spool")
+
+
+def _lock_holder(directory: Path) -> str:
+    """The pid the holder of the spool's write lock wrote into it (gateway/spool/locks.py)."""
+    with contextlib.suppress(OSError):
+        return (directory / WRITE_LOCK).read_text().strip() or "unknown"
+    return "unknown"
