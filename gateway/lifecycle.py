@@ -92,13 +92,13 @@ async def serve_until_signalled(
         await stop.wait()
         drain.active = True
         await site.stop()  # no new connections
-        started, finished = loop.time(), requests.finished
+        started, finished_before = loop.time(), requests.finished
         log.info("draining: stopped accepting connections; waiting up to %gs for %d in-flight request(s)",
                  shutdown_timeout, requests.in_flight, extra={"in_flight": requests.in_flight})
         deadline = started + shutdown_timeout
         while requests.in_flight and loop.time() < deadline:
             await asyncio.sleep(POLL_S)
-        cut_off = requests.in_flight
+        cut_off, finished = requests.in_flight, requests.finished - finished_before  # before cleanup cancels
     except BaseException:
         try:  # after a failed start: close whatever had started, and report the failure itself
             await runner.cleanup()
@@ -106,6 +106,5 @@ async def serve_until_signalled(
             log.debug("cleanup after a failed start failed", exc_info=True)
         raise
     await runner.cleanup()  # idle connections closed, stragglers cancelled, app cleanup (sink flush)
-    finished = requests.finished - finished
     log.info("drained in %.2fs: %d request(s) finished, %d cut off; sink flushed and closed",
              loop.time() - started, finished, cut_off, extra={"finished": finished, "cut_off": cut_off})

@@ -107,7 +107,7 @@ def prepare_data_dir(data_dir: Path) -> None:
         code = CONFIG_EXIT if exc.errno in (errno.ENOTDIR, errno.EEXIST) else 1
         raise StartupError("--data-dir", data_dir, f"cannot be created: {_reason(exc)}", exit_code=code) from exc
     try:
-        with tempfile.TemporaryFile(dir=data_dir):
+        with tempfile.NamedTemporaryFile(dir=data_dir, prefix=".write-probe-"):
             pass
     except OSError as exc:
         raise StartupError("--data-dir", data_dir, f"not writable: {_reason(exc)}") from exc
