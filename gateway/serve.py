@@ -243,8 +243,8 @@ class Supervisor:
         served_for = time.monotonic() - worker.serving_since if worker.serving_since is not None else None
         worker.serving_since = None
         code = process.exitcode
-        if self.stopping:
-            self.exit_code = self.exit_code or code
+        if self.stopping:  # a worker still starting dies of the forwarded signal itself: a clean stop
+            self.exit_code = self.exit_code or (0 if code in (-signal.SIGTERM, -signal.SIGINT) else code)
         elif served_for is None:
             self._fail(StartupError(f"worker {worker.index}", f"exit code {code}", "died while starting"))
         else:
