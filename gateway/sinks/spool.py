@@ -8,10 +8,10 @@ from pathlib import Path
 
 from gateway.capture.errors import ServiceUnavailable
 from gateway.capture.record import Record
-from gateway.core.startup import StartupError
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinks.base import Readiness
 from gateway.spool import FsyncPolicy, Spool, SpoolError, SpoolFull, SpoolLocked
-from gateway.spool.crypto import Keyring
+from gateway.spool.crypto import Keyring, SpoolKeyError
 from gateway.spool.locks import WRITE_LOCK
 
 SPOOL_FULL_RETRY_AFTER = 30
@@ -46,6 +46,8 @@ class SpoolSink:
                 "spool", directory,
                 f"locked by another process (pid {holder}); is another gateway running with this --data-dir?",
             ) from exc
+        except SpoolKeyError as exc:  # --spool-encryption-key-file lacks a key the spool needs
+            raise StartupError("spool", directory, str(exc), exit_code=CONFIG_EXIT) from exc
         except SpoolError as exc:
             raise StartupError("spool", directory, str(exc)) from exc
         except OSError as exc:
