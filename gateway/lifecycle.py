@@ -10,17 +10,27 @@ in flight, and only then lets aiohttp close the idle connections and the app cle
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from gateway.core.startup import listen_error
 from gateway.settings import ServeSettings
 from gateway.sinks.base import Readiness
 
 POLL_S = 0.05
+log = logging.getLogger("gateway.lifecycle")
+
+
+class RequestCounts(Protocol):
+    """Requests handled by this worker (gateway/edge/policy.py): the drain waits for and reports them."""
+
+    in_flight: int
+    finished: int  # requests answered since start
 
 
 class Drain:
@@ -58,23 +68,43 @@ async def serve_until_signalled(
     ssl_context: ssl.SSLContext | None,
     shutdown_timeout: float,
     drain: Drain,
-    in_flight: Callable[[], int],
+    requests: RequestCounts,
     options: dict[str, Any],
+    on_serving: Callable[[], None] = lambda: None,
 ) -> None:
+    """Start the app (sink, listeners), bind, call `on_serving`, and drain on SIGTERM/SIGINT.
+
+    A listener that cannot bind raises StartupError (gateway/core/startup.py).
+    """
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **options)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
     try:
-        await site.start()
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise listen_error(exc, host, port) from exc
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        on_serving()
         await stop.wait()
         drain.active = True
         await site.stop()  # no new connections
-        deadline = loop.time() + shutdown_timeout
-        while in_flight() and loop.time() < deadline:
+        started, finished_before = loop.time(), requests.finished
+        log.info("draining: stopped accepting connections; waiting up to %gs for %d in-flight request(s)",
+                 shutdown_timeout, requests.in_flight, extra={"in_flight": requests.in_flight})
+        deadline = started + shutdown_timeout
+        while requests.in_flight and loop.time() < deadline:
             await asyncio.sleep(POLL_S)
-    finally:
-        await runner.cleanup()  # idle connections closed, stragglers cancelled, app cleanup (sink flush)
+        cut_off, finished = requests.in_flight, requests.finished - finished_before  # before cleanup cancels
+    except BaseException:
+        try:  # after a failed start: close whatever had started, and report the failure itself
+            await runner.cleanup()
+        except Exception:
+            log.debug("cleanup after a failed start failed", exc_info=True)
+        raise
+    await runner.cleanup()  # idle connections closed, stragglers cancelled, app cleanup (sink flush)
+    log.info("drained in %.2fs: %d request(s) finished, %d cut off; sink flushed and closed",
+             loop.time() - started, finished, cut_off, extra={"finished": finished, "cut_off": cut_off})

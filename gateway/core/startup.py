@@ -7,6 +7,10 @@ traceback is shown only with `--log-level debug`.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
+
 CONFIG_EXIT = 2
 RUNTIME_EXIT = 1
 
@@ -23,3 +27,13 @@ class StartupError(Exception):
 
     def line(self) -> str:
         return f"gateway: error: {self}"
+
+
+def listen_error(exc: OSError, host: str, port: int, what: str = "listen address") -> StartupError:
+    """A listener could not bind: an unresolvable host or an address not of this machine is a
+    configuration error; a port in use or not permitted is a runtime one."""
+    if isinstance(exc, socket.gaierror):
+        return StartupError("--host", host, f"cannot be resolved: {exc.strerror or exc}", exit_code=CONFIG_EXIT)
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    code = CONFIG_EXIT if exc.errno == errno.EADDRNOTAVAIL else RUNTIME_EXIT
+    return StartupError(what, f"{host}:{port}", why.lower(), exit_code=code)

@@ -56,6 +56,7 @@ class EdgePolicy:
         self.headers = headers
         self.max_in_flight = max_in_flight or float("inf")
         self.in_flight = 0
+        self.finished = 0  # bounded requests answered (the drain reports them)
         self.routes: dict[AbstractRoute, RoutePolicy] = {}
 
     def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, policy: RoutePolicy) -> None:
@@ -92,6 +93,7 @@ class EdgePolicy:
             response = await handler(request)
         finally:
             self.in_flight -= 1
+            self.finished += 1
         return self._finish(request, response)
 
     def _refuse(self, request: web.Request, route: str, error: CaptureError) -> web.StreamResponse:

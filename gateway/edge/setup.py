@@ -18,6 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.core.startup import listen_error
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.edge.client_ip import ClientIpResolver
@@ -201,8 +202,8 @@ class Edge:
             sync = RedisRateSync(
                 settings.rate_limit_storage, self.rate_limits.windows(), settings.rate_limit_sync_interval
             )
-        task = asyncio.create_task(sync.run()) if sync else None
         runner = await self._start_management() if self.management else None
+        task = asyncio.create_task(sync.run()) if sync else None
         try:
             yield
         finally:
@@ -225,7 +226,11 @@ class Edge:
         site = web.TCPSite(
             runner, settings.host, settings.admin_port, ssl_context=self.ssl_context, reuse_port=True
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise listen_error(exc, settings.host, settings.admin_port, "--admin-port") from exc
         return runner
 
 

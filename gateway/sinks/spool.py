@@ -6,15 +6,18 @@ kind and reason in gateway_spool_errors_total: the client retries, nothing is ac
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import metrics
 from gateway.capture.errors import ServiceUnavailable
 from gateway.capture.record import Record
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinks.base import Readiness
-from gateway.spool import FsyncPolicy, Spool, SpoolError, layout
-from gateway.spool.crypto import Keyring
+from gateway.spool import FsyncPolicy, Spool, SpoolError, SpoolLocked, layout
+from gateway.spool.crypto import Keyring, SpoolKeyError
+from gateway.spool.locks import WRITE_LOCK
 
 # Browsers (posthog-js) and posthog-python honour Retry-After up to 30 s.
 SPOOL_RETRY_AFTER = 30
@@ -48,7 +51,22 @@ class SpoolSink:
         return cls(spool, kind)
 
     async def start(self) -> None:
-        await self.spool.open()
+        """Open the spool; a spool that cannot be opened stops the start-up (StartupError)."""
+        directory = self.spool.directory
+        try:
+            await self.spool.open()
+        except SpoolLocked as exc:
+            holder = _lock_holder(directory)
+            raise StartupError(
+                "spool", directory,
+                f"locked by another process (pid {holder}); is another gateway running with this --data-dir?",
+            ) from exc
+        except SpoolKeyError as exc:  # --spool-encryption-key-file lacks a key the spool needs
+            raise StartupError("spool", directory, str(exc), exit_code=CONFIG_EXIT) from exc
+        except SpoolError as exc:
+            raise StartupError("spool", directory, str(exc)) from exc
+        except OSError as exc:
+            raise StartupError("spool", directory, f"cannot be opened: {exc.strerror or exc}") from exc
 
     async def deliver(self, records: Sequence[Record]) -> None:
         try:
@@ -65,3 +83,10 @@ class SpoolSink:
         if self.spool.used_bytes >= self.spool.max_bytes * (1 - READY_HEADROOM):
             return Readiness(ready=False, degraded=True, detail="spool full")
         return Readiness(ready=True, degraded=False, detail="spool")
+
+
+def _lock_holder(directory: Path) -> str:
+    """The pid the holder of the spool's write lock wrote into it (gateway/spool/locks.py)."""
+    with contextlib.suppress(OSError):
+        return (directory / WRITE_LOCK).read_text().strip() or "unknown"
+    return "unknown"

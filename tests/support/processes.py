@@ -109,6 +109,14 @@ class GatewayProcess:
         self.stop()
 
 
+def run_gateway(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """`python -m gateway <args>` to completion; stdout and stderr captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True, text=True, env=gateway_env(), cwd=REPO_ROOT, timeout=timeout,
+    )
+
+
 def spool_dump(data_dir: Path, *args: str, kind: str = "main") -> list[dict[str, Any]]:
     """Every record of the `kind` spools as `gateway spool dump` prints it, with `value` parsed and
     `data` (the raw event) too."""
