@@ -27,6 +27,7 @@ from bench.servers import ManagedServer, baseline_app, nginx_config, upstream_ap
 from bench.suites import SUITES, UPSTREAM_BASELINES, Measurement, SuiteOptions, _add_ratios, _server, suite_table
 from bench.worker import LoadConfig, run_process
 from bench.wrk import write_requests
+from gateway.capture import decode, parse
 
 TOKEN = "phc_test_bench"
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -123,9 +124,7 @@ def test_flags_request() -> None:
 
 @pytest.mark.parametrize("profile", sorted(set(PROFILES) - {"flags"}))
 def test_gateway_decoder_accepts_payloads(profile: str) -> None:
-    """The gateway's own decode + parse path accepts every profile (skipped until it exists here)."""
-    decode = pytest.importorskip("gateway.capture.decode")
-    parse = pytest.importorskip("gateway.capture.parse")
+    """The gateway's own decode + parse path accepts every profile."""
     request = PROFILES[profile](_ctx())
     split = urlsplit(request.path)
     payload = decode.decode_payload(
