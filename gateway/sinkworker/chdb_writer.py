@@ -7,9 +7,12 @@ data directory, so every call is funnelled through a single-thread executor.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinkworker.schema import ServerCaps, quote_string
 from gateway.sinkworker.writer import classify
 
@@ -27,6 +30,7 @@ class ChdbWriter:
     @classmethod
     async def open(cls, path: str) -> ChdbWriter:
         """Create the session inside its dedicated thread and probe the engine version."""
+        require_chdb(path)
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         loop = asyncio.get_running_loop()
         try:
@@ -62,6 +66,17 @@ class ChdbWriter:
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._session.close)
         self._executor.shutdown(wait=True)
+
+
+def require_chdb(path: str) -> None:
+    """chdb is an extra (`posthog-gateway[chdb]`): without it, one line and exit 2 instead of a traceback."""
+    if importlib.util.find_spec("chdb") is None:
+        error = StartupError(
+            "ClickHouse target", f"chdb://{path}", "chdb is not installed: install posthog-gateway[chdb]",
+            exit_code=CONFIG_EXIT,
+        )  # fmt: skip
+        print(error.line(), file=sys.stderr)
+        raise SystemExit(error.exit_code)
 
 
 def _open_session(path: str) -> Any:
