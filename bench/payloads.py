@@ -2,8 +2,7 @@
 
 Each profile turns a `PayloadContext` into a `BenchRequest`: method, path, headers, body and the
 uuids of the events inside it (so a receiver can count distinct events and the harness can log acks).
-Shapes follow posthog-js 1.449, posthog-python 7.x and posthog-node 5.x (see
-shared/reference/sdk-and-proxy-behaviour.md, sections A and B).
+Shapes follow what posthog-js 1.449, posthog-python 7.x and posthog-node 5.x send.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import Any
 from bench.recorder import PERCENTILES, RunSummary
 
 CPU_BOUND = 0.9
+NOT_2XX_WARN_SHARE = 0.10
 
 
 def summary_json(summary: RunSummary) -> dict[str, Any]:
@@ -29,7 +30,26 @@ def summary_json(summary: RunSummary) -> dict[str, Any]:
             "max_schedule_lag_ms": summary.max_lag_s * 1000,
         },
         "timeline": summary.timeline,
+        "warnings": [w for w in (status_warning(summary), generator_warning(summary)) if w],
     }
+
+
+def status_warning(summary: RunSummary) -> str | None:
+    """Say so loudly when many answers were not 2xx: the figures then measure rejections, not ingestion."""
+    not_2xx = sum(n for status, n in summary.statuses.items() if not (status.isdigit() and status.startswith("2")))
+    if not summary.requests or not_2xx <= NOT_2XX_WARN_SHARE * summary.requests:
+        return None
+    breakdown = ", ".join(f"{status}: {n:,}" for status, n in summary.statuses.most_common())
+    warning = (
+        f"WARNING: {not_2xx / summary.requests:.0%} of {summary.requests:,} answers were not 2xx ({breakdown}); "
+        "these figures measure rejections, not ingestion"
+    )
+    if "429" in summary.statuses:
+        warning += (
+            ". 429 is the gateway's per-IP rate limit, and all bench load comes from one IP: "
+            "start the gateway under test with `gateway serve --rate-limit-ip off`"
+        )
+    return warning
 
 
 def generator_warning(summary: RunSummary) -> str | None:
@@ -71,7 +91,5 @@ def summary_table(summary: RunSummary) -> str:
         lines.append(
             f"skipped  {summary.skipped:,} requests (more than max-pending in flight: client overload)"
         )
-    warning = generator_warning(summary)
-    if warning:
-        lines.append(warning)
+    lines += [w for w in (generator_warning(summary), status_warning(summary)) if w]
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway import metrics
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
+from gateway.edge.headers import omit_server_header
 from gateway.edge.setup import Edge, read_secret
 from gateway.lifecycle import Drain
 from gateway.logs import request_context
@@ -89,6 +90,7 @@ def build_app(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
         middlewares=[request_context(lambda r: _route_name(edge, r), drain), edge.policy.middleware],
     )
+    app.on_response_prepare.append(omit_server_header)
     app[SINK_KEY] = sink
     rerouting = (
         timedelta(days=settings.historical_rerouting_days) if settings.historical_rerouting_days else None

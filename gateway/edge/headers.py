@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from aiohttp import hdrs, web
+from aiohttp.http import SERVER_SOFTWARE
+
 
 def security_headers(
     *, tls: bool, hsts_max_age: int, content_security_policy: str
@@ -16,3 +19,13 @@ def security_headers(
     if tls and hsts_max_age > 0:
         headers.append(("Strict-Transport-Security", f"max-age={hsts_max_age}; includeSubDomains"))
     return tuple(headers)
+
+
+async def omit_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: drop aiohttp's default `Server: Python/3.x aiohttp/3.x` (version disclosure).
+
+    Runs after aiohttp set its defaults and before the head is written; an upstream's own Server header
+    (forwarded answers) is left as it is.
+    """
+    if response.headers.get(hdrs.SERVER) == SERVER_SOFTWARE:
+        del response.headers[hdrs.SERVER]

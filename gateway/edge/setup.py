@@ -23,7 +23,7 @@ from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
-from gateway.edge.headers import security_headers
+from gateway.edge.headers import omit_server_header, security_headers
 from gateway.edge.policy import EdgePolicy, Handler, RoutePolicy
 from gateway.edge.ratelimit import RateLimits, SlidingWindow, route_rates
 from gateway.edge.ratelimit_sync import RedisRateSync
@@ -217,6 +217,7 @@ class Edge:
 
     async def _start_management(self) -> web.AppRunner:
         admin_app = web.Application(middlewares=[self.policy.middleware])
+        admin_app.on_response_prepare.append(omit_server_header)
         for path, handler in self.management.items():
             self.policy.add_route(admin_app.router, path, handler, MANAGEMENT)
         runner = web.AppRunner(admin_app, access_log=None)

@@ -9,11 +9,12 @@ one-line error instead of chdb's own failure (printed from C++ plus a traceback)
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from gateway.core.startup import StartupError
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinkworker.schema import ServerCaps, quote_string
 from gateway.sinkworker.writer import classify
 from gateway.spool.errors import SpoolLocked
@@ -36,6 +37,7 @@ class ChdbWriter:
     @classmethod
     async def open(cls, path: str) -> ChdbWriter:
         """Lock the data directory, create the session inside its dedicated thread, probe the version."""
+        require_chdb(path)
         lock = _lock(Path(path))
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chdb")
         loop = asyncio.get_running_loop()
@@ -88,6 +90,13 @@ def _lock(path: Path) -> FileLock:
     except OSError as error:
         raise StartupError("chdb path", path, error.strerror or str(error)) from None
     return lock
+
+
+def require_chdb(path: str) -> None:
+    """chdb is an extra (`posthog-gateway[chdb]`): without it, one line and exit 2 instead of a traceback."""
+    if importlib.util.find_spec("chdb") is None:
+        raise StartupError("ClickHouse target", f"chdb://{path}", "chdb is not installed: install "
+                           "posthog-gateway[chdb]", exit_code=CONFIG_EXIT)
 
 
 def _open_session(path: str) -> Any:

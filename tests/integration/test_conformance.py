@@ -6,13 +6,15 @@ import pytest
 
 from gateway.capture.record import Record
 from gateway.spool import iter_records
-from tests.support.conformance import assert_record_matches, expected_records, load_cases, replay
+from tests.support.conformance import assert_record_matches, expected_records, replay
 from tests.support.inprocess import InProcessGateway, settings_for
 
 
 @pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[dict], list[Record]]:
-    cases = load_cases()
+def replayed(
+    conformance_cases: list[dict], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[list[dict], list[Record]]:
+    cases = conformance_cases
     clock: dict = {"now": None}
     settings = settings_for(tmp_path_factory.mktemp("conformance"), trusted_proxy_hops=1)
     with InProcessGateway(settings, clock=lambda: clock["now"]) as gateway:

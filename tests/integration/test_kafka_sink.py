@@ -19,7 +19,7 @@ from gateway.settings import ServeSettings
 from gateway.spool import Spool
 from gateway.spool.crypto import load_keyring
 from tests.services.kafka_broker import KafkaBroker
-from tests.support.conformance import assert_record_matches, expected_records, load_cases, replay
+from tests.support.conformance import assert_record_matches, expected_records, replay
 from tests.support.inprocess import InProcessGateway, settings_for
 from tests.support.kafka import consume_all
 from tests.support.load import Load
@@ -41,8 +41,8 @@ def single_event(distinct_id: str) -> dict:
 
 
 
-def test_conformance_dump_through_kafka(kafka: KafkaBroker, tmp_path: Path) -> None:
-    cases = load_cases()
+def test_conformance_dump_through_kafka(conformance_cases: list[dict], kafka: KafkaBroker, tmp_path: Path) -> None:
+    cases = conformance_cases
     clock: dict = {"now": None}
     settings = kafka_settings(tmp_path, kafka, trusted_proxy_hops=1)
     with InProcessGateway(settings, clock=lambda: clock["now"]) as gateway:

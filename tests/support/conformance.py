@@ -1,29 +1,61 @@
 """PostHog's Django-compatibility dump: replay it over HTTP and compare records by its rules.
 
-Rules: ../shared/conformance/README.md. We also emit the newer capture fields `event` and
-`timestamp`; they are checked against the protocol's timestamp rules (clock-skew correction by
-sent_at, or now - offset), computed independently here.
+The dump is PostHog's, not ours, so it is not in the repository: it is read from
+$GATEWAY_CONFORMANCE_DUMP, else from ../shared/conformance/requests_dump.jsonl beside the repository
+(rules: the README.md next to it). Without it the tests that need it skip with one line, unless
+$GATEWAY_REQUIRE_SHARED=1 (set by .ci/run), which makes that a failure (see tests/conftest.py).
+We also emit the newer capture fields `event` and `timestamp`; they are checked against the
+protocol's timestamp rules (clock-skew correction by sent_at, or now - offset), computed
+independently here.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import orjson
+import pytest
 import requests
 
 from gateway.capture.record import Record
 
-DUMP = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "requests_dump.jsonl"
+DUMP_ENV = "GATEWAY_CONFORMANCE_DUMP"
+REQUIRE_SHARED_ENV = "GATEWAY_REQUIRE_SHARED"
+DEFAULT_DUMP = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "requests_dump.jsonl"
 NODE_EXTRAS = ("type", "library", "library_version")
 MAIN_TOPIC = "events_plugin_ingestion"
 HISTORICAL_TOPIC = "events_plugin_ingestion_historical"
 
 
-def load_cases() -> list[dict]:
-    return [orjson.loads(line) for line in DUMP.read_text().splitlines() if line and not line.startswith("#")]
+def require_shared() -> bool:
+    """True under .ci/run: data from ../shared must be there, a skip for want of it is a failure."""
+    return os.environ.get(REQUIRE_SHARED_ENV, "") not in ("", "0")
+
+
+def dump_path() -> Path:
+    """The dump's path; skips the test when there is none (fails when it was asked for and is missing)."""
+    configured = os.environ.get(DUMP_ENV)
+    if configured:
+        path = Path(configured)
+        if not path.is_file():
+            pytest.fail(f"${DUMP_ENV} is {configured}, which is not a file", pytrace=False)
+        return path
+    if DEFAULT_DUMP.is_file():
+        return DEFAULT_DUMP
+    reason = f"PostHog's conformance dump not found: set ${DUMP_ENV} or put it at {DEFAULT_DUMP}"
+    if require_shared():
+        pytest.fail(f"{reason} (required: ${REQUIRE_SHARED_ENV} is set)", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def conformance_cases() -> list[dict]:
+    """The dump's cases; session-scoped so a missing dump skips before any service is started."""
+    text = dump_path().read_text()
+    return [orjson.loads(line) for line in text.splitlines() if line and not line.startswith("#")]
 
 
 def replay(cases: list[dict], url: str, clock: dict) -> None:

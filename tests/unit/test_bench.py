@@ -9,6 +9,7 @@ import base64
 import gzip
 import random
 import shutil
+import subprocess
 import sys
 import urllib.request
 import uuid
@@ -21,12 +22,15 @@ import pytest
 
 from bench.net import free_port
 from bench.payloads import PROFILES, BenchRequest, PayloadContext
-from bench.recorder import Recorder, merge
+from bench.recorder import Recorder, RunSummary, merge
+from bench.report import status_warning, summary_json, summary_table
 from bench.runner import run_load
 from bench.servers import ManagedServer, baseline_app, nginx_config, upstream_app
 from bench.suites import SUITES, UPSTREAM_BASELINES, Measurement, SuiteOptions, _add_ratios, _server, suite_table
 from bench.worker import LoadConfig, run_process
 from bench.wrk import write_requests
+from gateway.capture import decode, parse
+from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env
 
 TOKEN = "phc_test_bench"
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -123,9 +127,7 @@ def test_flags_request() -> None:
 
 @pytest.mark.parametrize("profile", sorted(set(PROFILES) - {"flags"}))
 def test_gateway_decoder_accepts_payloads(profile: str) -> None:
-    """The gateway's own decode + parse path accepts every profile (skipped until it exists here)."""
-    decode = pytest.importorskip("gateway.capture.decode")
-    parse = pytest.importorskip("gateway.capture.parse")
+    """The gateway's own decode + parse path accepts every profile."""
     request = PROFILES[profile](_ctx())
     split = urlsplit(request.path)
     payload = decode.decode_payload(
@@ -159,6 +161,41 @@ def test_recorder_merges_processes() -> None:
     assert summary.max_ms == pytest.approx(1000, rel=0.01)
 
 
+def summary_of(statuses: dict[str, int]) -> RunSummary:
+    recorder = Recorder(0.0)
+    for status, count in statuses.items():
+        for _ in range(count):
+            recorder.record(0.0, 0.001, status, ["u"], 10)
+    return merge({"mode": "closed", "target": "t", "profile": "single", "processes": 1, "connections": 1},
+                 [recorder.export(0.0)])  # fmt: skip
+
+
+def test_status_warning_above_ten_percent_not_2xx() -> None:
+    assert status_warning(summary_of({"200": 90, "204": 1, "429": 10})) is None
+    rate_limited = summary_of({"200": 14, "429": 86})
+    warning = status_warning(rate_limited)
+    assert warning is not None and warning.startswith("WARNING: 86% of 100 answers were not 2xx (429: 86, 200: 14)")
+    assert warning.endswith("start the gateway under test with `gateway serve --rate-limit-ip off`")
+    assert summary_table(rate_limited).splitlines()[-1] == warning
+    assert summary_json(rate_limited)["warnings"] == [warning]
+    failing = status_warning(summary_of({"200": 80, "503": 15, "timeout": 5}))
+    assert failing is not None and "(200: 80, 503: 15, timeout: 5)" in failing and "rate-limit" not in failing
+
+
+def test_load_against_the_default_gateway_warns_about_its_429s(tmp_path: Path) -> None:
+    """The README's gateway (default per-IP limit) under `python -m bench load`: the output says what went wrong."""
+    with GatewayProcess(tmp_path / "data") as gateway:
+        result = subprocess.run(
+            [sys.executable, "-m", "bench", "load", "--target", gateway.url, "--profile", "single",
+             "--requests", "1000", "--connections", "4", "--quiet"],
+            capture_output=True, text=True, timeout=120, cwd=REPO_ROOT, env=gateway_env(),
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warning = result.stdout.splitlines()[-1]
+    assert warning.startswith("WARNING: ") and "were not 2xx (429: " in warning, result.stdout
+    assert "`gateway serve --rate-limit-ip off`" in warning
+
+
 @pytest.fixture(scope="module")
 def baseline() -> Iterator[ManagedServer]:
     with baseline_app() as server:
@@ -177,7 +214,7 @@ def test_closed_loop_against_baseline(baseline: ManagedServer, tmp_path: Path) -
     )
     summary = run_load(config, progress_stream=sys.stderr)
     assert summary.requests > 10
-    assert summary.statuses == {"200": summary.requests}
+    assert summary.statuses == {"200": summary.requests} and status_warning(summary) is None
     assert summary.req_per_s > 0 and 0 < summary.percentile_ms(50) <= summary.percentile_ms(99)
     lines = acked.read_text().split()
     assert len(lines) == len(set(lines)) == summary.events_acked == summary.requests * 10
