@@ -37,7 +37,7 @@ from gateway.sinkworker.metrics import (
     ROWS_SKIPPED_REPLAY,
 )
 from gateway.sinkworker.replay import ReplayGuard, stored_offsets
-from gateway.sinkworker.rows import Rejected, RowEncoder, SourceMessage
+from gateway.sinkworker.rows import ROWBINARY_COLUMNS, Rejected, RowEncoder, SourceMessage
 from gateway.sinkworker.sources import Source
 from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
 
@@ -152,7 +152,7 @@ class SinkWorker:
                 ROWS_SKIPPED_REPLAY.inc()
                 continue
             try:
-                batch.add_row(message, self._encoder.encode(message))
+                batch.add_row(message, self._encoder.encode_binary(message))
             except Rejected as error:
                 batch.add_reject(message, error)
         for topic, count in topics.items():
@@ -194,7 +194,7 @@ class SinkWorker:
         while rows:
             started = time.perf_counter()
             try:
-                await self._writer.insert(self._config.table, b"".join(rows), token)
+                await self._writer.insert(self._config.table, b"".join(rows), token, ROWBINARY_COLUMNS)
             except WriteError as error:
                 INSERT_ERRORS.labels(error.kind.value).inc()
                 if error.kind is ErrorKind.BAD_DATA:
