@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import TypeVar
 
 from aiokafka.errors import KafkaError
@@ -46,6 +48,7 @@ T = TypeVar("T")
 RETRYABLE = (WriteError, KafkaError, OSError)
 WAIT_S = 0.05
 LAG_SAMPLES_PER_BATCH = 64
+_partition_of: Callable[[SourceMessage], TopicPartition] = attrgetter("topic", "partition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +135,10 @@ class SinkWorker:
         await asyncio.sleep(0)  # fetches served from buffers do not yield: let store tasks run
 
     async def _ingest(self, messages: Sequence[SourceMessage]) -> None:
+        runs = [list(run) for _, run in groupby(messages, key=_partition_of)]
         first: dict[TopicPartition, int] = {}
-        for message in messages:
-            first.setdefault((message.topic, message.partition), message.offset)
+        for run in runs:
+            first.setdefault(_partition_of(run[0]), run[0].offset)
         pending = self._guard.to_check(first)
         if pending:
             found = await self._retrying(lambda: stored_offsets(self._writer, self._config.table, pending))
@@ -142,19 +146,15 @@ class SinkWorker:
         assigned = self._assigned
         batch = self._batch  # taken after the await: a revocation may have flushed the previous one
         topics: Counter[str] = Counter()
-        for message in messages:
-            tp = (message.topic, message.partition)
+        encode = self._encoder.encode_binary
+        for run in runs:
+            tp = _partition_of(run[0])
             if assigned is not None and tp not in assigned:
                 continue  # revoked while we looked up stored offsets: the new owner reads it
-            topics[message.topic] += 1
-            if self._guard.is_stored(tp, message.offset):
-                batch.skip(message)
-                ROWS_SKIPPED_REPLAY.inc()
-                continue
-            try:
-                batch.add_row(message, self._encoder.encode_binary(message))
-            except Rejected as error:
-                batch.add_reject(message, error)
+            topics[tp[0]] += len(run)
+            skipped = batch.add_run(run, encode, self._guard.stored_in(tp, run[-1].offset))
+            if skipped:
+                ROWS_SKIPPED_REPLAY.inc(skipped)
         for topic, count in topics.items():
             MESSAGES_CONSUMED.labels(topic).inc(count)
 
