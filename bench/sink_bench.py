@@ -4,7 +4,7 @@
                                [--chdb-path DIR] [--sweep]
 
 Without addresses it uses the services started by `python -m tests.services start kafka clickhouse`.
-Baseline: the same pre-built JSONEachRow bytes inserted directly in batches of the flush size (what a
+Baseline: the sink's pre-built RowBinary rows inserted directly in batches of the flush size (what a
 perfect consumer with zero decode cost would reach). `--sweep` also times batch sizes, in-flight
 inserts and gzip over HTTP, which is how the defaults were chosen.
 """
@@ -23,7 +23,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from gateway.sinkworker.batch import FlushPolicy
-from gateway.sinkworker.rows import RowEncoder, SourceMessage
+from gateway.sinkworker.rows import ROWBINARY_COLUMNS, RowEncoder, SourceMessage
 from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.sources import KafkaSource
 from gateway.sinkworker.teams import TeamResolver
@@ -147,14 +147,14 @@ async def run_sink(case: Case, writer: Writer, bootstrap: str, topic: str, rows:
 
 
 async def raw_insert(writer: Writer, body_rows: list[bytes], batch_rows: int) -> float:
-    """Rows/s inserting pre-built JSONEachRow bytes, one batch at a time."""
+    """Rows/s inserting the sink's pre-built RowBinary rows, one batch at a time."""
     table = f"raw_{uuid.uuid4().hex[:8]}"
     await writer.command(events_table_ddl(writer.caps, "default", table))
     quoted = table_name("default", table)
     bodies = [b"".join(body_rows[i : i + batch_rows]) for i in range(0, len(body_rows), batch_rows)]
     started = time.perf_counter()
     for body in bodies:
-        await writer.insert(quoted, body, None)
+        await writer.insert(quoted, body, None, ROWBINARY_COLUMNS)
     elapsed = time.perf_counter() - started
     await writer.command(f"DROP TABLE {quoted}")
     return len(body_rows) / elapsed
@@ -185,7 +185,7 @@ async def main(args: argparse.Namespace) -> None:
         encoder = RowEncoder(TeamResolver({}), subsecond=subsecond)
         records = [ConsumerRecord(topic, 0, i, 0, 0, None, v, None, 0, len(v), []) for i, v in enumerate(values)]
         started = time.perf_counter()
-        encoded = [encoder.encode(r) for r in records]
+        encoded = [encoder.encode_binary(r) for r in records]
         print(f"encode only ({target} row format): {len(encoded) / (time.perf_counter() - started):,.0f} rows/s")
         dsn = http_url if target.startswith("clickhouse") else chdb_dsn
         cases = [Case(target)]

@@ -1,7 +1,8 @@
 """Accumulating consumed messages into insert batches, and when to flush them.
 
-A batch remembers, per (topic, partition), the contiguous offset range it consumed (rows and
-rejects alike), so committing after the batch is stored is exact, and its deduplication token is
+Messages arrive in runs of consecutive offsets of one partition; the batch keeps the bookkeeping per
+run, not per message. It remembers, per (topic, partition), the contiguous offset range it consumed
+(rows, rejects and skipped alike), so committing after the batch is stored is exact, and its deduplication token is
 derived from that range plus the rows actually included: retrying the same batch reuses the
 token, a different content never does.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 
 from gateway.sinkworker.rows import Rejected, SourceMessage
@@ -39,26 +41,39 @@ class Batch:
     skipped: list[tuple[str, int, int]] = field(default_factory=list)
     size: int = 0
 
-    def consumed(self, message: SourceMessage) -> None:
-        """Extend the offset range of the message's partition."""
-        tp = (message.topic, message.partition)
-        first, _ = self.ranges.get(tp, (message.offset, message.offset))
-        self.ranges[tp] = (first, message.offset)
-
-    def add_row(self, message: SourceMessage, row: bytes) -> None:
-        self.consumed(message)
-        self.rows.append(row)
-        self.messages.append(message)
-        self.size += len(row)
-
-    def add_reject(self, message: SourceMessage, error: Rejected) -> None:
-        self.consumed(message)
-        self.rejects.append((message, error))
-
-    def skip(self, message: SourceMessage) -> None:
-        """A message with no row to store: already stored (replay after a crash) or the check event."""
-        self.consumed(message)
-        self.skipped.append((message.topic, message.partition, message.offset))
+    def add_run(
+        self,
+        run: Sequence[SourceMessage],
+        encode: Callable[[SourceMessage], bytes | None],
+        stored: Container[int] = (),
+    ) -> tuple[int, int]:
+        """Encode a run of consecutive messages of one partition into rows and rejects, skipping offsets
+        in `stored` (rows already in the table: replay after a crash) and check events (encoded as
+        None); returns how many of each were skipped."""
+        rows, kept, rejects, skipped = self.rows, self.messages, self.rejects, self.skipped
+        count = len(rows)
+        replayed = checks = 0
+        for message in run:
+            if stored and message.offset in stored:
+                skipped.append((message.topic, message.partition, message.offset))
+                replayed += 1
+                continue
+            try:
+                row = encode(message)
+            except Rejected as error:
+                rejects.append((message, error))
+                continue
+            if row is None:
+                skipped.append((message.topic, message.partition, message.offset))
+                checks += 1
+                continue
+            rows.append(row)
+            kept.append(message)
+        self.size += sum(map(len, rows[count:]))
+        tp = (run[0].topic, run[0].partition)
+        first, _ = self.ranges.get(tp, (run[0].offset, 0))
+        self.ranges[tp] = (first, run[-1].offset)
+        return replayed, checks
 
     @property
     def empty(self) -> bool:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinkworker.schema import ServerCaps, quote_string
-from gateway.sinkworker.writer import classify
+from gateway.sinkworker.writer import classify, insert_statement
 from gateway.spool.errors import SpoolLocked
 from gateway.spool.locks import FileLock
 
@@ -66,11 +67,13 @@ class ChdbWriter:
     async def fetch(self, sql: str, fmt: str) -> bytes:
         return await self._run(_fetch, self._session, sql, fmt)
 
-    async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
-        settings = ""
+    async def insert(
+        self, table: str, body: bytes, dedup_token: str | None, columns: Sequence[str] = ()
+    ) -> None:
+        statement, fmt = insert_statement(table, columns).rsplit(" FORMAT ", 1)
         if dedup_token is not None:
-            settings = f" SETTINGS insert_deduplication_token = {quote_string(dedup_token)}"
-        await self._run(_insert, self._session, f"INSERT INTO {table}{settings}", body)
+            statement += f" SETTINGS insert_deduplication_token = {quote_string(dedup_token)}"
+        await self._run(_insert, self._session, statement, fmt, body)
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._session.close)
@@ -115,7 +118,7 @@ def _fetch(session: Any, sql: str, fmt: str) -> bytes:
     return result.bytes() if result is not None else b""
 
 
-def _insert(session: Any, statement: str, body: bytes) -> None:
-    with session.send_insert(statement, "JSONEachRow") as inserter:
+def _insert(session: Any, statement: str, fmt: str, body: bytes) -> None:
+    with session.send_insert(statement, fmt) as inserter:
         inserter.append(body)
         inserter.finish()

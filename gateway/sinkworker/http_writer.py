@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import zlib
+from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
 
 from gateway.sinkworker.schema import ServerCaps
-from gateway.sinkworker.writer import ErrorKind, WriteError, classify
+from gateway.sinkworker.writer import ErrorKind, WriteError, classify, insert_statement
 
 IDLE_KEEPALIVE_S = 2.0
 STALE_CONNECTION_RETRIES = 2
@@ -68,8 +69,10 @@ class HttpWriter:
     async def fetch(self, sql: str, fmt: str) -> bytes:
         return await self._post({}, f"{sql} FORMAT {fmt}".encode())
 
-    async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
-        params = {"query": f"INSERT INTO {table} FORMAT JSONEachRow"}
+    async def insert(
+        self, table: str, body: bytes, dedup_token: str | None, columns: Sequence[str] = ()
+    ) -> None:
+        params = {"query": insert_statement(table, columns)}
         if dedup_token is not None and self.caps.dedup_token:
             params["insert_deduplication_token"] = dedup_token
         await self._post(params, body, compress=self._gzip)

@@ -40,6 +40,9 @@ async def stored_offsets(
     return found
 
 
+_NONE: set[int] = set()
+
+
 class ReplayGuard:
     """Per-partition sets of stored offsets ahead of the reader, looked up when a partition starts."""
 
@@ -67,12 +70,12 @@ class ReplayGuard:
                 self._stored[tp] = offsets
                 self._until[tp] = max(offsets)
 
-    def is_stored(self, tp: TopicPartition, offset: int) -> bool:
-        """Whether this message's row is already in the table; forgets a partition once past it."""
+    def stored_in(self, tp: TopicPartition, last: int) -> set[int]:
+        """Offsets already in the table for a run of the partition ending at `last` (usually none);
+        forgets the partition once a run reaches past its last stored offset."""
         stored = self._stored.get(tp)
         if stored is None:
-            return False
-        hit = offset in stored
-        if offset >= self._until[tp]:
+            return _NONE
+        if last >= self._until[tp]:
             del self._stored[tp], self._until[tp]
-        return hit
+        return stored

@@ -8,17 +8,18 @@ row at all (None): the gateway never writes it, and if one arrives anyway it is 
 from __future__ import annotations
 
 import re
+import struct
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
 import orjson
 
 from gateway.capture.check_event import CHECK_EVENT
-from gateway.capture.timestamps import event_timestamp, parse_timestamp
+from gateway.capture.timestamps import EPOCH, event_timestamp, parse_timestamp
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
 from gateway.sinkworker.timestamps import format_clickhouse
 
@@ -33,6 +34,16 @@ REJECT_REASONS = (
     "rejected_by_clickhouse",
 )
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+# RowBinary rows: the fixed-width columns first (one struct), then the length-prefixed strings.
+ROWBINARY_COLUMNS = (
+    "uuid", "timestamp", "created_at", "team_id", "_offset", "_partition", "_timestamp", "person_mode",
+    "historical_migration", "event", "properties", "distinct_id", "elements_chain", "token", "_topic",
+)  # fmt: skip
+_HEAD_MICROS = struct.Struct("<16sqqqQQIbB")  # DateTime64(6): Int64 microseconds
+_HEAD_SECONDS = struct.Struct("<16sIIqQQIbB")  # DateTime: UInt32 seconds
+_MICROSECOND, _SECOND = timedelta(microseconds=1), timedelta(seconds=1)
+_MAX_INSTANT = datetime(2106, 1, 1, tzinfo=UTC) - EPOCH  # DateTime and DateTime64 both hold 1970..2105
 
 
 class SourceMessage(Protocol):
@@ -73,7 +84,88 @@ class RowEncoder:
     subsecond: bool = True  # False on servers without DateTime64
 
     def encode(self, message: SourceMessage) -> bytes | None:
-        """One newline-terminated JSON row, None for the check event, or raise Rejected."""
+        """One newline-terminated JSONEachRow line (the readable reference form), None for the check
+        event, or raise Rejected."""
+        fields = self._fields(message)
+        if fields is None:
+            return None
+        (row_uuid, event, properties, timestamp, team_id, distinct_id, elements_chain, now, token,
+         propertyless, historical) = fields  # fmt: skip
+        row = {
+            "uuid": row_uuid,
+            "event": event,
+            "properties": properties.decode(),
+            "timestamp": format_clickhouse(timestamp, self.subsecond),
+            "team_id": team_id,
+            "distinct_id": distinct_id,
+            "elements_chain": elements_chain,
+            "created_at": format_clickhouse(now, self.subsecond),
+            "token": token,
+            "person_mode": "propertyless" if propertyless else "full",
+            "historical_migration": 1 if historical else 0,
+            "_timestamp": message.timestamp // 1000,
+            "_offset": message.offset,
+            "_partition": message.partition,
+            "_topic": message.topic,
+        }
+        # A compact copy: orjson's result keeps its growth buffer (~8 KB for a 900 B row here), and a
+        # batch holds 100k rows (780 MB RSS instead of 90 MB).
+        return bytes(memoryview(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)))
+
+    def encode_binary(self, message: SourceMessage) -> bytes | None:
+        """The same row in ClickHouse's RowBinary for the columns ROWBINARY_COLUMNS, None for the check
+        event, or raise Rejected.
+
+        What the sink inserts: no JSON escaping of `properties`, no datetime formatting, and
+        ClickHouse parses it at a fraction of JSONEachRow's cost.
+        """
+        fields = self._fields(message)
+        if fields is None:
+            return None
+        (row_uuid, event, properties, timestamp, team_id, distinct_id, elements_chain, now, token,
+         propertyless, historical) = fields  # fmt: skip
+        raw_uuid = bytes.fromhex(row_uuid.replace("-", ""))
+        tick = _MICROSECOND if self.subsecond else _SECOND
+        limit = _MAX_INSTANT // tick
+        moment = (timestamp - EPOCH) // tick
+        created = (now - EPOCH) // tick
+        try:
+            head = (_HEAD_MICROS if self.subsecond else _HEAD_SECONDS).pack(
+                raw_uuid[7::-1] + raw_uuid[15:7:-1],  # ClickHouse's UUID: two little-endian 64-bit halves
+                moment if 0 <= moment < limit else 0,  # years outside 1970..2105 become the epoch
+                created if 0 <= created < limit else 0,
+                team_id,
+                message.offset,
+                message.partition,
+                message.timestamp // 1000,
+                1 if propertyless else 0,
+                1 if historical else 0,
+            )
+        except struct.error as error:  # a team id or message timestamp outside its column's range
+            raise Rejected("invalid_data", str(error)) from None
+        chain = elements_chain.encode()
+        identity = distinct_id.encode()
+        return b"".join(
+            (
+                head,
+                _prefixed(event),
+                _length(len(properties)),
+                properties,
+                _length(len(identity)),
+                identity,
+                _length(len(chain)),
+                chain,
+                _prefixed(token),
+                _prefixed(message.topic),
+            )
+        )
+
+    def _fields(
+        self, message: SourceMessage
+    ) -> tuple[str, str, bytes, datetime, int, str, str, datetime, str, bool, bool] | None:
+        """None for the check event, else the row's values, validated: uuid, event, properties JSON,
+        timestamp, team_id, distinct_id, elements_chain, created_at, token, propertyless,
+        historical_migration."""
         envelope = _load_object(message.value, "invalid_json")
         raw = envelope.get("data")
         data = raw if isinstance(raw, dict) else _load_object(raw, "invalid_data")
@@ -108,27 +200,19 @@ class RowEncoder:
                 properties[key] = {**merged, **data[key]} if isinstance(merged, dict) else data[key]
         elements_chain = properties.pop("$elements_chain", "")
         self._apply_ip(properties, envelope.get("ip"))
-
-        row = {
-            "uuid": row_uuid,
-            "event": event,
-            "properties": orjson.dumps(properties).decode(),
-            "timestamp": format_clickhouse(timestamp, self.subsecond),
-            "team_id": team_id,
-            "distinct_id": distinct_id if isinstance(distinct_id, str) else _text(distinct_id),
-            "elements_chain": elements_chain if isinstance(elements_chain, str) else "",
-            "created_at": format_clickhouse(now, self.subsecond),
-            "token": token,
-            "person_mode": "propertyless" if properties.get("$process_person_profile") is False else "full",
-            "historical_migration": 1 if envelope.get("historical_migration") is True else 0,
-            "_timestamp": message.timestamp // 1000,
-            "_offset": message.offset,
-            "_partition": message.partition,
-            "_topic": message.topic,
-        }
-        # A compact copy: orjson's result keeps its growth buffer (~8 KB for a 900 B row here), and a
-        # batch holds 100k rows (780 MB RSS instead of 90 MB).
-        return bytes(memoryview(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)))
+        return (
+            row_uuid,
+            event,
+            orjson.dumps(properties),
+            timestamp,
+            team_id,
+            distinct_id if isinstance(distinct_id, str) else _text(distinct_id),
+            elements_chain if isinstance(elements_chain, str) else "",
+            now,
+            token,
+            properties.get("$process_person_profile") is False,
+            envelope.get("historical_migration") is True,
+        )
 
     def _apply_ip(self, properties: dict[str, Any], ip: Any) -> None:
         if self.ip_mode is IpMode.DROP:
@@ -148,6 +232,38 @@ def _load_object(raw: Any, reason: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise Rejected(reason, "not a JSON object")
     return value
+
+
+def _varint(number: int) -> bytes:
+    """LEB128, RowBinary's string length prefix."""
+    out = bytearray()
+    while number >= 0x80:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+_LENGTHS = [_varint(n) for n in range(1 << 14)]  # every one- and two-byte prefix, precomputed
+_PREFIXED: dict[str, bytes] = {}  # event names, tokens and topics repeat: cache their encoded form
+_PREFIXED_LIMIT, _PREFIXED_MAX_TEXT = 10_000, 200
+
+
+def _length(number: int) -> bytes:
+    return _LENGTHS[number] if number < 16384 else _varint(number)
+
+
+def _prefixed(text: str) -> bytes:
+    """A RowBinary String: length prefix and UTF-8 bytes."""
+    encoded = _PREFIXED.get(text)
+    if encoded is None:
+        raw = text.encode()
+        encoded = _length(len(raw)) + raw
+        if len(text) <= _PREFIXED_MAX_TEXT:
+            if len(_PREFIXED) >= _PREFIXED_LIMIT:
+                _PREFIXED.clear()
+            _PREFIXED[text] = encoded
+    return encoded
 
 
 def _text(value: Any) -> str:

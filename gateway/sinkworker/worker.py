@@ -17,6 +17,8 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import attrgetter
 from typing import TypeVar
 
 from aiokafka.errors import KafkaError
@@ -38,7 +40,7 @@ from gateway.sinkworker.metrics import (
     ROWS_SKIPPED_REPLAY,
 )
 from gateway.sinkworker.replay import ReplayGuard, stored_offsets
-from gateway.sinkworker.rows import Rejected, RowEncoder, SourceMessage
+from gateway.sinkworker.rows import ROWBINARY_COLUMNS, Rejected, RowEncoder, SourceMessage
 from gateway.sinkworker.sources import Source
 from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
 
@@ -47,6 +49,7 @@ T = TypeVar("T")
 RETRYABLE = (WriteError, KafkaError, OSError)
 WAIT_S = 0.05
 LAG_SAMPLES_PER_BATCH = 64
+_partition_of: Callable[[SourceMessage], TopicPartition] = attrgetter("topic", "partition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,9 +137,10 @@ class SinkWorker:
         await asyncio.sleep(0)  # fetches served from buffers do not yield: let store tasks run
 
     async def _ingest(self, messages: Sequence[SourceMessage]) -> None:
+        runs = [list(run) for _, run in groupby(messages, key=_partition_of)]
         first: dict[TopicPartition, int] = {}
-        for message in messages:
-            first.setdefault((message.topic, message.partition), message.offset)
+        for run in runs:
+            first.setdefault(_partition_of(run[0]), run[0].offset)
         pending = self._guard.to_check(first)
         if pending:
             found = await self._retrying(lambda: stored_offsets(self._writer, self._config.table, pending))
@@ -144,25 +148,17 @@ class SinkWorker:
         assigned = self._assigned
         batch = self._batch  # taken after the await: a revocation may have flushed the previous one
         topics: Counter[str] = Counter()
-        for message in messages:
-            tp = (message.topic, message.partition)
+        encode = self._encoder.encode_binary
+        for run in runs:
+            tp = _partition_of(run[0])
             if assigned is not None and tp not in assigned:
                 continue  # revoked while we looked up stored offsets: the new owner reads it
-            topics[message.topic] += 1
-            if self._guard.is_stored(tp, message.offset):
-                batch.skip(message)
-                ROWS_SKIPPED_REPLAY.inc()
-                continue
-            try:
-                row = self._encoder.encode(message)
-            except Rejected as error:
-                batch.add_reject(message, error)
-                continue
-            if row is None:
-                batch.skip(message)
-                CHECK_EVENTS_DROPPED.inc()
-            else:
-                batch.add_row(message, row)
+            topics[tp[0]] += len(run)
+            replayed, checks = batch.add_run(run, encode, self._guard.stored_in(tp, run[-1].offset))
+            if replayed:
+                ROWS_SKIPPED_REPLAY.inc(replayed)
+            if checks:
+                CHECK_EVENTS_DROPPED.inc(checks)
         for topic, count in topics.items():
             MESSAGES_CONSUMED.labels(topic).inc(count)
 
@@ -202,7 +198,7 @@ class SinkWorker:
         while rows:
             started = time.perf_counter()
             try:
-                await self._writer.insert(self._config.table, b"".join(rows), token)
+                await self._writer.insert(self._config.table, b"".join(rows), token, ROWBINARY_COLUMNS)
             except WriteError as error:
                 INSERT_ERRORS.labels(error.kind.value).inc()
                 if error.kind is ErrorKind.BAD_DATA:

@@ -8,6 +8,7 @@ misconfiguration never drops data.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -29,6 +30,13 @@ class WriteError(Exception):
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+def insert_statement(table: str, columns: Sequence[str]) -> str:
+    """`INSERT INTO table (columns) FORMAT RowBinary`, or JSONEachRow without columns."""
+    if not columns:
+        return f"INSERT INTO {table} FORMAT JSONEachRow"
+    return f"INSERT INTO {table} ({', '.join(columns)}) FORMAT RowBinary"
 
 
 def classify(message: str) -> WriteError:
@@ -54,8 +62,11 @@ class Writer(Protocol):
         """A query's whole result as raw bytes in ClickHouse format `fmt` (e.g. JSONEachRow)."""
         ...
 
-    async def insert(self, table: str, body: bytes, dedup_token: str | None) -> None:
-        """INSERT a JSONEachRow body into `table` (already quoted `db`.`t`); raise WriteError."""
+    async def insert(
+        self, table: str, body: bytes, dedup_token: str | None, columns: Sequence[str] = ()
+    ) -> None:
+        """INSERT a body into `table` (already quoted `db`.`t`); raise WriteError. The body is
+        RowBinary for `columns` when they are given, else JSONEachRow."""
         ...
 
     async def close(self) -> None: ...

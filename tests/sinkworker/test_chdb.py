@@ -102,17 +102,17 @@ def test_crash_between_insert_and_commit_then_restart_is_exact(
 
 
 class CorruptingEncoder:
-    """Encodes normally but writes an unparseable uuid for one offset, as if the server disliked it."""
+    """Encodes normally but gives one offset's last column (`_topic`) a length the server refuses."""
+
+    TOO_LONG = bytes([0x80] * 5 + [0x20])  # LEB128 of 2**40: over ClickHouse's string size limit
 
     def __init__(self, offset: int) -> None:
         self._offset = offset
 
-    def encode(self, message: SourceMessage) -> bytes:
-        row = ENCODER.encode(message)
+    def encode_binary(self, message: SourceMessage) -> bytes:
+        row = ENCODER.encode_binary(message)
         if message.offset == self._offset and message.partition == 0:
-            data = orjson.loads(row)
-            data["uuid"] = "zzz"
-            row = orjson.dumps(data) + b"\n"
+            row = row[: -len(TOPIC) - 1] + self.TOO_LONG
         return row
 
 
