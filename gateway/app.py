@@ -13,6 +13,7 @@ from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.edge.headers import omit_server_header
 from gateway.edge.setup import Edge, read_secret
+from gateway.gdpr.http import GdprEndpoints
 from gateway.lifecycle import Drain
 from gateway.logs import request_context
 from gateway.metrics_export import GaugeSampler, MetricsExporter
@@ -68,6 +69,11 @@ def check_components(settings: ServeSettings) -> ServeSettings:
         except (OSError, ValueError) as exc:
             raise ConfigError("flags_personal_api_key_file", str(exc),
                               value=settings.flags_personal_api_key_file) from exc
+    if settings.gdpr_audit_key_file is not None:
+        try:
+            read_secret(settings.gdpr_audit_key_file)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("gdpr_audit_key_file", str(exc), value=settings.gdpr_audit_key_file) from exc
     try:
         PrivacyPolicy.from_settings(settings)
     except (ValueError, re.error) as exc:
@@ -122,6 +128,7 @@ def build_app(
     edge.add_probe(app.router, "/_liveness", liveness)
     edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks, edge.serves("flags")))
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
+    GdprEndpoints(settings, edge.client_ip).mount(app, edge)
     app.cleanup_ctx.append(sampler.lifecycle)
     app[EDGE_KEY] = edge
     app[DRAIN_KEY] = drain

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_argument(serve)
     add_arguments(serve, ServeSettings)
 
-    spool = commands.add_parser("spool", help="inspect a local spool")
+    spool = commands.add_parser("spool", help="inspect a local spool; hand it over to another node")
     spool_commands = spool.add_subparsers(dest="spool_command", required=True)
     for name, help_text in (
         ("stats", "segments, bytes, records and reader lag"),
@@ -74,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
             help="keys of an encrypted spool (default: env GATEWAY_SPOOL_ENCRYPTION_KEY_FILE or "
             "GATEWAY_SPOOL_ENCRYPTION_KEYS)",
         )
+    export = spool_commands.add_parser(
+        "export", help="write every spool of a stopped gateway to one file, for `spool import` on another node")
+    export.add_argument("--data-dir", type=Path, required=True, help="the stopped gateway's --data-dir")
+    export.add_argument("--out", type=Path, required=True, help="the export file to create (must not exist)")
+    imp = spool_commands.add_parser(
+        "import", help="add the spools of an export file to this node's data dir; its gateway replays them")
+    imp.add_argument("--data-dir", type=Path, required=True, help="this node's gateway --data-dir")
+    imp.add_argument("file", type=Path, help="a file written by `gateway spool export`")
+    imp.add_argument("--spool-encryption-key-file", type=Path, default=None,
+                     help="this node's spool keys; must open every encrypted record of the export (default: env "
+                     "GATEWAY_SPOOL_ENCRYPTION_KEY_FILE or GATEWAY_SPOOL_ENCRYPTION_KEYS)")
     certs = commands.add_parser("certs", help="TLS certificates")
     certs_commands = certs.add_subparsers(dest="certs_command", required=True)
     dev = certs_commands.add_parser("dev", help="write a self-signed certificate and key for development")
@@ -151,6 +162,8 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 def spool_command(args: argparse.Namespace) -> int:
+    if args.spool_command in ("export", "import"):
+        return handover_command(args)
     from gateway.spool import SpoolError, iter_records, record_to_json, spool_stats
     from gateway.spool.crypto import load_keyring
     from gateway.spool.layout import spools
@@ -170,4 +183,27 @@ def spool_command(args: argparse.Namespace) -> int:
     except SpoolError as exc:
         print(f"gateway spool {args.spool_command}: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def handover_command(args: argparse.Namespace) -> int:
+    """`spool export|import`: one JSON summary line on stdout, or one error line on stderr."""
+    from gateway.spool.crypto import SpoolKeyError, load_keyring
+    from gateway.spool.handover import HandoverError, export_spools, import_spools
+
+    try:
+        if args.spool_command == "export":
+            result = export_spools(args.data_dir, args.out)
+        else:
+            result = import_spools(args.data_dir, args.file, load_keyring(args.spool_encryption_key_file))
+    except SpoolKeyError as exc:
+        print(f"gateway spool {args.spool_command}: {exc}", file=sys.stderr)
+        return 2
+    except HandoverError as exc:
+        print(f"gateway spool {args.spool_command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    summary = {"export_id": result.export_id, "records": result.records, "spools": result.spools}
+    if result.skipped:
+        summary["already_imported"] = result.skipped
+    print(orjson.dumps(summary).decode())
     return 0

@@ -38,6 +38,7 @@ class RoutePolicy:
     management: bool = False
     bounded: bool = True  # counts toward --max-in-flight (probes and metrics do not)
     alias: PathAlias | None = None  # registered under a path alias: handlers see the real path
+    on_forbidden: Callable[[web.Request], Awaitable[None]] | None = None  # e.g. audit a refused GDPR caller
 
 
 class EdgePolicy:
@@ -77,6 +78,8 @@ class EdgePolicy:
             return self._refuse(request, route.name, MethodNotAllowed(f"method {method[:20]} not allowed"))
         if route.management and not self.admin.allows(request):
             refusal = Forbidden("management endpoints need an allowed address or a token")
+            if route.on_forbidden is not None:
+                await route.on_forbidden(request)
             return self._refuse(request, route.name, refusal)
         if not route.bounded:
             return self._finish(request, await handler(request))

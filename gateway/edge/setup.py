@@ -92,7 +92,7 @@ class Edge:
     methods: dict[str, frozenset[str]]
     ssl_context: ssl.SSLContext | None
     tokens: TokenPolicy
-    management: dict[str, Handler] = field(default_factory=dict)
+    management: dict[str, tuple[Handler, RoutePolicy]] = field(default_factory=dict)
     aliases: tuple[PathAlias, ...] = ()
 
     @classmethod
@@ -187,12 +187,14 @@ class Edge:
         """A health probe: GET/HEAD, open to load balancers, never rate limited."""
         self.policy.add_route(router, path, handler, PROBE)
 
-    def add_management(self, app: web.Application, path: str, handler: Handler) -> None:
+    def add_management(
+        self, app: web.Application, path: str, handler: Handler, policy: RoutePolicy = MANAGEMENT
+    ) -> None:
         """A management endpoint (allowed CIDRs or bearer token): here, or on --admin-port only."""
         if self.settings.admin_port:
-            self.management[path] = handler
+            self.management[path] = (handler, policy)
         else:
-            self.policy.add_route(app.router, path, handler, MANAGEMENT)
+            self.policy.add_route(app.router, path, handler, policy)
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """Runs the Redis sync task and the management listener for the app's lifetime."""
@@ -218,8 +220,8 @@ class Edge:
     async def _start_management(self) -> web.AppRunner:
         admin_app = web.Application(middlewares=[self.policy.middleware])
         admin_app.on_response_prepare.append(omit_server_header)
-        for path, handler in self.management.items():
-            self.policy.add_route(admin_app.router, path, handler, MANAGEMENT)
+        for path, (handler, policy) in self.management.items():
+            self.policy.add_route(admin_app.router, path, handler, policy)
         runner = web.AppRunner(admin_app, access_log=None)
         await runner.setup()
         # Every worker binds the same admin port, as they do the main one.

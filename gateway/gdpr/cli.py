@@ -17,11 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-from gateway.capture.record import Record
 from gateway.core.startup import StartupError
 from gateway.gdpr.audit import AuditLog
 from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subject_filter
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
+from gateway.gdpr.subject import spool_matcher
 from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import SpoolKeyError, load_keyring
@@ -120,12 +120,7 @@ async def _expire(args: argparse.Namespace, table: EventsTable, audit: AuditLog,
 
 
 def _purge_spool(args: argparse.Namespace, audit: AuditLog) -> int:
-    ids = {distinct_id.encode() for distinct_id in args.distinct_id}
-    token = args.token.encode() if args.token else None
-
-    def matches(record: Record) -> bool:
-        return record.header("distinct_id") in ids and (token is None or record.header("token") == token)
-
+    matches = spool_matcher(args.distinct_id, args.token)
     totals = {"removed": 0, "segments_rewritten": 0, "skipped": 0}
     try:
         keyring = load_keyring(args.spool_encryption_key_file)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -28,6 +28,7 @@ from gateway.sinkworker.writer import Writer
 
 LIGHTWEIGHT_DELETE = (23, 4)
 POLL_SECONDS = 0.2
+EXPORT_PAGE_ROWS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,22 +79,32 @@ def subject_filter(distinct_ids: Sequence[str], token: str | None) -> str:
 
 
 async def export_rows(table: EventsTable, where: str, out: IO[bytes]) -> int:
-    """Write every matching row as one JSON object per line (properties parsed); returns the count.
-
-    The result is held in memory: fine for one person's events, not for bulk extracts.
-    """
-    body = await table.writer.fetch(f"SELECT * FROM {table.name} WHERE {where} ORDER BY timestamp", "JSONEachRow")
+    """Write every matching row as one JSON object per line (properties parsed); returns the count."""
     count = 0
-    for line in body.splitlines():
-        if not line.strip():
-            continue
-        row = orjson.loads(line)
-        with contextlib.suppress(KeyError, TypeError, orjson.JSONDecodeError):  # else keep the stored text
-            row["properties"] = orjson.loads(row["properties"])
-        out.write(orjson.dumps(row) + b"\n")
+    async for line in iter_rows(table, where):
+        out.write(line)
         count += 1
     out.flush()
     return count
+
+
+async def iter_rows(table: EventsTable, where: str, page: int = EXPORT_PAGE_ROWS) -> AsyncIterator[bytes]:
+    """Every matching row as an NDJSON line (properties parsed), oldest first, read a page at a time so
+    memory stays bounded however many events a person has. Rows inserted meanwhile may shift pages."""
+    offset = 0
+    while True:
+        body = await table.writer.fetch(
+            f"SELECT * FROM {table.name} WHERE {where} ORDER BY timestamp, uuid LIMIT {page} OFFSET {offset}",
+            "JSONEachRow")
+        lines = [line for line in body.splitlines() if line.strip()]
+        for line in lines:
+            row = orjson.loads(line)
+            with contextlib.suppress(KeyError, TypeError, orjson.JSONDecodeError):  # else keep the stored text
+                row["properties"] = orjson.loads(row["properties"])
+            yield orjson.dumps(row) + b"\n"
+        if len(lines) < page:
+            return
+        offset += page
 
 
 @dataclass(frozen=True, slots=True)

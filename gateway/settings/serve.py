@@ -371,6 +371,27 @@ class ServeSettings:
         },
     )
 
+    # --- GDPR requests over HTTP (gateway/gdpr/http.py) on the admin listener; off unless a target is set ---
+    gdpr_clickhouse: str = field(
+        default="",
+        metadata={"help": "ClickHouse holding the sink's events table, for /gdpr/export and /gdpr/delete: "
+                  "http(s)://[user:pass@]host:8123 or chdb://PATH (empty = off: those answer 501)", "url": True},
+    )
+    gdpr_database: str = field(default="default", metadata={"help": "database of the events table"})
+    gdpr_table: str = field(default="events", metadata={"help": "events table name"})
+    gdpr_audit_log: Path | None = field(
+        default=None,
+        metadata={"help": "JSON-lines audit log of GDPR requests (the one `gateway gdpr` appends to)",
+                  "parse": Path, "shown_default": "<data-dir>/audit/gdpr.jsonl"},
+    )
+    gdpr_audit_key_file: Path | None = field(
+        default=None,
+        metadata={"help": "secret key file: subjects are logged as HMAC-SHA256 instead of SHA-256", "parse": Path},
+    )
+    gdpr_delete_timeout: float = field(
+        default=600.0, metadata={"help": "seconds a /gdpr/delete waits for ClickHouse's mutations"}
+    )
+
     def validate(self) -> ServeSettings:
         checks = [
             (1 <= self.port <= 65535, "port", "must be 1..65535"),
@@ -416,6 +437,9 @@ class ServeSettings:
              "flags_local_token", "needs flags_personal_api_key(_file)"),
             (not (self.flags_personal_api_key and self.flags_personal_api_key_file), "flags_personal_api_key",
              "excludes flags_personal_api_key_file"),
+            (not self.gdpr_clickhouse or self.gdpr_clickhouse.startswith(("chdb://", "http://", "https://")),
+             "gdpr_clickhouse", "expected chdb://PATH or http(s)://[user:pass@]host:port"),
+            (self.gdpr_delete_timeout > 0, "gdpr_delete_timeout", "must be > 0"),
         ]
         for ok, name, problem in checks:
             if not ok:
