@@ -132,6 +132,14 @@ def stop_pid(pid: int, timeout: float = 15.0) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def kill_pid(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL `pid` and its process group (a crash) and wait until it is gone."""
+    _signal_group(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def wait_until(ready: Callable[[], bool], *, what: str, pid: int, log_path: Path,
                timeout: float = 60.0) -> None:
     """Poll `ready()` until true; fail early if `pid` dies, and show the log tail on failure."""

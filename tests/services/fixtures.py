@@ -16,6 +16,7 @@ import pytest
 from tests.services.base import STATE_FILE, Service, load_state
 from tests.services.clickhouse_server import ClickHouseServer
 from tests.services.kafka_broker import KafkaBroker
+from tests.services.kafka_cluster import KafkaCluster
 from tests.services.redis_server import RedisServer
 
 S = TypeVar("S", bound=Service)
@@ -66,6 +67,17 @@ def kafka(session_services: SessionServices) -> KafkaBroker:
     A test that stops the broker must start it again (try/finally): the broker is shared.
     """
     return session_services.get(KafkaBroker)
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(session_services: SessionServices) -> KafkaCluster:
+    """A running 3-node Kafka cluster: `.bootstrap_servers` (all nodes), `.nodes[i]` (`.kill()`,
+    `.start()`), `.create_topics()` (replication 3, min.insync.replicas 2), `.leaders(topic)`.
+
+    Started only by the tests that ask for it (marked `cluster`). A test that kills nodes must start
+    them again (`.start()` restarts the stopped ones): the cluster is shared by the session.
+    """
+    return session_services.get(KafkaCluster)
 
 
 @pytest.fixture(scope="session")

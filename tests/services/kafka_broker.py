@@ -13,15 +13,15 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.services.base import HOST, Service, ServiceError, free_ports
+from tests.services.base import HOST, Service, ServiceError, free_ports, kill_pid
 from tests.services.kafka_jars import KAFKA_HOME, ensure_jars
 
-JVM_OPTS = ("-Xms256m", "-Xmx1g", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
+JVM_OPTS = ("-Xms256m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true")
 # Class-data-sharing archive of the broker's classes: recorded by the first broker that exits
 # cleanly, then loaded by every later one, which roughly halves startup on two busy cores.
 CDS_ARCHIVE = KAFKA_HOME / "broker.jsa"
@@ -55,6 +55,13 @@ class KafkaBroker(Service):
     controller_port: int = 0
     cluster_id: str = ""
     partitions: int = 4
+    # A member of a KafkaCluster sets these: its node id, every node's `id@host:port` controller
+    # address, the replication of internal topics, and a smaller heap.
+    node_id: int = 1
+    voters: str = ""
+    replication: int = 1
+    heap: str = "1g"
+    overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap_servers(self) -> str:
@@ -72,6 +79,11 @@ class KafkaBroker(Service):
 
     def start(self) -> None:
         """Start the broker (formatting storage first if new) and wait until it is unfenced."""
+        self.wait_started(self.launch())
+
+    def launch(self) -> int:
+        """Start the broker process without waiting (cluster members start together); returns the
+        log offset that `wait_started` reads from."""
         libs = ensure_jars()
         if not self.port:
             self.port, self.controller_port = free_ports(2)
@@ -83,7 +95,18 @@ class KafkaBroker(Service):
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._spawn(self._java(libs, "kafka.Kafka", str(self.root / "server.properties"),
                                jvm_opts=self._class_data_opts()))
-        self._wait(lambda: self._logged_since(offset, READY_LINE), timeout=90)
+        return offset
+
+    def wait_started(self, offset: int, timeout: float = 90) -> None:
+        """Wait until the process launched at log `offset` says it started."""
+        self._wait(lambda: self._logged_since(offset, READY_LINE), timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean shutdown (its data stays for a restart)."""
+        if self.pid is not None:
+            kill_pid(self.pid)
+            self.pid = None
+        self._record()
 
     def stop(self) -> None:
         """Stop the broker (SIGTERM: a clean shutdown) and keep the class archive it recorded."""
@@ -102,8 +125,8 @@ class KafkaBroker(Service):
 
     async def create_topics(self, names: Iterable[str], *, partitions: int | None = None,
                             configs: Mapping[str, str] | None = None) -> None:
-        """Create topics (replication 1); topics that already exist are left as they are."""
-        topics = [NewTopic(name, partitions or self.partitions, 1, topic_configs=dict(configs or {}))
+        """Create topics (with the broker's replication); topics that already exist are left as they are."""
+        topics = [NewTopic(name, partitions or self.partitions, self.replication, topic_configs=dict(configs or {}))
                   for name in names]
         admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
         await admin.start()
@@ -118,8 +141,8 @@ class KafkaBroker(Service):
 
     def _java(self, libs: Path, main_class: str, *args: str, jvm_opts: Iterable[str] = ()) -> list[str]:
         """A `java` command line running `main_class` on the cached jars with our log4j config."""
-        return ["java", *JVM_OPTS, *jvm_opts, f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}",
-                "-cp", f"{libs}/*", main_class, *args]
+        return ["java", *JVM_OPTS, f"-Xmx{self.heap}", *jvm_opts,
+                f"-Dlog4j2.configurationFile={self.root / 'log4j2.properties'}", "-cp", f"{libs}/*", main_class, *args]
 
     def _class_data_opts(self) -> list[str]:
         """JVM flags to load the cached class archive, or to record one at exit if there is none."""
@@ -131,8 +154,8 @@ class KafkaBroker(Service):
         """Write server.properties and log4j2.properties for this broker."""
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters or f"{self.node_id}@{HOST}:{self.controller_port}",
             "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "controller.listener.names": "CONTROLLER",
@@ -142,17 +165,18 @@ class KafkaBroker(Service):
             # Several partitions by default, so tests can see key-based (murmur2) partitioning.
             "num.partitions": str(self.partitions),
             "auto.create.topics.enable": "true",
-            "offsets.topic.replication.factor": "1",
+            "offsets.topic.replication.factor": str(self.replication),
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.replication.factor": str(self.replication),
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "4",
-            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.replication.factor": str(self.replication),
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "log.segment.bytes": str(16 * 1024 * 1024),
             "num.network.threads": "2",
             "num.io.threads": "4",
+            **self.overrides,
         }
         (self.root / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.root / "log4j2.properties").write_text(LOG4J2_PROPERTIES)

@@ -1,0 +1,104 @@
+"""The gateway in front of a 3-broker Kafka cluster (replication 3, min.insync.replicas 2) under steady
+load while brokers are SIGKILLed: one broker down costs nothing acknowledged (at most a spell of spooling
+while its partitions elect new leaders), two down make acks=all impossible so the gateway spools, and
+the spool is replayed in order once a broker returns."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+
+from tests.services.base import free_port
+from tests.services.kafka_cluster import KafkaCluster
+from tests.support.kafka import consume_all
+from tests.support.load import Load
+from tests.support.processes import GatewayProcess, spool_dump
+from tests.support.readiness import ReadinessWatch
+from tests.support.waiting import wait_for, wait_until_not_degraded
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def cluster(kafka_cluster: KafkaCluster) -> Iterator[KafkaCluster]:
+    """The session's cluster, every node running again after the test (it kills some)."""
+    yield kafka_cluster
+    kafka_cluster.start()
+
+
+def readiness(url: str) -> dict:
+    return requests.get(url + "/_readiness", timeout=5).json()
+
+
+def test_brokers_killed_under_load_lose_nothing_acknowledged(cluster: KafkaCluster, tmp_path: Path) -> None:
+    topic = f"cluster-{uuid.uuid4().hex[:8]}"
+    asyncio.run(cluster.create_topics([topic]))
+    leader = cluster.node_by_id(asyncio.run(cluster.leaders(topic))[0])
+    gateway = GatewayProcess(tmp_path / "data", "--kafka-bootstrap-servers", cluster.bootstrap_servers,
+                             "--topic-main", topic, "--rate-limit-ip", "off").start()
+    try:
+        with ReadinessWatch(gateway.url) as watch, Load(gateway.url, clients=2) as load:
+            time.sleep(3)
+            # One broker down (it leads partition 0): the others take over its partitions.
+            leader.kill()
+            first_kill = time.monotonic()
+            time.sleep(12)
+            wait_until_not_degraded(gateway.url, timeout=60)
+            spooled_one_down = watch.degraded_seconds(since=first_kill)
+            assert set(load.statuses) == {200}, load.statuses
+
+            # Two down: no partition has 2 in-sync replicas, acks=all cannot be met → spool.
+            second = next(node for node in cluster.nodes if node.running)
+            second.kill()
+            wait_for(lambda: readiness(gateway.url)["status"] == "degraded", 30, "gateway degraded")
+            assert "spooling" in readiness(gateway.url)["detail"]
+            time.sleep(3)
+            pending = spool_dump(gateway.data_dir)  # in spool order: what the replay must keep in order
+            second.start()
+            wait_until_not_degraded(gateway.url, timeout=90)
+        assert set(load.statuses) == {200}, load.statuses
+        assert gateway.terminate() == 0
+    finally:
+        gateway.stop()
+    cluster.start()
+    print(f"\none broker down: gateway degraded (spooling) for {spooled_one_down:.1f}s; "
+          f"{len(load.acked)} events acknowledged, {len(pending)} spooled records pending at the second kill")
+
+    consumed = consume_all(cluster.bootstrap_servers, [topic], at_least=len(load.acked), timeout=90)
+    in_kafka = [(partition, orjson.loads(record.value)["uuid"]) for partition, record in consumed]
+    missing = load.acked - {uuid_ for _, uuid_ in in_kafka}
+    assert not missing, f"{len(missing)} of {len(load.acked)} acknowledged events never reached Kafka"
+
+    # The replay keeps the spool's order per partition: the last copy of each spooled record in Kafka
+    # (a timed-out direct send may have landed earlier as well) comes in spool order.
+    assert len(pending) > 50
+    last_offset = {uuid_: (partition, index) for index, (partition, uuid_) in enumerate(in_kafka)}
+    by_partition: dict[int, list[int]] = {}
+    for record in pending:
+        partition, index = last_offset[record["value"]["uuid"]]
+        by_partition.setdefault(partition, []).append(index)
+    assert all(indexes == sorted(indexes) for indexes in by_partition.values())
+
+
+def test_a_dead_bootstrap_server_is_skipped(cluster: KafkaCluster, tmp_path: Path) -> None:
+    servers = f"127.0.0.1:{free_port()},{cluster.bootstrap_servers}"
+    with GatewayProcess(tmp_path / "data", "--kafka-bootstrap-servers", servers) as gateway:
+        assert readiness(gateway.url)["status"] == "ok"
+
+
+def test_no_reachable_bootstrap_server_is_a_degraded_start(tmp_path: Path) -> None:
+    servers = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    with GatewayProcess(tmp_path / "data", "--kafka-bootstrap-servers", servers,
+                        "--kafka-ack-timeout-ms", "1000") as gateway:
+        state = readiness(gateway.url)
+        assert (state["status"], state["ready"]) == ("degraded", True)
+        assert state["detail"] == "spooling: kafka unavailable or catching up"
+        assert gateway.terminate() == 0
+    assert "kafka unavailable at start" in gateway.log()
