@@ -26,8 +26,13 @@ from gateway.spool import iter_records
 from gateway.spool.segment import list_segments, segment_name
 from tests.support.inprocess import InProcessGateway, settings_for
 
-RECORDS_SHA256 = "36e5754b655e91560d782e81023391bbdd08178fa39af0277452cd3005e8466b"
-FRAMES_SHA256 = "843801c6b1b3792eff26462025034177c616060217f62354f5c86a7eb7af059c"
+# settings → (records, spool segments)
+DIGESTS = {
+    (): ("36e5754b655e91560d782e81023391bbdd08178fa39af0277452cd3005e8466b",
+         "843801c6b1b3792eff26462025034177c616060217f62354f5c86a7eb7af059c"),
+    (("historical_rerouting_days", 1),): ("c4a99e61dfd7962ab13d318240873925436e2153d60b3e6f4cc0987adf246a27",
+                                         "8407e50a9f26b9eaba867219fcc9e0c7830f050054787305dad77a5deadc5cee"),
+}
 REQUESTS = 300
 TOKEN = "phc_digest_token"
 START = datetime(2026, 12, 1, 9, 59, 58, 999_000, tzinfo=UTC)
@@ -197,10 +202,14 @@ def fixed_uuid7(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(uuid_utils, "uuid7", lambda: uuid_utils.UUID(int=(0x0192 << 112) | next(counter)))
 
 
-def test_records_and_spool_frames_are_unchanged(tmp_path: Path, fixed_uuid7: None) -> None:
+@pytest.mark.parametrize("overrides", list(DIGESTS), ids=["defaults", "historical-rerouting"])
+def test_records_and_spool_frames_are_unchanged(
+    tmp_path: Path, fixed_uuid7: None, overrides: tuple[tuple[str, object], ...]
+) -> None:
     shapes = Shapes(seed=14)
     statuses = []
-    with InProcessGateway(settings_for(tmp_path), clock=FixedClock()) as gateway, requests.Session() as http:
+    settings = settings_for(tmp_path, **dict(overrides))
+    with InProcessGateway(settings, clock=FixedClock()) as gateway, requests.Session() as http:
         for _ in range(REQUESTS):
             path, headers, body = shapes.request()
             statuses.append(http.post(gateway.url + path, headers=headers, data=body, timeout=10).status_code)
@@ -215,5 +224,4 @@ def test_records_and_spool_frames_are_unchanged(tmp_path: Path, fixed_uuid7: Non
         frames.update((spool / segment_name(segment)).read_bytes())
     assert statuses.count(200) + statuses.count(204) == REQUESTS, sorted(set(statuses))
     assert len(records) > 3000
-    assert digest.hexdigest() == RECORDS_SHA256
-    assert frames.hexdigest() == FRAMES_SHA256
+    assert (digest.hexdigest(), frames.hexdigest()) == DIGESTS[overrides]
