@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import uuid_utils
@@ -43,9 +43,8 @@ class Topics:
     replay: str = "session_recording_snapshot_item_events"
 
 
-@dataclass(slots=True, frozen=True)
-class RequestContext:
-    """What the HTTP layer knows about a request that shapes its records."""
+class RequestContext(NamedTuple):
+    """What the HTTP layer knows about a request that shapes its records (a tuple: one per request)."""
 
     client_ip: str
     now: datetime
@@ -73,8 +72,7 @@ def extract_distinct_id(event: RawEvent) -> str:
     return text[:MAX_DISTINCT_ID_LENGTH]
 
 
-@dataclass(slots=True, frozen=True)
-class _RequestFields:
+class _RequestFields(NamedTuple):
     """What every record of one request shares, formatted once per request instead of once per event."""
 
     token: str
