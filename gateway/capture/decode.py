@@ -22,7 +22,7 @@ from gateway.capture.lz64 import Lz64Error, Lz64TooLarge, decompress_from_base64
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 FORM_PREFIXES = (b"data=", b"ver=", b"_=", b"ip=", b"compression=")
 GZIP_MAGIC = b"\x1f\x8b\x08"
-LEGACY_PATHS = ("/e", "/capture", "/engage", "/track")
+LEGACY_PATHS = frozenset(("/e", "/capture", "/engage", "/track"))
 
 _BASE64_STRICT = re.compile(rb"^[A-Za-z0-9+/=]*$")
 _BASE64_WITH_SPACES = re.compile(rb"^[A-Za-z0-9+/= ]*$")
@@ -61,7 +61,8 @@ def looks_like_base64(payload: bytes, *, allow_spaces: bool = False) -> bool:
 
 def is_legacy_path(path: str) -> bool:
     """Legacy routes (not /i/v0/e, /batch or /s) get a second base64 unwrap, as capture does."""
-    return any(path == p or path.startswith(p + "/") for p in LEGACY_PATHS)
+    end = path.find("/", 1)
+    return (path if end < 0 else path[:end]) in LEGACY_PATHS  # the first segment: /e, /e/ and /e/x
 
 
 def decode_payload(

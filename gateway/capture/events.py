@@ -8,8 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import uuid_utils
@@ -24,19 +23,11 @@ from gateway.capture.errors import (
 )
 from gateway.capture.parse import ParsedRequest, RawEvent
 from gateway.capture.record import Record
-from gateway.capture.timestamps import epoch_millis, event_timestamp, format_now, format_rfc3339
+from gateway.capture.timestamps import event_timestamp, format_now, format_rfc3339, rfc3339_and_millis
 
 MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
-
-
-class DataType(Enum):
-    ANALYTICS_MAIN = "main"
-    ANALYTICS_HISTORICAL = "historical"
-    EXCEPTION = "exceptions"
-    HEATMAP = "heatmaps"
-    CLIENT_INGESTION_WARNING = "client_warnings"
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,13 +42,9 @@ class Topics:
     client_warnings: str = "ingestion-clientwarnings-main-1"
     replay: str = "session_recording_snapshot_item_events"
 
-    def for_type(self, data_type: DataType) -> str:
-        return getattr(self, data_type.value)
 
-
-@dataclass(slots=True, frozen=True)
-class RequestContext:
-    """What the HTTP layer knows about a request that shapes its records."""
+class RequestContext(NamedTuple):
+    """What the HTTP layer knows about a request that shapes its records (a tuple: one per request)."""
 
     client_ip: str
     now: datetime
@@ -69,18 +56,6 @@ class RecordOptions:
     topics: Topics = Topics()
     # Reroute main events older than this to the historical topic (PostHog's ENABLE_HISTORICAL_REROUTING).
     historical_rerouting_after: timedelta | None = None
-
-
-def data_type_for(event_name: str, historical_migration: bool) -> DataType:
-    if event_name == "$$client_ingestion_warning":
-        return DataType.CLIENT_INGESTION_WARNING
-    if event_name == "$exception":
-        return DataType.EXCEPTION
-    if event_name == "$$heatmap":
-        return DataType.HEATMAP
-    if historical_migration:
-        return DataType.ANALYTICS_HISTORICAL
-    return DataType.ANALYTICS_MAIN
 
 
 def extract_distinct_id(event: RawEvent) -> str:
@@ -97,8 +72,7 @@ def extract_distinct_id(event: RawEvent) -> str:
     return text[:MAX_DISTINCT_ID_LENGTH]
 
 
-@dataclass(slots=True, frozen=True)
-class _RequestFields:
+class _RequestFields(NamedTuple):
     """What every record of one request shares, formatted once per request instead of once per event."""
 
     token: str
@@ -115,47 +89,48 @@ class _RequestFields:
 
 
 def analytics_records(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> list[Record]:
-    """One record per event; any invalid event fails the whole request, as capture does."""
+    """One record per event; any invalid event fails the whole request, as capture does.
+
+    The hot path of the gateway: one flat loop with the per-request values hoisted out of it.
+    """
     shared = _RequestFields.of(parsed, context)
-    return [_analytics_record(event, parsed, context, options, shared) for event in parsed.events]
-
-
-def _analytics_record(
-    event: RawEvent, parsed: ParsedRequest, context: RequestContext, options: RecordOptions, shared: _RequestFields
-) -> Record:
-    name = event["event"]
-    if not name:
-        raise MissingEventName("missing event name")
-    properties = event["properties"]
-    distinct_id = extract_distinct_id(event)
-    cookieless = properties.get("$cookieless_mode", False)
-    if not isinstance(cookieless, bool):
-        raise InvalidCookielessMode("$cookieless_mode must be a boolean")
-    if event["uuid"] is None:
-        event["uuid"] = str(uuid_utils.uuid7())
-    timestamp = event_timestamp(event, parsed.sent_at, context.now)
-    data_type = data_type_for(name, parsed.historical_migration)
-    if (
-        data_type is DataType.ANALYTICS_MAIN
-        and options.historical_rerouting_after is not None
-        and context.now - timestamp > options.historical_rerouting_after
-    ):
-        data_type = DataType.ANALYTICS_HISTORICAL
-    ip = "127.0.0.1" if "capture_internal" in properties else context.client_ip
-    key = f"{parsed.token}:{ip if cookieless else distinct_id}"
-    return _record(
-        topic=options.topics.for_type(data_type),
-        key=key,
-        uuid=event["uuid"],
-        distinct_id=distinct_id,
-        ip=ip,
-        data=event,
-        shared=shared,
-        name=name,
-        timestamp=timestamp,
-        cookieless=cookieless,
-        historical=data_type is DataType.ANALYTICS_HISTORICAL,
-    )
+    topics = options.topics
+    # Capture's data types: these names win over historical_migration.
+    special_topics = {
+        "$$client_ingestion_warning": topics.client_warnings,
+        "$exception": topics.exceptions,
+        "$$heatmap": topics.heatmaps,
+    }
+    historical_request = parsed.historical_migration
+    default_topic = topics.historical if historical_request else topics.main
+    rerouting_after = options.historical_rerouting_after
+    token, sent_at, now, client_ip = parsed.token, parsed.sent_at, context.now, context.client_ip
+    records = []
+    for event in parsed.events:
+        name = event["event"]
+        if not name:
+            raise MissingEventName("missing event name")
+        properties = event["properties"]
+        distinct_id = extract_distinct_id(event)
+        cookieless = properties.get("$cookieless_mode", False)
+        if cookieless is not False and cookieless is not True:
+            raise InvalidCookielessMode("$cookieless_mode must be a boolean")
+        uuid = event["uuid"]
+        if uuid is None:
+            uuid = event["uuid"] = str(uuid_utils.uuid7())
+        timestamp = event_timestamp(event, sent_at, now)
+        topic = special_topics.get(name)
+        historical = topic is None and historical_request
+        if topic is None:
+            topic = default_topic
+            if not historical and rerouting_after is not None and now - timestamp > rerouting_after:
+                topic, historical = topics.historical, True
+        ip = "127.0.0.1" if "capture_internal" in properties else client_ip
+        records.append(
+            _record(topic, f"{token}:{ip if cookieless else distinct_id}", uuid, distinct_id, ip, event, shared,
+                    name, timestamp, cookieless, historical)
+        )
+    return records
 
 
 def replay_record(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> Record:
@@ -197,23 +172,12 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
         },
     }
     timestamp = event_timestamp(first, parsed.sent_at, context.now)
-    return _record(
-        topic=options.topics.replay,
-        key=session_id,
-        uuid=first["uuid"] or str(uuid_utils.uuid7()),
-        distinct_id=distinct_id,
-        ip=context.client_ip,
-        data=data,
-        shared=_RequestFields.of(parsed, context),
-        name="$snapshot_items",
-        timestamp=timestamp,
-        cookieless=False,
-        historical=False,
-    )
+    uuid = first["uuid"] or str(uuid_utils.uuid7())
+    return _record(options.topics.replay, session_id, uuid, distinct_id, context.client_ip, data,
+                   _RequestFields.of(parsed, context), "$snapshot_items", timestamp, False, False)
 
 
 def _record(
-    *,
     topic: str,
     key: str,
     uuid: str,
@@ -226,6 +190,7 @@ def _record(
     cookieless: bool,
     historical: bool,
 ) -> Record:
+    timestamp_text, timestamp_ms = rfc3339_and_millis(timestamp)
     value: dict[str, Any] = {
         "uuid": uuid,
         "distinct_id": distinct_id,
@@ -237,19 +202,18 @@ def _record(
         value["sent_at"] = shared.sent_at_text
     value["token"] = shared.token
     value["event"] = name
-    value["timestamp"] = format_rfc3339(timestamp)
+    value["timestamp"] = timestamp_text
     if cookieless:
         value["is_cookieless_mode"] = True
-    if historical:
-        value["historical_migration"] = True
-    headers = [
+    headers: tuple[tuple[str, bytes], ...] = (
         ("token", shared.token_header),
         ("distinct_id", distinct_id.encode()),
-        ("timestamp", str(epoch_millis(timestamp)).encode()),
+        ("timestamp", str(timestamp_ms).encode()),
         ("event", name.encode()),
         ("uuid", uuid.encode()),
         ("now", shared.now_header),
-    ]
+    )
     if historical:
-        headers.append(("historical_migration", b"true"))
-    return Record(topic, key.encode(), tuple(headers), orjson.dumps(value))
+        value["historical_migration"] = True
+        headers += (("historical_migration", b"true"),)
+    return Record(topic, key.encode(), headers, orjson.dumps(value))

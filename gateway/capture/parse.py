@@ -6,6 +6,7 @@ request PostHog would reject is rejected here with the same error code.
 
 from __future__ import annotations
 
+import itertools
 import re
 import uuid as uuid_lib
 from dataclasses import dataclass
@@ -31,6 +32,18 @@ MAX_TOKEN_LENGTH = 64
 
 RawEvent = dict[str, Any]
 """An event as PostHog re-serializes it into `data`: only the known fields, in capture's order."""
+
+_CAPTURE_ORDER = ("token", "distinct_id", "uuid", "event", "properties", "timestamp", "offset", "$set", "$set_once")
+_REQUIRED = frozenset({"uuid", "event", "properties"})
+# Every key sequence an event may arrive with to be kept as it is (2^6 of them).
+_CAPTURE_SHAPES = frozenset(
+    shape
+    for size in range(len(_REQUIRED), len(_CAPTURE_ORDER) + 1)
+    for shape in itertools.combinations(_CAPTURE_ORDER, size)
+    if _REQUIRED.issubset(shape)
+)
+_OPTIONAL_FIELDS = (("token", str), ("timestamp", str), ("offset", int), ("$set", dict), ("$set_once", dict))
+_ABSENT = object()
 
 
 @dataclass(slots=True)
@@ -81,7 +94,31 @@ def parse_request(payload: bytes, *, engage: bool, query_sent_at: datetime | Non
 
 
 def normalize_event(item: object, engage: bool) -> RawEvent:
-    """Type-check one event like serde would, keeping only the fields capture forwards."""
+    """Type-check one event like serde would, keeping only the fields capture forwards.
+
+    An event already in capture's shape (posthog-js sends `uuid, event, properties, timestamp`) is
+    returned as it is: the copy would be equal, key order included.
+    """
+    if type(item) is dict and tuple(item) in _CAPTURE_SHAPES and _in_capture_shape(item):
+        return item
+    return _normalized_copy(item, engage)
+
+
+def _in_capture_shape(item: RawEvent) -> bool:
+    """The keys are a subsequence of capture's; are the values what `_normalized_copy` keeps unchanged?"""
+    uuid = item["uuid"]
+    if type(uuid) is not str or not _CANONICAL_UUID.match(uuid):
+        return False
+    if type(item["event"]) is not str or type(item["properties"]) is not dict:
+        return False
+    for key, kind in _OPTIONAL_FIELDS:
+        value = item.get(key, _ABSENT)
+        if value is not _ABSENT and type(value) is not kind:
+            return False
+    return "distinct_id" not in item or item["distinct_id"] is not None
+
+
+def _normalized_copy(item: object, engage: bool) -> RawEvent:
     if not isinstance(item, dict):
         raise RequestParsingError("failed to parse request: event must be an object")
     event: RawEvent = {}

@@ -105,16 +105,51 @@ def compute_timestamp(
 
 def format_rfc3339(value: datetime) -> str:
     """chrono's `to_rfc3339_opts(AutoSi, true)`: 'Z', and 0, 3 or 6 fractional digits as needed."""
-    micros = value.microsecond
-    spec = "seconds" if micros == 0 else "milliseconds" if micros % 1000 == 0 else "microseconds"
-    return value.isoformat(timespec=spec).removesuffix("+00:00") + "Z"  # values here are always UTC
+    return rfc3339_and_millis(value)[0]
+
+
+def rfc3339_and_millis(value: datetime) -> tuple[str, int]:
+    """`format_rfc3339` and `epoch_millis` of one UTC value from one subtraction (hot path: once per event)."""
+    if value.tzinfo is not UTC:
+        micros = value.microsecond
+        spec = "seconds" if micros == 0 else "milliseconds" if micros % 1000 == 0 else "microseconds"
+        return value.isoformat(timespec=spec).removesuffix("+00:00") + "Z", epoch_millis(value)
+    delta = value - EPOCH  # exact integer arithmetic; float timestamps can land a millisecond early
+    seconds = delta.days * 86_400 + delta.seconds
+    micros = delta.microseconds
+    prefix = _second_text(seconds, value)
+    if micros == 0:
+        text = prefix + "Z"
+    elif micros % 1000 == 0:
+        text = f"{prefix}.{micros // 1000:03d}Z"
+    else:
+        text = f"{prefix}.{micros:06d}Z"
+    return text, seconds * 1000 + micros // 1000
 
 
 def format_now(value: datetime) -> str:
     """The `now` field as PostHog's Django capture wrote it (isoformat, microseconds, +00:00)."""
-    return value.isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:
+        return value.isoformat(timespec="microseconds")
+    delta = value - EPOCH
+    return f"{_second_text(delta.days * 86_400 + delta.seconds, value)}.{delta.microseconds:06d}+00:00"
 
 
 def epoch_millis(value: datetime) -> int:
     delta = value - EPOCH  # exact integer arithmetic; float timestamps can land a millisecond early
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
+_SECOND_TEXTS: dict[int, str] = {}
+_SECOND_TEXTS_MAX = 4096
+
+
+def _second_text(seconds: int, value: datetime) -> str:
+    """'YYYY-MM-DDTHH:MM:SS' of a UTC value whose epoch second is `seconds`, cached: the events of a
+    request and of neighbouring requests mostly fall in the same few seconds."""
+    text = _SECOND_TEXTS.get(seconds)
+    if text is None:
+        if len(_SECOND_TEXTS) >= _SECOND_TEXTS_MAX:
+            _SECOND_TEXTS.clear()
+        text = _SECOND_TEXTS[seconds] = value.replace(microsecond=0, tzinfo=None).isoformat()
+    return text

@@ -23,6 +23,7 @@ from gateway.capture.timestamps import sent_at_from_query
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.errors import BodyReadTimeout
 from gateway.edge.tokens import TokenPolicy
+from gateway.metrics_export import LocalCounter, LocalHistogram
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
 
@@ -65,15 +66,16 @@ class CaptureHandler:
         self.checks = CheckEvents(sink, metrics.EVENTS_DROPPED.labels("gateway_check"))
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
+        # Counted locally, folded into the exported metrics about once a second (gateway/metrics_export.py).
         answered = {
-            200: metrics.HTTP_REQUESTS.labels(spec.name, "200"),
-            204: metrics.HTTP_REQUESTS.labels(spec.name, "204"),
+            200: LocalCounter(metrics.HTTP_REQUESTS.labels(spec.name, "200")),
+            204: LocalCounter(metrics.HTTP_REQUESTS.labels(spec.name, "204")),
         }
-        latency = metrics.HTTP_LATENCY.labels(spec.name)
-        received = metrics.EVENTS_RECEIVED.labels(spec.name)
-        ingested = metrics.EVENTS_INGESTED.labels(spec.name)
-        size = metrics.REQUEST_SIZE.labels(spec.name)
-        batch_size = metrics.EVENT_BATCH_SIZE.labels(spec.name)
+        latency = LocalHistogram(metrics.HTTP_LATENCY.labels(spec.name))
+        received = LocalCounter(metrics.EVENTS_RECEIVED.labels(spec.name))
+        ingested = LocalCounter(metrics.EVENTS_INGESTED.labels(spec.name))
+        size = LocalHistogram(metrics.REQUEST_SIZE.labels(spec.name))
+        batch_size = LocalHistogram(metrics.EVENT_BATCH_SIZE.labels(spec.name))
 
         async def handle(request: web.Request) -> web.StreamResponse:
             # Methods, OPTIONS, CORS and client-IP limits are the edge policy's (gateway.edge.policy).

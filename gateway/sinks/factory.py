@@ -55,7 +55,7 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
         "compression_type": None if settings.kafka_compression == "none" else settings.kafka_compression,
         "max_batch_size": settings.kafka_max_batch_bytes,
         "max_request_size": settings.kafka_max_batch_bytes + _REQUEST_OVERHEAD,
-        "linger_ms": settings.kafka_linger_ms,
+        "linger_ms": 0,  # the gateway gathers its own batches (ReconnectingProducer's linger)
         "partitioner": java_partitioner,
         "request_timeout_ms": int(max(settings.kafka_ack_timeout_ms * 2, 10_000)),
         "security_protocol": settings.kafka_security_protocol,
@@ -116,7 +116,7 @@ def local_sink(settings: ServeSettings, worker: int, keyring: Keyring | None) ->
     if not settings.kafka_bootstrap_servers:
         return spool
     config = producer_config(settings)
-    producer = ReconnectingProducer(lambda: AIOKafkaProducer(**config))
+    producer = ReconnectingProducer(lambda: AIOKafkaProducer(**config), linger=settings.kafka_linger_ms / 1000)
     return KafkaSink(
         producer,
         spool,

@@ -36,6 +36,9 @@ _FIXED = struct.Struct("<HiH")
 MAX_PAYLOAD = 1 << 28
 _HEADER_ITEM = struct.Struct("<HI")
 _crc32 = zlib.crc32
+# The header names capture writes, encoded once.
+_NAME_BYTES = {name: name.encode() for name in ("token", "distinct_id", "timestamp", "event", "uuid", "now",
+                                                 "historical_migration")}
 
 
 class FrameStatus(Enum):
@@ -80,7 +83,7 @@ def encode_record(record: Record, sealer: SpoolKey | None = None) -> bytes:
         if key:
             parts.append(key)
         for name, value in headers:
-            name_bytes = name.encode()
+            name_bytes = _NAME_BYTES.get(name) or name.encode()
             parts += (_HEADER_ITEM.pack(len(name_bytes), len(value)), name_bytes, value)
         parts.append(record.value)
         payload = b"".join(parts)

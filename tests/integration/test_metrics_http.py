@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.inprocess import InProcessGateway, free_port, settings_for
 from tests.support.processes import GatewayProcess
+from tests.support.waiting import wait_for
 
 TOKEN = "phc_metrics_token"
 
@@ -39,6 +40,9 @@ def capture(url: str, count: int) -> None:
 def test_one_scrape_counts_requests_served_by_every_worker(tmp_path: Path) -> None:
     with GatewayProcess(tmp_path / "data", "--workers", "2") as gateway:
         capture(gateway.url, 40)
+        # Workers fold their hot-path counters into the shared metrics about once a second.
+        requests_200 = ("gateway_http_requests_total", (("route", "events"), ("status", "200")))
+        wait_for(lambda: samples(gateway.url)[requests_200] == 40, timeout=5, what="every worker's counts")
         for _ in range(4):  # whichever worker answers the scrape, it reports the whole group
             scrape = samples(gateway.url)
             assert scrape[("gateway_http_requests_total", (("route", "events"), ("status", "200")))] == 40
