@@ -98,8 +98,8 @@ def _lock(path: Path) -> FileLock:
 def require_chdb(path: str) -> None:
     """chdb is an extra (`posthog-gateway[chdb]`): without it, one line and exit 2 instead of a traceback."""
     if importlib.util.find_spec("chdb") is None:
-        raise StartupError("ClickHouse target", f"chdb://{path}", "chdb is not installed: install "
-                           "posthog-gateway[chdb]", exit_code=CONFIG_EXIT)
+        raise StartupError("ClickHouse target", f"chdb://{path}", "chdb is not installed: pip install "
+                           "'posthog-gateway[chdb]' (from a clone: pip install '.[chdb]')", exit_code=CONFIG_EXIT)
 
 
 def _open_session(path: str) -> Any:

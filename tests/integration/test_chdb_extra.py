@@ -35,7 +35,8 @@ def test_chdb_target_without_chdb_is_one_line_and_exit_2(tmp_path: Path, command
     result = run_gateway(*command, "--clickhouse", target)
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
-        f"gateway: error: ClickHouse target ({target}): chdb is not installed: install posthog-gateway[chdb]"
+        f"gateway: error: ClickHouse target ({target}): chdb is not installed: pip install "
+        "'posthog-gateway[chdb]' (from a clone: pip install '.[chdb]')"
     ]
     assert not (tmp_path / "chdb").exists()
 
