@@ -54,6 +54,7 @@ class SinkSuiteOptions:
     clickhouse_url: str | None = None
     batch_rows: int = 100_000
     in_flight: int = 2
+    batch_bytes: int = 64 << 20  # the sink's default --batch-bytes
     kafka_engine: bool = True
 
 
@@ -67,6 +68,7 @@ class SinkFigure:
     client_cpu_s: float = 0.0  # this process (the sink, or the INSERT client)
     server_cpu_s: float | None = None  # ClickHouse, when its pid is known
     error: str | None = None
+    peak_rss_mb: float | None = None  # a separate process's peak resident memory
     ratios: dict[str, float] = field(default_factory=dict)
 
     def rows_per_cpu_s(self, rows: int) -> float:
@@ -226,6 +228,12 @@ async def _measure(
         cold = rows / (time.perf_counter() - cold_started)
         figures.append(SinkFigure("sink", warm, cold, time.process_time() - cpu, _delta(pid, server)))
 
+        log.write("suite sink: gateway sink process\n")
+        try:
+            figures.append(await _sink_process_run(writer, bootstrap, url, topic, options, pid))
+        except Exception as exc:  # reported as the figure's error
+            figures.append(SinkFigure("sink-process", error=f"{type(exc).__name__}: {exc}"[:500]))
+
         if options.kafka_engine:
             log.write("suite sink: Kafka engine (start-up probe, then the topic)\n")
             try:
@@ -246,6 +254,56 @@ async def _measure(
     for figure in figures:
         figure.ratios = {name: figure.rows_per_s / value for name, value in baselines.items() if value}
     return figures, notes
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of `pid` in MiB (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    line = next((line for line in status.splitlines() if line.startswith("VmRSS:")), "VmRSS: 0 kB")
+    return int(line.split()[1]) / 1024
+
+
+async def _sink_process_run(
+    writer: Writer, bootstrap: str, url: str, topic: str, options: SinkSuiteOptions, pid: int | None
+) -> SinkFigure:
+    """`gateway sink` as its own process (the command users run): rows/s from its start, its CPU, and its
+    peak RSS sampled every 50 ms, which `--batch-bytes` bounds."""
+    suffix = uuid.uuid4().hex[:8]
+    table = f"proc_{suffix}"
+    await writer.command(events_table_ddl(writer.caps, "default", table))
+    quoted = table_name("default", table)
+    command = [
+        sys.executable, "-m", "gateway", "sink", "--kafka-bootstrap-servers", bootstrap, "--topics", topic,
+        "--group-id", f"bench-proc-{suffix}", "--session-timeout-ms", "6000", "--clickhouse-url", url,
+        "--table", table, "--batch-rows", str(options.batch_rows), "--batch-bytes", str(options.batch_bytes),
+        "--insert-concurrency", str(options.in_flight), "--log-level", "warning",
+    ]  # fmt: skip
+    server_before = _process_cpu_s(pid)
+    started = time.perf_counter()
+    process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
+    peak = cpu = 0.0
+    try:
+        while True:
+            peak = max(peak, _rss_mb(process.pid))
+            cpu = _process_cpu_s(process.pid) or cpu
+            if int((await writer.select(f"SELECT count() FROM {quoted}"))[0][0]) >= options.rows:
+                break
+            if process.returncode is not None or time.perf_counter() - started > ENGINE_TIMEOUT_S:
+                raise RuntimeError(f"gateway sink stopped or stalled (exit code {process.returncode})")
+            await asyncio.sleep(0.05)
+        elapsed = time.perf_counter() - started
+    finally:
+        if process.returncode is None:
+            process.terminate()
+        code = await process.wait()
+        await writer.command(f"DROP TABLE IF EXISTS {quoted}")
+    if code != 0:
+        raise RuntimeError(f"gateway sink exited with {code} on SIGTERM")
+    rate = options.rows / elapsed
+    return SinkFigure("sink-process", rate, rate, cpu, _delta(pid, server_before), peak_rss_mb=peak)
 
 
 def _delta(pid: int | None, before: float | None) -> float | None:
@@ -279,6 +337,12 @@ def sink_suite_table(figures: list[SinkFigure], notes: list[str], options: SinkS
         )
     lines += [
         "",
+        *(
+            f"{f.name}: peak RSS {f.peak_rss_mb:,.0f} MiB with --batch-bytes {options.batch_bytes >> 20} MiB; "
+            "its rows/s include start-up (group join)"
+            for f in figures
+            if f.peak_rss_mb is not None
+        ),
         f"batch {options.batch_rows:,} rows, {options.in_flight} inserts in flight, uncompressed HTTP.",
         "rows/s: from the first fetched message (sink) or minus the engine's start-up; cold: including it.",
         "rows/cpu-s: rows per CPU-second of this process plus ClickHouse (when its pid is known).",

@@ -30,7 +30,7 @@ BATCH_ROWS = Histogram(
 )
 BATCH_BYTES = Histogram(
     "gateway_sink_batch_bytes",
-    "Uncompressed JSONEachRow bytes per flushed batch",
+    "Uncompressed RowBinary bytes per flushed batch",
     buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6),
 )
 INSERTS_IN_FLIGHT = Gauge("gateway_sink_inserts_in_flight", "Batches submitted and not yet stored")

@@ -36,7 +36,7 @@ def varied_values() -> list[bytes]:
     return [
         captured_value(0, properties=web),
         captured_value(1, event="order placed", properties={"total": 1e300, "tiny": 5e-324, "big": 2**63}),
-        captured_value(2, properties={"text": "日本語 😀 \u0000 \t\n \"quoted\" \\ \u2028", "$ip": "10.0.0.1"}),
+        captured_value(2, properties={"text": '日本語 😀 \u0000 \t\n "quoted" \\ \u2028', "$ip": "10.0.0.1"}),
         captured_value(3, event="ünïcödé 事件 😀", distinct_id="ユーザー😀"),
         captured_value(4, properties=HUGE),
         captured_value(5, properties={"$set": {"a": 1}}, data_extra={"$set": {"b": 2}, "$set_once": {"c": 3}}),
@@ -61,6 +61,17 @@ def varied_values() -> list[bytes]:
         captured_value(22, ip=None, properties={"$ip": "198.51.100.1"}),
         captured_value(23, properties=None),
         captured_value(24, data_extra={"properties": ["not", "an", "object"]}),
+        # Shapes next to the lean path's conditions (RowEncoder._lean_row): each is encoded either way.
+        captured_value(25, uuid="0190C6B27D1E7A4C9F3E4B1C2D3E4F5A"),  # no hyphens, upper case
+        captured_value(26, timestamp="2023-09-15T09:15:02.325", now="2023-09-15 09:15:03"),  # naive: UTC
+        captured_value(27, timestamp=" 2023-09-15T09:15:02Z ", now=""),  # padded; empty now
+        captured_value(28, ip="", properties={"$ip": "198.51.100.2", "$elements_chain": None}),
+        captured_value(29, ip=7, historical_migration="yes"),
+        captured_value(30, data_extra={"$set_once": {"first": 1}, "$set": "not an object"}),
+        captured_value(31, properties={"$set": {"a": 1}, "$process_person_profile": False}),
+        captured_value(32, event="", data_extra={"event": "named in data"}),
+        captured_value(33, uuid="", data_extra={"uuid": "0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e4f5b"}),
+        captured_value(34, distinct_id=["list"], token="phc_third"),
         orjson.dumps(
             {
                 "uuid": "00000000-0000-0000-0000-00000000001a",
@@ -89,6 +100,9 @@ BAD_VALUES = [
     (captured_value(0, distinct_id=None), "missing_distinct_id"),
     (captured_value(0, token=""), "missing_token"),
     (captured_value(0, token=5), "missing_token"),
+    (captured_value(0, uuid="0190c6b2 7d1e 7a4c 9f3e 4b1c2d3e4f50"), "invalid_uuid"),
+    (captured_value(0, uuid="0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e4f5"), "invalid_uuid"),
+    (orjson.dumps({"uuid": "x", "data": '{"properties": {"a": 1e400}}'}), "invalid_data"),
 ]
 
 
@@ -141,6 +155,15 @@ def test_rowbinary_rows_equal_json_rows_on_clickhouse_18_16(clickhouse_http_url:
     assert binary_rows == json_rows
     assert binary_rows[4]["properties"] == orjson.dumps({**HUGE, "$ip": "203.0.113.7"}).decode()
     assert binary_rows[14]["timestamp"] == "2023-09-15 09:15:02"
+
+
+def test_capture_shaped_messages_take_the_lean_path() -> None:
+    """The comparisons above cover the lean path only if the common shapes take it."""
+    lean = encoder(False)
+    taken = [lean._lean_row(record(value)) is not None for value in varied_values()]
+    assert taken[:4] == [True] * 4
+    assert taken[25:27] == [True, True]
+    assert not any(taken[i] for i in (5, 7, 9, 10, 20, 27, 30, 32, 33))
 
 
 @pytest.mark.parametrize(("value", "reason"), BAD_VALUES)
