@@ -30,7 +30,8 @@ FORCE_HEADER = ("force_disable_person_processing", b"true")
 
 
 class OverflowLimiter:
-    """Decides per key whether an event overflows: `reason(key, token)` is None, RATE_LIMITED or FORCE_LIMITED."""
+    """Decides per key whether an event overflows: `reason(key, token, now)` is None, RATE_LIMITED or
+    FORCE_LIMITED; `now` comes from `clock` (read once per request: its events arrived together)."""
 
     def __init__(
         self,
@@ -47,19 +48,18 @@ class OverflowLimiter:
         self._tolerance = (max(burst, 1) + 1e-6) * self._interval
         self._force = frozenset(entry.encode() for entry in force)
         self._max_keys = max_keys
-        self._clock = clock
+        self.clock = clock
         self._full_at: OrderedDict[bytes, float] = OrderedDict()  # key → when its bucket is full again
 
     @property
     def tracked_keys(self) -> int:
         return len(self._full_at)
 
-    def reason(self, key: bytes, token: bytes) -> str | None:
+    def reason(self, key: bytes, token: bytes, now: float) -> str | None:
         if self._force and (key in self._force or token in self._force):
             return FORCE_LIMITED
         if not self._interval:
             return None
-        now = self._clock()
         full_at = self._full_at.get(key)
         if full_at is None:
             full_at = now
@@ -89,13 +89,14 @@ class OverflowRouter:
         routed: list[Record] | None = None
         reason_of = self.limiter.reason
         main = self.main_topic
+        now = self.limiter.clock()
         for index, record in enumerate(records):
             if record.topic != main or record.key is None:
                 continue
             headers = record.headers
             # gateway/capture/events.py puts the token header first
             token = headers[0][1] if headers and headers[0][0] == "token" else record.header("token") or b""
-            reason = reason_of(record.key, token)
+            reason = reason_of(record.key, token, now)
             if reason is None:
                 continue
             if routed is None:

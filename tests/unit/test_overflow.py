@@ -29,7 +29,7 @@ def record(token: str, distinct_id: str, topic: str = MAIN, value: bytes = b"{}"
 
 
 def decisions(limiter: OverflowLimiter, key: bytes, count: int) -> list[str | None]:
-    return [limiter.reason(key, b"phc_a") for _ in range(count)]
+    return [limiter.reason(key, b"phc_a", limiter.clock()) for _ in range(count)]
 
 
 def test_burst_passes_then_the_rest_overflows() -> None:
@@ -57,7 +57,7 @@ def test_overflowed_events_take_no_token() -> None:
     passed = 0
     for _ in range(2000):  # 2000 events/s for 1 s
         clock.now += 0.0005
-        passed += limiter.reason(b"phc_a:hot", b"phc_a") is None
+        passed += limiter.reason(b"phc_a:hot", b"phc_a", clock.now) is None
     assert 100 + 10 - 1 <= passed <= 100 + 10 + 1
 
 
@@ -69,10 +69,10 @@ def test_keys_have_their_own_buckets() -> None:
 
 def test_force_list_matches_a_key_or_a_whole_token_and_works_without_a_rate() -> None:
     limiter = OverflowLimiter(rate=0, burst=1, force=["phc_a:bot", "phc_b"], clock=FakeClock())
-    assert limiter.reason(b"phc_a:bot", b"phc_a") == FORCE_LIMITED
-    assert limiter.reason(b"phc_a:human", b"phc_a") is None
-    assert limiter.reason(b"phc_b:anyone", b"phc_b") == FORCE_LIMITED
-    assert all(limiter.reason(b"phc_c:x", b"phc_c") is None for _ in range(10_000))  # rate 0: never limited
+    assert limiter.reason(b"phc_a:bot", b"phc_a", 0.0) == FORCE_LIMITED
+    assert limiter.reason(b"phc_a:human", b"phc_a", 0.0) is None
+    assert limiter.reason(b"phc_b:anyone", b"phc_b", 0.0) == FORCE_LIMITED
+    assert all(limiter.reason(b"phc_c:x", b"phc_c", 0.0) is None for _ in range(10_000))  # rate 0: never limited
     assert limiter.tracked_keys == 0
 
 
@@ -81,12 +81,12 @@ def test_tracked_keys_are_capped_and_the_least_recently_seen_go_first() -> None:
     limiter = OverflowLimiter(rate=1, burst=2, max_keys=100, clock=clock)
     decisions(limiter, b"phc_a:hot", 2)  # bucket empty
     for n in range(10_000):
-        limiter.reason(f"phc_a:user-{n}".encode(), b"phc_a")
+        limiter.reason(f"phc_a:user-{n}".encode(), b"phc_a", clock.now)
         if n % 50 == 0:
-            assert limiter.reason(b"phc_a:hot", b"phc_a") == RATE_LIMITED  # recently seen: still tracked
+            assert limiter.reason(b"phc_a:hot", b"phc_a", clock.now) == RATE_LIMITED  # recently seen: still tracked
         assert limiter.tracked_keys <= 100
     assert limiter.tracked_keys == 100
-    assert limiter.reason(b"phc_a:user-0", b"phc_a") is None  # evicted long ago: a full bucket again
+    assert limiter.reason(b"phc_a:user-0", b"phc_a", clock.now) is None  # evicted long ago: a full bucket again
 
 
 def test_router_rewrites_only_overflowing_main_records_keyless_with_every_header() -> None:
