@@ -418,6 +418,10 @@ class ServeSettings:
             (self.kafka_max_batch_bytes >= 1024, "kafka_max_batch_bytes", "must be at least 1K"),
             (self.overflow_rate >= 0, "overflow_rate", "must be ≥ 0"),
             (self.overflow_burst >= 1, "overflow_burst", "must be at least 1"),
+            (not self.overflow_rate or bool(self.kafka_bootstrap_servers), "overflow_rate",
+             "needs --kafka-bootstrap-servers (overflow routing is the Kafka sink's)"),
+            (not self.overflow_force or bool(self.kafka_bootstrap_servers), "overflow_force",
+             "needs --kafka-bootstrap-servers (overflow routing is the Kafka sink's)"),
             (
                 all(p.startswith("/") and not p.endswith("/") for p in self.prefix),
                 "prefix",

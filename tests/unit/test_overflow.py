@@ -145,7 +145,7 @@ def test_token_labels_are_bounded() -> None:
     ({"overflow_force": ("phc_x:bot",)}, True),
 ])
 def test_routing_is_off_unless_a_rate_or_a_forced_key_is_set(overrides: dict, on: bool) -> None:
-    router = overflow_router(ServeSettings(**overrides))
+    router = overflow_router(ServeSettings(kafka_bootstrap_servers="127.0.0.1:9092", **overrides).validate())
     assert (router is not None) == on
     if router is not None:
         assert (router.main_topic, router.overflow_topic) == (MAIN, OVERFLOW)
