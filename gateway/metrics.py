@@ -51,6 +51,12 @@ KAFKA_QUEUE_DEPTH = Gauge(
     "Records handed to the Kafka producer and not yet acknowledged or failed, all workers",
     multiprocess_mode="livesum",
 )
+EVENTS_REROUTED_OVERFLOW = Counter(
+    "capture_events_rerouted_overflow",
+    "Main-topic events sent keyless to the overflow topic (--overflow-*), by token and reason "
+    "(rate_limited, force_limited)",
+    ["token", "reason"],
+)
 SPOOLED_RECORDS = Counter(
     "gateway_spooled_records", "Records written to the spool because Kafka was unavailable"
 )

@@ -245,6 +245,19 @@ class ServeSettings:
     topic_overflow: str = field(
         default="events_plugin_ingestion_overflow", metadata={"help": "topic for overflowing keys"}
     )
+    overflow_rate: float = field(
+        default=0.0,
+        metadata={"help": "events per second a token:distinct_id may send to the main topic before its excess "
+                  "goes keyless to --topic-overflow, per worker (0 = off, as in PostHog; PostHog's is 100)"},
+    )
+    overflow_burst: int = field(
+        default=1000, metadata={"help": "events a token:distinct_id may send at once above --overflow-rate"}
+    )
+    overflow_force: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "TOKEN or TOKEN:DISTINCT_ID whose main-topic events always go to --topic-overflow "
+                  "(repeatable, comma-separated)", "repeat": True, "split": True},
+    )
     topic_exceptions: str = field(default="error_tracking_events", metadata={"help": "topic for $exception"})
     topic_heatmaps: str = field(default="heatmaps_ingestion", metadata={"help": "topic for $$heatmap"})
     topic_client_warnings: str = field(
@@ -403,6 +416,12 @@ class ServeSettings:
             (self.trusted_proxy_hops >= 0, "trusted_proxy_hops", "must be ≥ 0"),
             (self.kafka_ack_timeout_ms > 0, "kafka_ack_timeout_ms", "must be > 0"),
             (self.kafka_max_batch_bytes >= 1024, "kafka_max_batch_bytes", "must be at least 1K"),
+            (self.overflow_rate >= 0, "overflow_rate", "must be ≥ 0"),
+            (self.overflow_burst >= 1, "overflow_burst", "must be at least 1"),
+            (not self.overflow_rate or bool(self.kafka_bootstrap_servers), "overflow_rate",
+             "needs --kafka-bootstrap-servers (overflow routing is the Kafka sink's)"),
+            (not self.overflow_force or bool(self.kafka_bootstrap_servers), "overflow_force",
+             "needs --kafka-bootstrap-servers (overflow routing is the Kafka sink's)"),
             (
                 all(p.startswith("/") and not p.endswith("/") for p in self.prefix),
                 "prefix",

@@ -16,6 +16,7 @@ from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.kafka import KafkaSink
 from gateway.sinks.kafka_producer import ReconnectingProducer, java_partitioner
+from gateway.sinks.overflow import OverflowLimiter, OverflowRouter
 from gateway.sinks.spool import SpoolSink
 from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
@@ -123,4 +124,13 @@ def local_sink(settings: ServeSettings, worker: int, keyring: Keyring | None) ->
         ack_timeout=settings.kafka_ack_timeout_ms / 1000,
         max_record_bytes=settings.kafka_max_batch_bytes,
         adopt=orphaned_spools(settings, worker),
+        overflow=overflow_router(settings),
     )
+
+
+def overflow_router(settings: ServeSettings) -> OverflowRouter | None:
+    """None when overflow routing is off (no rate, nothing forced): then it costs nothing per event."""
+    if not settings.overflow_rate and not settings.overflow_force:
+        return None
+    limiter = OverflowLimiter(settings.overflow_rate, settings.overflow_burst, settings.overflow_force)
+    return OverflowRouter(limiter, settings.topic_main, settings.topic_overflow)

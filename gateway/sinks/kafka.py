@@ -1,7 +1,8 @@
 """Kafka sink with spool failover: 200 means Kafka acked (acks=all) or the records are fsynced locally.
 
 The DIRECT/SPOOLING mechanics are the FailoverSink's (gateway/sinks/failover.py); this adds what is
-Kafka's own: the record size bound, and the `kafka` spool cursor and metrics.
+Kafka's own: the record size bound, overflow routing (gateway/sinks/overflow.py; before the spool, so
+spooled records keep the topic and key they were routed to), and the `kafka` spool cursor and metrics.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gateway.capture.errors import PayloadTooLarge
 from gateway.capture.record import Record
 from gateway.sinks.failover import FailoverMetrics, FailoverSink
 from gateway.sinks.kafka_producer import ReconnectingProducer
+from gateway.sinks.overflow import OverflowRouter
 from gateway.sinks.spool import SpoolSink
 
 KAFKA_METRICS = FailoverMetrics(
@@ -31,10 +33,12 @@ class KafkaSink(FailoverSink):
         ack_timeout: float,
         max_record_bytes: int,
         adopt: Sequence[Path] = (),
+        overflow: OverflowRouter | None = None,
     ) -> None:
         super().__init__(producer, spool, name="kafka", ack_timeout=ack_timeout, metrics=KAFKA_METRICS, adopt=adopt)
         self.producer = producer
         self.max_record_bytes = max_record_bytes
+        self.overflow = overflow
 
     async def deliver(self, records: Sequence[Record]) -> None:
         for record in records:
@@ -42,4 +46,6 @@ class KafkaSink(FailoverSink):
                 raise PayloadTooLarge(
                     f"a record exceeds Kafka's batch limit of {self.max_record_bytes} bytes"
                 )
+        if self.overflow is not None:
+            records = self.overflow.route(records)
         await super().deliver(records)

@@ -7,7 +7,10 @@ in the partition's next batch, which is sent as soon as the previous one is ackn
 `linger` when the partition was idle). So batches grow with the load, per-key order is kept (one
 partition, one batch after the other) and each request waits for the batches holding its records.
 Partitions are chosen like the Java client's default partitioner, murmur2 of the key, so PostHog's
-consumers co-partition with us.
+consumers co-partition with us. Records without a key (the overflow topic) stick to one partition
+until its open batch is handed to aiokafka, then move on to the next partition (round-robin over the
+partitions with a leader), as the Java client's sticky partitioner does for null keys: batches stay
+large and keyless records spread over every partition.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class ReconnectingProducer:
         self._retired: set[asyncio.Task] = set()
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._partition_counts: dict[str, list[int]] = {}
+        self._sticky: dict[str, tuple[int, _OpenBatch]] = {}  # topic → where its keyless records gather
+        self._round_robin = random.randrange(1 << 16)  # workers start their keyless rounds apart
         self._senders: set[asyncio.Task] = set()
         self._latency = LocalHistogram(metrics.KAFKA_PRODUCE_LATENCY)
 
@@ -116,8 +121,14 @@ class ReconnectingProducer:
                     known = producer.client.cluster.partitions_for_topic(topic)
                     if partitions is None or known is None or len(known) != len(partitions):
                         partitions = self._partition_counts[topic] = sorted(await producer.partitions_for(topic))
-                    partition = java_partitioner(record.key, partitions, partitions)
+                    key = record.key
+                    if key is None:
+                        partition = self._keyless_partition(producer, topic, partitions)
+                    else:
+                        partition = partitions[_positive_murmur2(key) % len(partitions)]
                     batch = self._append(producer, (topic, partition), record)
+                    if key is None:
+                        self._sticky[topic] = (partition, batch)
                     appended += 1
                     if batch is not last:
                         batch.waiters.append(waiter)
@@ -127,6 +138,19 @@ class ReconnectingProducer:
                 metrics.KAFKA_QUEUE_DEPTH.inc(appended)
             await waiter.future
         self._latency.observe(time.perf_counter() - started)
+
+    def _keyless_partition(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> int:
+        """The partition of the batch keyless records of `topic` fill now, or the next one once it left."""
+        sticky = self._sticky.get(topic)
+        if sticky is not None:
+            number, batch = sticky
+            partition = self._partitions.get((topic, number))
+            if partition is not None and partition.batches and partition.batches[-1] is batch:
+                return number
+        available = producer.client.cluster.available_partitions_for_topic(topic)
+        candidates = sorted(available) if available else partitions
+        self._round_robin += 1
+        return candidates[self._round_robin % len(candidates)]
 
     def _append(self, producer: AIOKafkaProducer, key: tuple[str, int], record: Record) -> _OpenBatch:
         """Add `record` to its partition's open batch (a new one when there is none or it is full)."""
@@ -252,6 +276,7 @@ class ReconnectingProducer:
         self._producer = None
         self._partitions = {}  # senders of the old client finish (or fail) their own batches
         self._partition_counts = {}
+        self._sticky = {}
         task = asyncio.get_running_loop().create_task(asyncio.wait_for(producer.stop(), 30))
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)

@@ -28,6 +28,10 @@ def gateway(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT
         (["serve", "--port", "70000"], {}, "gateway: error: port (70000): must be 1..65535"),
         (["serve", "--fsync", "sometimes"], {},
          "gateway: error: fsync (sometimes): expected one of always, batch, never"),
+        (["serve", "--overflow-rate", "-5"], {}, "gateway: error: overflow_rate (-5.0): must be ≥ 0"),
+        (["serve", "--overflow-burst", "0"], {}, "gateway: error: overflow_burst (0): must be at least 1"),
+        (["serve", "--overflow-force", "phc_a:bot"], {}, "gateway: error: overflow_force (phc_a:bot): "
+         "needs --kafka-bootstrap-servers (overflow routing is the Kafka sink's)"),
         (["sink", "--insert-concurrency", "many"], {},
          "gateway: error: insert_concurrency (many): expected an integer"),
         (["sink", "--check"], {"GATEWAY_LOG_LEVEL": "loud"},
