@@ -74,7 +74,7 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
             await dead_letters.close()
             if runner is not None:
                 await runner.cleanup()
-    return 0
+    return 0 if sink.clean_exit else 1
 
 
 async def _source_and_dlq(settings: RecordingsSettings) -> tuple[object, DeadLetters]:

@@ -83,6 +83,7 @@ class RecordingsSink:
         self._buffered = 0
         self.health = Health()
         self.items_stored = 0
+        self.clean_exit = True
         READY.set(1)
 
     # Source callbacks (Kafka rebalances) --------------------------------------------------------
@@ -109,9 +110,14 @@ class RecordingsSink:
                 await self.consume(messages, stop)
                 await self._flush_due(stop)
                 await self._commit()
-            for key in list(self._buffers):
-                await self._flush(key, stop)
-            await self._commit()
+            try:  # one attempt each: on SIGTERM during an outage, exit and re-read them next time
+                for key in list(self._buffers):
+                    await self._flush(key, stop)
+                await self._commit()
+            except (StorageError, WriteError, OSError) as exc:
+                log.warning("recordings sink stopped with %d sessions unstored (re-read on restart): %s",
+                            len(self._buffers), exc)
+                self.clean_exit = False
         finally:
             await self._source.stop()
 

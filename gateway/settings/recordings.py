@@ -58,7 +58,6 @@ class RecordingsSettings:
         "help": "seconds between retention runs of the sink (0 = only `gateway recordings expire`)"})
     recordings_http_port: int = field(default=0, metadata={
         "help": "serve /ready (storage and ClickHouse reachable) and /metrics on this port (0 = off)"})
-    shutdown_timeout: float = shared.shutdown_timeout(30.0, "store buffered blocks before exiting")
     log_level: str = shared.log_level()
     log_format: str = shared.log_format()
 
