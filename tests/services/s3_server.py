@@ -1,5 +1,6 @@
 """A real S3-compatible server: `s3s-fs` (crates.io, built by scripts/install-system-deps into
-`.cache/s3s-fs-<version>/bin`), serving a directory as buckets on a free loopback port.
+`~/.cache/posthog-gateway/s3s-fs-<version>/bin`, outside the checkout so a fresh clone reuses it),
+serving a directory as buckets on a free loopback port.
 
 Each top-level directory of its data root is a bucket; the fixture creates the test bucket as one.
 Requests must be signed (SigV4) with the access key and secret below.
@@ -8,14 +9,18 @@ Requests must be signed (SigV4) with the access key and secret below.
 from __future__ import annotations
 
 import contextlib
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 
-from tests.services.base import CACHE_DIR, HOST, Service, ServiceError, free_port
+from tests.services.base import HOST, Service, ServiceError, free_port
 
 S3S_VERSION = "0.14.1"
-BINARY = CACHE_DIR / f"s3s-fs-{S3S_VERSION}" / "bin" / "s3s-fs"
+USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+BUILD_ROOT = USER_CACHE / "posthog-gateway" / f"s3s-fs-{S3S_VERSION}"
+BINARY = BUILD_ROOT / "bin" / "s3s-fs"
 ACCESS_KEY = "gateway-test"
 SECRET_KEY = "gateway-test-secret"
 BUCKET = "recordings"
