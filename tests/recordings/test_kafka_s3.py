@@ -26,7 +26,9 @@ DLQ = "session_recording_snapshot_item_events_dlq"
 
 
 def clickhouse_count(url: str, sql: str) -> int:
-    return int(requests.post(url, data=sql.encode(), timeout=10).text.strip() or 0)
+    """The count, or -1 while the sink has not created its table yet."""
+    response = requests.post(url, data=sql.encode(), timeout=10)
+    return int(response.text.strip() or 0) if response.status_code == 200 else -1
 
 
 def test_kafka_sink_survives_crash_and_storage_outage(
