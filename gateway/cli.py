@@ -19,6 +19,7 @@ from gateway.core.startup import StartupError
 from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.arguments import add_gdpr_command
 from gateway.metrics_multiproc import multiprocess_metrics
+from gateway.recordings.cli import add_recordings_command
 from gateway.settings import ServeSettings, add_arguments, add_config_argument, load
 from gateway.settings.fields import requested
 from gateway.sinkworker.cli import add_sink_arguments
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_csp_command(commands)
     add_gdpr_command(commands)
     add_sink_arguments(commands.add_parser("sink", help="move events from Kafka or a spool into ClickHouse"))
+    add_recordings_command(commands)
     add_config_command(commands)
     add_check_command(commands)
     forbid_abbreviations(parser)
@@ -158,6 +160,10 @@ def run_command(args: argparse.Namespace) -> int:
         from gateway.sinkworker.cli import sink_command
 
         return sink_command(args)
+    if args.command == "recordings":
+        from gateway.recordings.cli import recordings_command
+
+        return recordings_command(args)
     return 2
 
 

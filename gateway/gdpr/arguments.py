@@ -19,8 +19,8 @@ def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
     """Mount `gdpr` and its sub-commands on the main CLI."""
     gdpr = commands.add_parser("gdpr", help="export or erase a person's data; retention")
     sub = gdpr.add_subparsers(dest="gdpr_command", required=True)
-    export = sub.add_parser("export", help="write a person's events as NDJSON (data portability)")
-    delete = sub.add_parser("delete", help="delete a person's events from ClickHouse and verify")
+    export = sub.add_parser("export", help="write a person's events and session recordings as NDJSON (portability)")
+    delete = sub.add_parser("delete", help="delete a person's events and session recordings, and verify")
     purge = sub.add_parser("purge-spool",
                            help="remove a person's records still waiting in any spool (local and upstream)")
     retention = sub.add_parser("retention", help="set the events table TTL (servers with TTL: chdb, ≥ 19.6)")
@@ -35,6 +35,20 @@ def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
         parser.add_argument("--clickhouse-url", default=None, help="ClickHouse HTTP URL; overrides --clickhouse")
         parser.add_argument("--database", default=_env("DATABASE", "default"), help="database of the events table")
         parser.add_argument("--table", default=_env("TABLE", "events"), help="events table name")
+    for parser in (export, delete):
+        parser.add_argument("--recordings-storage", default=_env("RECORDINGS_STORAGE", "") or
+                            str(Path(_env("DATA_DIR", "./gateway-data")) / "recordings"),
+                            help="the recordings sink's storage: s3://BUCKET/PREFIX or a directory "
+                            "(env GATEWAY_RECORDINGS_STORAGE; default DATA_DIR/recordings)")
+        parser.add_argument("--replay-table", default=_env("REPLAY_TABLE", "session_replay_events"),
+                            help="the recordings metadata table (env GATEWAY_REPLAY_TABLE)")
+        parser.add_argument("--s3-endpoint-url", default=_env("S3_ENDPOINT_URL", ""),
+                            help="S3-compatible endpoint of the recordings storage (env GATEWAY_S3_ENDPOINT_URL)")
+        parser.add_argument("--s3-region", default=_env("S3_REGION", "us-east-1"), help="S3 region")
+        parser.add_argument("--s3-access-key-id", default=_env("S3_ACCESS_KEY_ID", ""),
+                            help="S3 access key (env GATEWAY_S3_ACCESS_KEY_ID)")
+        parser.add_argument("--s3-secret-access-key", default=_env("S3_SECRET_ACCESS_KEY", ""),
+                            help="S3 secret key (env GATEWAY_S3_SECRET_ACCESS_KEY)")
     for parser in (delete, expire_cmd):
         parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for mutations")
     export.add_argument("--out", required=True, help="output file, or - for stdout")

@@ -20,8 +20,10 @@ import orjson
 from gateway.core.startup import StartupError
 from gateway.gdpr.audit import AuditLog
 from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subject_filter
+from gateway.gdpr.recordings import delete_recordings, export_recordings
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
 from gateway.gdpr.subject import spool_matcher
+from gateway.recordings.storage import StorageError
 from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import SpoolKeyError, load_keyring
@@ -77,9 +79,10 @@ async def _export(args: argparse.Namespace, table: EventsTable, audit: AuditLog,
     stream: Any = nullcontext(sys.stdout.buffer) if args.out == "-" else open(args.out, "wb")  # noqa: SIM115
     with stream as out:
         count = await export_rows(table, where, out)
+        recordings = await export_recordings(table.writer, args, out)
     audit.append("export", args.distinct_id, args.token, "ok", target=target, table=table.name, rows=count,
-                 out=args.out)
-    _report({"exported": count, "out": args.out})
+                 recordings=recordings, out=args.out)
+    _report({"exported": count, "recordings": recordings, "out": args.out})
     return 0
 
 
@@ -87,15 +90,21 @@ async def _delete(args: argparse.Namespace, table: EventsTable, audit: AuditLog,
     where = subject_filter(args.distinct_id, args.token)
     try:
         deletion = await delete_rows(table, where, args.timeout)
-    except TimeoutError as exc:
+        recordings = await delete_recordings(table.writer, args)
+    except (TimeoutError, StorageError) as exc:
         audit.append("delete", args.distinct_id, args.token, "timeout", target=target, table=table.name,
                      detail=str(exc))
         print(f"gateway gdpr delete: {exc}", file=sys.stderr)
         return 1
-    status = "ok" if deletion.remaining == 0 else "incomplete"
+    remaining = deletion.remaining + (recordings.remaining_rows if recordings else 0)
+    status = "ok" if remaining == 0 else "incomplete"
+    summary = {"deleted": deletion.before - deletion.remaining, "remaining": deletion.remaining}
+    if recordings is not None:
+        summary |= {"recording_sessions": recordings.sessions, "recording_blocks": recordings.blocks,
+                    "recording_rows_remaining": recordings.remaining_rows}
     audit.append("delete", args.distinct_id, args.token, status, target=target, table=table.name,
-                 rows=deletion.before, remaining=deletion.remaining)
-    _report({"deleted": deletion.before - deletion.remaining, "remaining": deletion.remaining})
+                 rows=deletion.before, **{k: v for k, v in summary.items() if k != "deleted"})
+    _report(summary)
     return 0 if status == "ok" else 1
 
 

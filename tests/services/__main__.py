@@ -15,9 +15,10 @@ from tests.services.base import STATE_DIR, STATE_FILE, ServiceError, load_state,
 from tests.services.clickhouse_server import ClickHouseServer
 from tests.services.kafka_broker import KafkaBroker
 from tests.services.redis_server import RedisServer
+from tests.services.s3_server import S3Server
 
 # Services managed by name (nginx needs a caller's config, so tests start it themselves).
-SERVICES = {cls.name: cls for cls in (KafkaBroker, RedisServer, ClickHouseServer)}
+SERVICES = {cls.name: cls for cls in (KafkaBroker, RedisServer, ClickHouseServer, S3Server)}
 
 
 def start(names: list[str]) -> int:

@@ -18,6 +18,7 @@ from tests.services.clickhouse_server import ClickHouseServer
 from tests.services.kafka_broker import KafkaBroker
 from tests.services.kafka_cluster import KafkaCluster
 from tests.services.redis_server import RedisServer
+from tests.services.s3_server import S3Server
 
 S = TypeVar("S", bound=Service)
 
@@ -90,3 +91,12 @@ def redis_url(session_services: SessionServices) -> str:
 def clickhouse_http_url(session_services: SessionServices) -> str:
     """Base HTTP URL of a running ClickHouse server (user `default`, no password)."""
     return session_services.get(ClickHouseServer).http_url
+
+
+@pytest.fixture(scope="session")
+def s3_server(session_services: SessionServices) -> S3Server:
+    """A running S3-compatible server (s3s-fs): `.endpoint_url`, bucket `recordings`, keys in s3_server.py.
+
+    A test that stops it (a storage outage) must start it again: it is shared by the session.
+    """
+    return session_services.get(S3Server)
