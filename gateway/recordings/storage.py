@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.spool.segment import fsync_directory
 
 
@@ -145,8 +146,13 @@ class S3Store:
     async def open(cls, config: S3Config) -> S3Store:
         from contextlib import AsyncExitStack
 
-        from aiobotocore.config import AioConfig
-        from aiobotocore.session import get_session
+        try:
+            from aiobotocore.config import AioConfig
+            from aiobotocore.session import get_session
+        except ImportError:
+            raise StartupError("S3 storage", f"s3://{config.bucket}", "aiobotocore is not installed: pip install "
+                               "'posthog-gateway[s3]' (from a clone: pip install '.[s3]')",
+                               exit_code=CONFIG_EXIT) from None
 
         stack = AsyncExitStack()
         credentials = {}
