@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.services.fixtures import clickhouse_http_url, kafka, kafka_cluster, redis_url, session_services
+from tests.services.fixtures import (
+    clickhouse_cluster,
+    clickhouse_http_url,
+    kafka,
+    kafka_cluster,
+    redis_url,
+    session_services,
+)
 from tests.support.conformance import REQUIRE_SHARED_ENV, conformance_cases, require_shared
 
-__all__ = ["clickhouse_http_url", "conformance_cases", "kafka", "kafka_cluster", "redis_url", "session_services"]
+__all__ = [
+    "clickhouse_cluster", "clickhouse_http_url", "conformance_cases", "kafka", "kafka_cluster", "redis_url",
+    "session_services",
+]
 
 
 def _as_failure(report: pytest.TestReport | pytest.CollectReport) -> None:

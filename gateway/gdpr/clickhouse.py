@@ -8,7 +8,10 @@ its events table. Deletion per server capability:
   the rows at once, then `ALTER TABLE … APPLY DELETED MASK` rewrites the parts so the data is gone
   from disk too, not only masked.
 Both wait until `system.mutations` has nothing pending for the table, then count the matching rows
-again: deletion is reported complete only when that count is zero. Replaced parts stay on disk until
+again: deletion is reported complete only when that count is zero. Given several replicas of a
+cluster (`--clickhouse-url` repeated), the mutation runs once on a replicated table — ZooKeeper hands
+it to every replica — and the wait and the count happen on every replica; an unreachable one leaves
+the deletion unverified (it runs there when the replica returns). Replaced parts stay on disk until
 the server's `old_parts_lifetime` (8 minutes by default) has passed.
 """
 
@@ -18,13 +21,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 import orjson
 
+from gateway.sinkworker.replicas import ReplicaWriter, redact
 from gateway.sinkworker.schema import quote_string, table_name
-from gateway.sinkworker.writer import Writer
+from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
 
 LIGHTWEIGHT_DELETE = (23, 4)
 POLL_SECONDS = 0.2
@@ -111,11 +115,28 @@ async def iter_rows(table: EventsTable, where: str, page: int = EXPORT_PAGE_ROWS
 class Deletion:
     before: int
     remaining: int
+    unreachable: tuple[str, ...] = ()  # replicas where the deletion could not be verified
 
 
 async def delete_rows(table: EventsTable, where: str, timeout: float) -> Deletion:
-    """Delete matching rows, wait for completion, and count what remains (0 = verified)."""
-    before = await table.count(where)
+    """Delete matching rows, wait for completion on every replica, and count what remains (0 = verified)."""
+    replicas = await _replicas(table)
+    reachable = [replica for _, replica in replicas if replica is not None]
+    if not reachable:
+        raise WriteError(ErrorKind.TRANSIENT, "no ClickHouse replica reachable")
+    before = max([await replica.count(where) for replica in reachable])
     if before:
         await table.delete_where(where, timeout)
-    return Deletion(before, await table.count(where))
+    remaining = 0
+    for replica in reachable:
+        await replica.wait_for_mutations(timeout)
+        remaining = max(remaining, await replica.count(where))
+    return Deletion(before, remaining, tuple(redact(url) for url, replica in replicas if replica is None))
+
+
+async def _replicas(table: EventsTable) -> list[tuple[str, EventsTable | None]]:
+    """The table on each replica of a ReplicaWriter (None where unreachable); else the table itself."""
+    if not isinstance(table.writer, ReplicaWriter):
+        return [("", table)]
+    return [(url, None if writer is None else replace(table, writer=writer))
+            for url, writer in await table.writer.connect_all()]
