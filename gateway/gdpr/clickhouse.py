@@ -59,6 +59,27 @@ class EventsTable:
             await self.writer.command(f"ALTER TABLE {self.name} DELETE WHERE {where}")
         await self.wait_for_mutations(timeout)
 
+    async def mutation_ids(self) -> set[str]:
+        """Ids of the table's mutations (a replicated table's are the same on every replica)."""
+        rows = await self.writer.select(f"SELECT mutation_id FROM system.mutations WHERE {self._is_this_table}")
+        return {row[0] for row in rows}
+
+    async def wait_for_mutation_ids(self, ids: set[str], timeout: float) -> None:
+        """Poll until this replica lists every mutation in `ids` as done (it loads them from ZooKeeper
+        with a delay, so "nothing pending" is not enough there)."""
+        listed = ", ".join(map(quote_string, sorted(ids)))
+        query = (f"SELECT count() FROM system.mutations WHERE {self._is_this_table}"
+                 f" AND mutation_id IN ({listed}) AND is_done = 1")
+        deadline = time.monotonic() + timeout
+        while int((await self.writer.select(query))[0][0]) < len(ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mutations on {self.name} still running after {timeout:g} s")
+            await asyncio.sleep(POLL_SECONDS)
+
+    @property
+    def _is_this_table(self) -> str:
+        return f"database = {quote_string(self.database)} AND table = {quote_string(self.table)}"
+
     async def wait_for_mutations(self, timeout: float) -> None:
         """Poll system.mutations until none is pending for this table; TimeoutError after `timeout` s."""
         query = (
@@ -125,10 +146,15 @@ async def delete_rows(table: EventsTable, where: str, timeout: float) -> Deletio
     if not reachable:
         raise WriteError(ErrorKind.TRANSIENT, "no ClickHouse replica reachable")
     before = max([await replica.count(where) for replica in reachable])
+    created: set[str] = set()
     if before:
+        known = await table.mutation_ids()
         await table.delete_where(where, timeout)
+        created = await table.mutation_ids() - known
     remaining = 0
     for replica in reachable:
+        if created and len(replicas) > 1:
+            await replica.wait_for_mutation_ids(created, timeout)
         await replica.wait_for_mutations(timeout)
         remaining = max(remaining, await replica.count(where))
     return Deletion(before, remaining, tuple(redact(url) for url, replica in replicas if replica is None))
