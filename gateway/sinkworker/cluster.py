@@ -9,6 +9,8 @@ exists but is not replicated is refused rather than written on one node.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Sequence
 
 from gateway.core.startup import CONFIG_EXIT, StartupError
@@ -17,6 +19,8 @@ from gateway.sinkworker.schema import distributed_table_ddl, events_table_ddl, q
 from gateway.sinkworker.writer import WriteError
 
 DDL_TIMEOUT_S = 30
+SYNC_TIMEOUT_S = 30
+log = logging.getLogger(__name__)
 # Error code of `ON CLUSTER` when not every host ran the statement in time.
 TIMEOUT_EXCEEDED = "Code: 159"
 
@@ -76,6 +80,18 @@ async def prepare_cluster_table(writer: ReplicaWriter, *, database: str, table: 
                            f"is {engine}, not a Replicated table: --cluster needs one (use another --table, or "
                            "migrate the data into a table created by --init-schema --cluster)",
                            exit_code=CONFIG_EXIT)
+    if not create:
+        await catch_up(writer, table_name(database, table))
+
+
+async def catch_up(writer: ReplicaWriter, table: str, timeout: float = SYNC_TIMEOUT_S) -> None:
+    """Let the current replica fetch the parts the others have before the sink asks it which offsets are
+    stored (replay.py): rows a previous run inserted through another replica must not be stored twice."""
+    try:
+        await asyncio.wait_for(writer.command(f"SYSTEM SYNC REPLICA {table}"), timeout)
+    except (TimeoutError, WriteError) as error:
+        log.warning("replica %s did not catch up with the others in %g s (%r): rows a previous run stored only on "
+                    "an unreachable replica may be stored again", redact(writer.current_url), timeout, error)
 
 
 async def open_cluster(urls: Sequence[str], *, max_in_flight: int, compression: str, database: str, table: str,
