@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.services.fixtures import (
+    clickhouse_cluster,
     clickhouse_http_url,
     kafka,
     kafka_cluster,
@@ -16,7 +17,8 @@ from tests.services.fixtures import (
 from tests.support.conformance import REQUIRE_SHARED_ENV, conformance_cases, require_shared
 
 __all__ = [
-    "clickhouse_http_url", "conformance_cases", "kafka", "kafka_cluster", "redis_url", "s3_server", "session_services",
+    "clickhouse_cluster", "clickhouse_http_url", "conformance_cases", "kafka", "kafka_cluster", "redis_url",
+    "s3_server", "session_services",
 ]
 
 

@@ -32,7 +32,9 @@ def add_gdpr_command(commands: argparse._SubParsersAction) -> None:
     for parser in (export, delete, retention, expire_cmd):
         parser.add_argument("--clickhouse", default=_env("CLICKHOUSE", DEFAULT_CLICKHOUSE),
                             help="chdb://PATH or http(s)://[user:pass@]host:8123 (env GATEWAY_CLICKHOUSE)")
-        parser.add_argument("--clickhouse-url", default=None, help="ClickHouse HTTP URL; overrides --clickhouse")
+        parser.add_argument("--clickhouse-url", action="append", default=None,
+                            help="ClickHouse HTTP URL; overrides --clickhouse. Several (repeatable or "
+                            "comma-separated): the replicas of a cluster, a deletion is verified on each")
         parser.add_argument("--database", default=_env("DATABASE", "default"), help="database of the events table")
         parser.add_argument("--table", default=_env("TABLE", "events"), help="events table name")
     for parser in (export, delete):

@@ -24,7 +24,8 @@ from gateway.gdpr.recordings import delete_recordings, export_recordings
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
 from gateway.gdpr.subject import spool_matcher
 from gateway.recordings.storage import StorageError
-from gateway.sinkworker.writer import WriteError, open_writer
+from gateway.sinkworker.replicas import ReplicaWriter
+from gateway.sinkworker.writer import WriteError, Writer, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.layout import spools
@@ -39,7 +40,8 @@ def gdpr_command(args: argparse.Namespace) -> int:
     command = args.gdpr_command
     if command == "purge-spool":
         return _purge_spool(args, audit)
-    dsn = args.clickhouse_url or args.clickhouse
+    urls = [url.strip() for value in args.clickhouse_url or () for url in value.split(",") if url.strip()]
+    dsn = ",".join(urls) or args.clickhouse
     handlers: dict[str, Handler] = {
         "export": _export, "delete": _delete, "retention": _retention, "expire": _expire,
     }
@@ -49,7 +51,7 @@ def gdpr_command(args: argparse.Namespace) -> int:
 async def _with_table(dsn: str, args: argparse.Namespace, audit: AuditLog, handler: Handler) -> int:
     """Open the ClickHouse target, run `handler` on its events table, close."""
     try:
-        writer = await open_writer(dsn, max_in_flight=1, compression="none")
+        writer = await _open(dsn)
     except StartupError as error:
         print(error.line(), file=sys.stderr)
         return error.exit_code
@@ -65,8 +67,17 @@ async def _with_table(dsn: str, args: argparse.Namespace, audit: AuditLog, handl
         await writer.close()
 
 
+async def _open(dsn: str) -> Writer:
+    """One server or chdb; several comma-separated URLs: the replicas of a cluster."""
+    if "," in dsn:
+        return await ReplicaWriter.connect(dsn.split(","), max_in_flight=1)
+    return await open_writer(dsn, max_in_flight=1, compression="none")
+
+
 def redact(dsn: str) -> str:
-    """The DSN without its password, fit for logs."""
+    """The DSN (or each of several comma-separated ones) without its password, fit for logs."""
+    if "," in dsn:
+        return ",".join(map(redact, dsn.split(",")))
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn
@@ -97,13 +108,17 @@ async def _delete(args: argparse.Namespace, table: EventsTable, audit: AuditLog,
         print(f"gateway gdpr delete: {exc}", file=sys.stderr)
         return 1
     remaining = deletion.remaining + (recordings.remaining_rows if recordings else 0)
-    status = "ok" if remaining == 0 else "incomplete"
+    status = "ok" if remaining == 0 and not deletion.unreachable else "incomplete"
     summary = {"deleted": deletion.before - deletion.remaining, "remaining": deletion.remaining}
     if recordings is not None:
         summary |= {"recording_sessions": recordings.sessions, "recording_blocks": recordings.blocks,
                     "recording_rows_remaining": recordings.remaining_rows}
     audit.append("delete", args.distinct_id, args.token, status, target=target, table=table.name,
-                 rows=deletion.before, **{k: v for k, v in summary.items() if k != "deleted"})
+                 rows=deletion.before, unreachable=list(deletion.unreachable),
+                 **{k: v for k, v in summary.items() if k != "deleted"})
+    if deletion.unreachable:
+        print(f"gateway gdpr delete: replica {', '.join(deletion.unreachable)} unreachable: not verified there "
+              "(the deletion runs when it returns); run delete again then", file=sys.stderr)
     _report(summary)
     return 0 if status == "ok" else 1
 

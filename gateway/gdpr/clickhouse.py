@@ -8,7 +8,10 @@ its events table. Deletion per server capability:
   the rows at once, then `ALTER TABLE … APPLY DELETED MASK` rewrites the parts so the data is gone
   from disk too, not only masked.
 Both wait until `system.mutations` has nothing pending for the table, then count the matching rows
-again: deletion is reported complete only when that count is zero. Replaced parts stay on disk until
+again: deletion is reported complete only when that count is zero. Given several replicas of a
+cluster (`--clickhouse-url` repeated), the mutation runs once on a replicated table — ZooKeeper hands
+it to every replica — and the wait and the count happen on every replica; an unreachable one leaves
+the deletion unverified (it runs there when the replica returns). Replaced parts stay on disk until
 the server's `old_parts_lifetime` (8 minutes by default) has passed.
 """
 
@@ -18,13 +21,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import IO
 
 import orjson
 
+from gateway.sinkworker.replicas import ReplicaWriter, redact
 from gateway.sinkworker.schema import quote_string, table_name
-from gateway.sinkworker.writer import Writer
+from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
 
 LIGHTWEIGHT_DELETE = (23, 4)
 POLL_SECONDS = 0.2
@@ -54,6 +58,27 @@ class EventsTable:
         else:
             await self.writer.command(f"ALTER TABLE {self.name} DELETE WHERE {where}")
         await self.wait_for_mutations(timeout)
+
+    async def mutation_ids(self) -> set[str]:
+        """Ids of the table's mutations (a replicated table's are the same on every replica)."""
+        rows = await self.writer.select(f"SELECT mutation_id FROM system.mutations WHERE {self._is_this_table}")
+        return {row[0] for row in rows}
+
+    async def wait_for_mutation_ids(self, ids: set[str], timeout: float) -> None:
+        """Poll until this replica lists every mutation in `ids` as done (it loads them from ZooKeeper
+        with a delay, so "nothing pending" is not enough there)."""
+        listed = ", ".join(map(quote_string, sorted(ids)))
+        query = (f"SELECT count() FROM system.mutations WHERE {self._is_this_table}"
+                 f" AND mutation_id IN ({listed}) AND is_done = 1")
+        deadline = time.monotonic() + timeout
+        while int((await self.writer.select(query))[0][0]) < len(ids):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"mutations on {self.name} still running after {timeout:g} s")
+            await asyncio.sleep(POLL_SECONDS)
+
+    @property
+    def _is_this_table(self) -> str:
+        return f"database = {quote_string(self.database)} AND table = {quote_string(self.table)}"
 
     async def wait_for_mutations(self, timeout: float) -> None:
         """Poll system.mutations until none is pending for this table; TimeoutError after `timeout` s."""
@@ -111,11 +136,33 @@ async def iter_rows(table: EventsTable, where: str, page: int = EXPORT_PAGE_ROWS
 class Deletion:
     before: int
     remaining: int
+    unreachable: tuple[str, ...] = ()  # replicas where the deletion could not be verified
 
 
 async def delete_rows(table: EventsTable, where: str, timeout: float) -> Deletion:
-    """Delete matching rows, wait for completion, and count what remains (0 = verified)."""
-    before = await table.count(where)
+    """Delete matching rows, wait for completion on every replica, and count what remains (0 = verified)."""
+    replicas = await _replicas(table)
+    reachable = [replica for _, replica in replicas if replica is not None]
+    if not reachable:
+        raise WriteError(ErrorKind.TRANSIENT, "no ClickHouse replica reachable")
+    before = max([await replica.count(where) for replica in reachable])
+    created: set[str] = set()
     if before:
+        known = await table.mutation_ids()
         await table.delete_where(where, timeout)
-    return Deletion(before, await table.count(where))
+        created = await table.mutation_ids() - known
+    remaining = 0
+    for replica in reachable:
+        if created and len(replicas) > 1:
+            await replica.wait_for_mutation_ids(created, timeout)
+        await replica.wait_for_mutations(timeout)
+        remaining = max(remaining, await replica.count(where))
+    return Deletion(before, remaining, tuple(redact(url) for url, replica in replicas if replica is None))
+
+
+async def _replicas(table: EventsTable) -> list[tuple[str, EventsTable | None]]:
+    """The table on each replica of a ReplicaWriter (None where unreachable); else the table itself."""
+    if not isinstance(table.writer, ReplicaWriter):
+        return [("", table)]
+    return [(url, None if writer is None else replace(table, writer=writer))
+            for url, writer in await table.writer.connect_all()]

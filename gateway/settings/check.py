@@ -51,7 +51,7 @@ def redacted(settings: Any) -> dict[str, Any]:
         if f.metadata.get("secret") and value:
             value = REDACTED
         elif f.metadata.get("url") and value:
-            value = redact_password(value)
+            value = tuple(map(redact_password, value)) if isinstance(value, tuple) else redact_password(value)
         values[f.name] = value
     return values
 

@@ -29,8 +29,11 @@ DEFAULT_CLICKHOUSE = "chdb://gateway-data/chdb"
 class SinkSettings:
     clickhouse: str = field(default=DEFAULT_CLICKHOUSE, metadata={
         "help": "ClickHouse target: chdb://PATH (embedded) or http(s)://[user:pass@]host:8123", "url": True})
-    clickhouse_url: str = field(default="", metadata={
-        "help": "ClickHouse HTTP URL; overrides --clickhouse", "url": True})
+    clickhouse_url: tuple[str, ...] = field(default=(), metadata={
+        "help": "ClickHouse HTTP URL; overrides --clickhouse. Several (repeatable or comma-separated): "
+        "replicas of one shard, failed over in order (needs --cluster)", "url": True, "repeat": True, "split": True})
+    cluster: str = field(default="", metadata={
+        "help": "ClickHouse cluster (remote_servers) of the replicas: replicated tables, created ON CLUSTER"})
     database: str = field(default="default", metadata={"help": "database of the events table"})
     table: str = field(default="events", metadata={"help": "events table name"})
     init_schema: bool = field(default=False, metadata={
@@ -90,7 +93,19 @@ class SinkSettings:
         for ok, name, problem in checks:
             if not ok:
                 raise ConfigError(name, problem, value=getattr(self, name))
-        target = self.clickhouse_url or self.clickhouse
+        for url in self.clickhouse_url:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("clickhouse_url", "expected http(s)://[user:pass@]host:port", value=url)
+        if len(self.clickhouse_url) > 1 and not self.cluster:
+            raise ConfigError("clickhouse_url", "several URLs are replicas of a cluster: give --cluster NAME too")
+        target = self.clickhouse_url[0] if self.clickhouse_url else self.clickhouse
         if not target.startswith(("chdb://", "http://", "https://")):
             raise ConfigError("clickhouse", "expected chdb://PATH or http(s)://[user:pass@]host:port")
+        if self.cluster and target.startswith("chdb://"):
+            raise ConfigError("cluster", "needs ClickHouse servers (--clickhouse-url), not chdb", value=self.cluster)
         return replace(self, clickhouse=target) if self.clickhouse_url else self
+
+    @property
+    def clickhouse_urls(self) -> tuple[str, ...]:
+        """Every ClickHouse target: the replicas, or the one --clickhouse."""
+        return self.clickhouse_url or (self.clickhouse,)

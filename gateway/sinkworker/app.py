@@ -11,13 +11,14 @@ from prometheus_client import start_http_server
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
 from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.cluster import open_cluster
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rows import IpMode, RowEncoder
 from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
-from gateway.sinkworker.writer import open_writer
+from gateway.sinkworker.writer import Writer, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import load_keyring
 from gateway.spool.layout import MAIN, is_spool, spools
@@ -30,13 +31,10 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
     """Run until `stop`; exit status 0 when everything consumed was stored and committed."""
     if not settings.init_schema:
         check_spool_settings(settings)
-    writer = await open_writer(settings.clickhouse, settings.insert_concurrency, settings.compression)
+    writer = await _open_table(settings)
     try:
         if settings.retention_days and not writer.caps.ttl:
             log.warning("server %s has no table TTL: --retention-days ignored", writer.caps.version)
-        await writer.command(
-            events_table_ddl(writer.caps, settings.database, settings.table, settings.retention_days)
-        )
         if settings.init_schema:
             log.info("events table %s.%s ready", settings.database, settings.table)
             return 0
@@ -54,6 +52,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
             max_in_flight=min(settings.insert_concurrency, writer.max_in_flight),
             fetch_max_records=settings.fetch_max_records,
             shutdown_timeout_s=settings.shutdown_timeout,
+            dedup_retries=bool(settings.cluster),
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
         progress = asyncio.create_task(_log_progress(worker, source))
@@ -67,6 +66,22 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
         return 0 if worker.clean_exit else 1
     finally:
         await writer.close()
+
+
+async def _open_table(settings: SinkSettings) -> Writer:
+    """The writer, its events table created if missing (replicated with --cluster, see cluster.py)."""
+    if settings.cluster:
+        return await open_cluster(
+            settings.clickhouse_urls, max_in_flight=settings.insert_concurrency, compression=settings.compression,
+            database=settings.database, table=settings.table, cluster=settings.cluster,
+            retention_days=settings.retention_days, create=settings.init_schema)
+    writer = await open_writer(settings.clickhouse, settings.insert_concurrency, settings.compression)
+    try:
+        await writer.command(events_table_ddl(writer.caps, settings.database, settings.table, settings.retention_days))
+    except BaseException:
+        await writer.close()
+        raise
+    return writer
 
 
 async def _source_and_dlq(settings: SinkSettings) -> tuple[Source, DeadLetters]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
@@ -59,8 +59,9 @@ class HttpWriter:
             raise
         return writer
 
-    async def command(self, sql: str) -> None:
-        await self._post({"query": sql}, b"")
+    async def command(self, sql: str, settings: Mapping[str, str] | None = None) -> None:
+        """Run a statement, with ClickHouse `settings` for this query only."""
+        await self._post({**(settings or {}), "query": sql}, b"")
 
     async def select(self, sql: str) -> list[list[str]]:
         text = (await self._post({}, (sql + " FORMAT TabSeparated").encode())).decode()

@@ -4,6 +4,9 @@ Modern servers (chdb, ClickHouse ≥ 22.2) get PostHog's column types (DateTime6
 codecs, LowCardinality), a TTL for retention and a non-replicated insert-deduplication window.
 Legacy servers such as Debian's 18.16 get DateTime, UInt8, plain String, no TTL and
 `cityHash64(toString(uuid))` (18.16 accepts `cityHash64(uuid)` in DDL but then fails every insert).
+With a cluster, the table is a ReplicatedReplacingMergeTree created `ON CLUSTER` (ZooKeeper path per
+`{shard}` macro, replica name from the `{replica}` macro), which deduplicates retried identical
+blocks itself, plus a Distributed table over it for reads.
 """
 
 from __future__ import annotations
@@ -62,8 +65,19 @@ def ttl_clause(retention_days: int) -> str:
     return f"TTL toDateTime(timestamp) + INTERVAL {int(retention_days)} DAY"
 
 
-def events_table_ddl(caps: ServerCaps, database: str, table: str, retention_days: int = 0) -> str:
-    """CREATE TABLE IF NOT EXISTS for the events table the sink fills."""
+def distributed_table(table: str) -> str:
+    """Name of the Distributed table over a cluster's replicated events table."""
+    return f"{table}_distributed"
+
+
+def on_cluster(cluster: str) -> str:
+    return f" ON CLUSTER {quote_identifier(cluster)}" if cluster else ""
+
+
+def events_table_ddl(
+    caps: ServerCaps, database: str, table: str, retention_days: int = 0, cluster: str = ""
+) -> str:
+    """CREATE TABLE IF NOT EXISTS for the events table the sink fills (on every replica of `cluster`)."""
     modern = caps.modern_types
     moment = "DateTime64(6, 'UTC')" if caps.datetime64 else "DateTime"
     text = "String CODEC(ZSTD(3))" if modern else "String"
@@ -86,15 +100,29 @@ def events_table_ddl(caps: ServerCaps, database: str, table: str, retention_days
         f"_topic {'LowCardinality(String)' if modern else 'String'}",
     ]
     uuid_hash = "cityHash64(uuid)" if modern else "cityHash64(toString(uuid))"
+    engine = "ReplacingMergeTree(_timestamp)"
+    if cluster:
+        path = quote_string(f"/clickhouse/tables/{{shard}}/{database}.{table}")
+        engine = f"ReplicatedReplacingMergeTree({path}, '{{replica}}', _timestamp)"
     clauses = [
-        f"CREATE TABLE IF NOT EXISTS {table_name(database, table)} (\n    " + ",\n    ".join(columns) + "\n)",
-        "ENGINE = ReplacingMergeTree(_timestamp)",
+        f"CREATE TABLE IF NOT EXISTS {table_name(database, table)}{on_cluster(cluster)} (\n    "
+        + ",\n    ".join(columns) + "\n)",
+        f"ENGINE = {engine}",
         "PARTITION BY toYYYYMM(timestamp)",
         f"ORDER BY (team_id, toDate(timestamp), event, cityHash64(distinct_id), {uuid_hash})",
         "SAMPLE BY cityHash64(distinct_id)",
     ]
     if retention_days > 0 and caps.ttl:
         clauses.append(ttl_clause(retention_days))
-    if caps.dedup_token:
+    if caps.dedup_token and not cluster:
         clauses.append(f"SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW_BLOCKS}")
     return "\n".join(clauses)
+
+
+def distributed_table_ddl(database: str, table: str, cluster: str) -> str:
+    """CREATE TABLE IF NOT EXISTS for the Distributed table reading `table` on every shard of `cluster`."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table_name(database, distributed_table(table))}{on_cluster(cluster)}"
+        f" AS {table_name(database, table)}"
+        f" ENGINE = Distributed({quote_identifier(cluster)}, {quote_identifier(database)}, {quote_identifier(table)})"
+    )

@@ -61,6 +61,7 @@ class WorkerConfig:
     retry_base_s: float = 0.2
     retry_max_s: float = 30.0
     shutdown_timeout_s: float = 60.0
+    dedup_retries: bool = False  # the table drops retried identical blocks itself (Replicated engines)
 
 
 class SinkWorker:
@@ -207,7 +208,7 @@ class SinkWorker:
                 log.warning("insert of %d rows failed (attempt %d): %s", len(rows), attempt + 1, error)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
-                if not self._writer.caps.dedup_token:
+                if not (self._writer.caps.dedup_token or self._config.dedup_retries):
                     rows, messages = await self._unstored(rows, messages)
                 continue
             INSERT_SECONDS.observe(time.perf_counter() - started)

@@ -8,7 +8,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from tests.services.base import HOST, Service, ServiceError, free_ports
+from tests.services.base import HOST, Service, ServiceError, free_ports, kill_pid
 
 CONFIG_XML = """<?xml version="1.0"?>
 <yandex>
@@ -26,7 +26,7 @@ CONFIG_XML = """<?xml version="1.0"?>
   <timezone>UTC</timezone>
   <mark_cache_size>268435456</mark_cache_size>
   <max_concurrent_queries>100</max_concurrent_queries>
-</yandex>
+{extra}</yandex>
 """
 
 USERS_XML = """<?xml version="1.0"?>
@@ -65,6 +65,7 @@ class ClickHouseServer(Service):
     name = "clickhouse"
     http_port: int = 0
     tcp_port: int = 0
+    extra_config: str = ""  # more <yandex> elements (a cluster replica's ZooKeeper, macros, remote_servers)
 
     @property
     def http_url(self) -> str:
@@ -82,10 +83,17 @@ class ClickHouseServer(Service):
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "config.xml"
         config.write_text(CONFIG_XML.format(host=HOST, root=self.root, http_port=self.http_port,
-                                            tcp_port=self.tcp_port))
+                                            tcp_port=self.tcp_port, extra=self.extra_config))
         (self.root / "users.xml").write_text(USERS_XML)
         self._spawn(["clickhouse-server", f"--config-file={config}"])
         self._wait(self._answers, timeout=60)
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, no clean shutdown (its data stays for a restart)."""
+        if self.pid is not None:
+            kill_pid(self.pid)
+            self.pid = None
+        self._record()
 
     def _answers(self) -> bool:
         """Whether `SELECT 1` succeeds."""

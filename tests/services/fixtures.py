@@ -14,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from tests.services.base import STATE_FILE, Service, load_state
+from tests.services.clickhouse_cluster import ClickHouseCluster
 from tests.services.clickhouse_server import ClickHouseServer
 from tests.services.kafka_broker import KafkaBroker
 from tests.services.kafka_cluster import KafkaCluster
@@ -100,3 +101,14 @@ def s3_server(session_services: SessionServices) -> S3Server:
     A test that stops it (a storage outage) must start it again: it is shared by the session.
     """
     return session_services.get(S3Server)
+
+
+@pytest.fixture(scope="session")
+def clickhouse_cluster(session_services: SessionServices) -> ClickHouseCluster:
+    """ZooKeeper and two ClickHouse 18.16 replicas of one shard in cluster `.cluster`: `.http_urls`,
+    `.nodes[i]` (`.kill()`, `.start()`), `.zookeeper`.
+
+    Started only by the tests that ask for it (marked `cluster`). A test that kills a replica must
+    start it again (`.start()` restarts the stopped ones): the cluster is shared by the session.
+    """
+    return session_services.get(ClickHouseCluster)

@@ -1,0 +1,241 @@
+"""`gateway sink` and `gateway gdpr` on a replicated ClickHouse: two 18.16 replicas of one shard and ZooKeeper.
+
+`--init-schema --cluster` creates the ReplicatedReplacingMergeTree table and its Distributed table on
+both replicas; bad cluster configuration is a one-line error. Under a running sink one replica is
+SIGKILLed: the sink fails over to the other, nothing is lost or doubled, and the restarted replica
+catches up; with both down the sink commits nothing until one returns. A retried identical block adds
+no rows whichever replica gets it. GDPR export reads the cluster, delete removes rows on every replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from gateway.sinkworker.replicas import ReplicaWriter
+from gateway.sinkworker.rows import ROWBINARY_COLUMNS, RowEncoder
+from gateway.sinkworker.schema import table_name
+from gateway.sinkworker.teams import TeamResolver
+from tests.integration.test_sink_clickhouse import produce
+from tests.services.base import free_port
+from tests.services.clickhouse_cluster import ClickHouseCluster
+from tests.services.clickhouse_server import clickhouse_query
+from tests.services.kafka_broker import KafkaBroker
+from tests.sinkworker.helpers import captured_value, record
+from tests.support.processes import REPO_ROOT, gateway_env
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.cluster
+PARTITIONS = 3
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def cluster(clickhouse_cluster: ClickHouseCluster) -> Iterator[ClickHouseCluster]:
+    """The session's cluster, both replicas running again after the test (it kills some)."""
+    yield clickhouse_cluster
+    clickhouse_cluster.start()
+
+
+def gateway(*argv: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *argv], env=gateway_env(), cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def init_schema(cluster: ClickHouseCluster, table: str) -> None:
+    done = gateway("sink", "--init-schema", "--cluster", cluster.cluster, "--clickhouse-url",
+                   ",".join(cluster.http_urls), "--table", table)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def counts(url: str, table: str) -> tuple[int, int]:
+    count, distinct = clickhouse_query(url, f"SELECT count(), uniqExact(uuid) FROM default.{table}").split()
+    return int(count), int(distinct)
+
+
+def caught_up(url: str, table: str) -> None:
+    clickhouse_query(url, f"SYSTEM SYNC REPLICA default.{table}", timeout=60)
+
+
+def test_init_schema_creates_replicated_and_distributed_tables(cluster: ClickHouseCluster) -> None:
+    table = unique("events")
+    init_schema(cluster, table)
+    for url in cluster.http_urls:
+        engines = dict(line.split("\t") for line in clickhouse_query(
+            url, f"SELECT name, engine FROM system.tables WHERE database = 'default' AND name LIKE '{table}%'"
+        ).splitlines())  # fmt: skip
+        assert engines == {table: "ReplicatedReplacingMergeTree", f"{table}_distributed": "Distributed"}
+    init_schema(cluster, table)  # idempotent
+
+
+def test_bad_cluster_configuration_is_one_line(cluster: ClickHouseCluster) -> None:
+    urls = ",".join(cluster.http_urls)
+    table = unique("events")
+
+    def refused(*argv: str, code: int, says: str) -> None:
+        done = gateway("sink", "--init-schema", "--table", table, *argv)
+        assert done.returncode == code, done.stderr
+        errors = [line for line in done.stderr.splitlines() if line.startswith("gateway: error: ")]
+        assert len(errors) == 1 and says in errors[0], done.stderr
+
+    refused("--cluster", "no_such_cluster", "--clickhouse-url", urls, code=2,
+            says="--cluster (no_such_cluster): no such cluster in the remote_servers of")
+    refused("--clickhouse-url", urls, code=2, says="give --cluster NAME too")
+    down = f"http://127.0.0.1:{free_port()}"
+    refused("--cluster", cluster.cluster, "--clickhouse-url", f"{urls},{down}", code=1,
+            says=f"--clickhouse-url ({down}): unreachable")
+    refused("--cluster", cluster.cluster, "--clickhouse-url", down, code=1, says="no replica reachable")
+    # A table that exists but is not replicated: refused, never written on one node.
+    clickhouse_query(cluster.http_urls[0], f"CREATE TABLE default.{table} (uuid UUID) ENGINE = MergeTree ORDER BY uuid")
+    refused("--cluster", cluster.cluster, "--clickhouse-url", urls, code=2,
+            says="is MergeTree, not a Replicated table")
+
+
+def test_retried_identical_block_adds_no_rows_on_either_replica(cluster: ClickHouseCluster) -> None:
+    table = unique("events")
+    init_schema(cluster, table)
+    encoder = RowEncoder(TeamResolver({}), subsecond=False)
+    messages = [record(captured_value(i), offset=i) for i in range(500)]
+    body = b"".join(encoder.encode_binary(m) for m in messages)
+    # The sink's rows are a function of the messages alone: a retry sends the same bytes.
+    assert body == b"".join(encoder.encode_binary(m) for m in messages)
+    async def insert_on_each_replica() -> None:
+        for url in cluster.http_urls:
+            writer = await ReplicaWriter.connect([url])
+            try:
+                await writer.insert(table_name("default", table), body, None, ROWBINARY_COLUMNS)
+                await writer.insert(table_name("default", table), body, None, ROWBINARY_COLUMNS)
+            finally:
+                await writer.close()
+
+    asyncio.run(insert_on_each_replica())
+    for url in cluster.http_urls:
+        caught_up(url, table)
+        assert counts(url, table) == (500, 500)
+
+
+async def committed_lag(bootstrap: str, topic: str, group: str) -> int:
+    """Messages of `topic` past the group's committed offsets."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
+
+
+def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
+    cluster: ClickHouseCluster, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    table, topic, group = unique("events"), unique("cluster"), unique("sink")
+    init_schema(cluster, table)
+    asyncio.run(kafka.create_topics([topic], partitions=PARTITIONS))
+    first = cluster.nodes[0]
+    log_path = tmp_path / "sink.log"
+    command = [
+        sys.executable, "-m", "gateway", "sink", "--cluster", cluster.cluster,
+        "--clickhouse-url", cluster.http_urls[0], "--clickhouse-url", cluster.http_urls[1],
+        "--table", table, "--kafka-bootstrap-servers", kafka.bootstrap_servers, "--topics", topic,
+        "--group-id", group, "--dlq-dir", str(tmp_path / "dlq"), "--batch-rows", "400",
+        "--batch-age-ms", "100", "--session-timeout-ms", "6000", "--log-level", "warning",
+    ]  # fmt: skip
+    waves = [range(0, 6000), range(6000, 12000), range(12000, 15000), range(15000, 18000)]
+
+    def send(wave: range) -> None:
+        asyncio.run(produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in wave], PARTITIONS))
+
+    def stored(url: str) -> int:
+        return counts(url, table)[0]
+
+    with log_path.open("ab") as log:
+        sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
+    try:
+        send(waves[0])
+        wait_for(lambda: stored(cluster.http_urls[0]) > 0, 60, "first rows stored")
+        first.kill()  # mid-run: the sink is inserting wave 0 into the first replica
+        send(waves[1])
+        wait_for(lambda: stored(cluster.http_urls[1]) >= 12000, 90, "waves 0-1 stored on the second replica")
+
+        first.start()  # catches up from the second replica
+        caught_up(cluster.http_urls[0], table)
+        assert counts(cluster.http_urls[0], table) == (12000, 12000)
+
+        # Both down: the sink keeps retrying and commits nothing; it resumes when they return.
+        for node in cluster.nodes:
+            node.kill()
+        send(waves[2])
+        time.sleep(3)
+        assert sink.poll() is None
+        assert asyncio.run(committed_lag(kafka.bootstrap_servers, topic, group)) >= len(waves[2])
+        cluster.start()
+        send(waves[3])
+        wait_for(lambda: stored(cluster.http_urls[0]) >= 18000 and stored(cluster.http_urls[1]) >= 18000, 120,
+                 "every wave stored on both replicas")  # fmt: skip
+        wait_for(lambda: asyncio.run(committed_lag(kafka.bootstrap_servers, topic, group)) == 0, 30, "lag drained")
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(30) == 0
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    output = log_path.read_text(errors="replace")
+    assert "failing over to" in output, output[-3000:]
+    for url in cluster.http_urls:
+        caught_up(url, table)
+        assert counts(url, table) == (18000, 18000), url
+    distributed = f"SELECT count(), uniqExact(uuid) FROM default.{table}_distributed"
+    assert clickhouse_query(cluster.http_urls[1], distributed).split() == ["18000", "18000"]
+
+
+def test_gdpr_export_and_delete_on_every_replica(cluster: ClickHouseCluster, tmp_path: Path) -> None:
+    table = unique("events")
+    init_schema(cluster, table)
+    encoder = RowEncoder(TeamResolver({}), subsecond=False)
+    body = b"".join(encoder.encode(record(captured_value(i), offset=i)) for i in range(40))  # user-0 … user-39
+    clickhouse_query(cluster.http_urls[0], f"INSERT INTO default.{table} FORMAT JSONEachRow", body)
+    caught_up(cluster.http_urls[1], table)
+    urls = ",".join(cluster.http_urls)
+    common = ["--clickhouse-url", urls, "--table", table, "--audit-log", str(tmp_path / "audit.jsonl")]
+
+    exported = gateway("gdpr", "export", "--distinct-id", "user-3", "--distinct-id", "user-7",
+                       "--out", "-", *common)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(orjson.loads(line)["distinct_id"] for line in exported.stdout.splitlines()) == ["user-3", "user-7"]
+
+    # One replica down: the deletion runs (ZooKeeper queues it for the other) but is not verified there.
+    cluster.nodes[1].kill()
+    partial = gateway("gdpr", "delete", "--distinct-id", "user-3", *common)
+    assert partial.returncode == 1, partial.stderr
+    assert f"replica {cluster.http_urls[1]} unreachable" in partial.stderr
+    cluster.start()
+    caught_up(cluster.http_urls[1], table)
+
+    deleted = gateway("gdpr", "delete", "--distinct-id", "user-3", "--distinct-id", "user-7", *common)
+    assert deleted.returncode == 0, deleted.stderr
+    assert '"remaining":0' in deleted.stderr
+    for url in cluster.http_urls:
+        where = "distinct_id IN ('user-3', 'user-7')"
+        assert clickhouse_query(url, f"SELECT count() FROM default.{table} WHERE {where}").strip() == "0"
+        assert counts(url, table) == (38, 38)
+    assert os.path.getsize(tmp_path / "audit.jsonl") > 0
