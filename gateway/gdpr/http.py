@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.capture.errors import CaptureError
+from gateway.core.errors import GatewayError
 from gateway.core.startup import StartupError
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.policy import RoutePolicy
@@ -53,21 +53,21 @@ ROUTE = "gdpr"
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class BadGdprRequest(CaptureError):
+class BadGdprRequest(GatewayError):
     code = "invalid_gdpr_request"
 
 
-class GdprNotConfigured(CaptureError):
+class GdprNotConfigured(GatewayError):
     status = 501
     code = "gdpr_not_configured"
 
 
-class GdprTargetUnavailable(CaptureError):
+class GdprTargetUnavailable(GatewayError):
     status = 503
     code = "gdpr_target_unavailable"
 
 
-class UnknownRequest(CaptureError):
+class UnknownRequest(GatewayError):
     status = 404
     code = "not_found"
 
@@ -305,7 +305,7 @@ async def _append(audit: AuditLog, action: str, subject: Subject, status: str, *
     await asyncio.to_thread(audit.append, action, subject.distinct_ids, subject.token, status, **details)
 
 
-def _refuse(request: web.Request, error: CaptureError) -> web.Response:
+def _refuse(request: web.Request, error: GatewayError) -> web.Response:
     return error_response(request, ROUTE, error)
 
 

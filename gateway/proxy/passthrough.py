@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway import metrics
-from gateway.capture.errors import CaptureError
+from gateway.core.errors import GatewayError
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.routes.capture import RouteSpec, error_response, read_body, success_response
 from gateway.sinks.base import Sink
@@ -32,7 +32,7 @@ def passthrough_handler(
         try:
             body = await read_body(request, spec.body_limit, body_read_timeout)
             await sink.deliver([passthrough_record(request.raw_path, request.headers, client_ip(request), body)])
-        except CaptureError as error:
+        except GatewayError as error:
             return error_response(request, spec.name, error)
         response = success_response(request)
         metrics.HTTP_REQUESTS.labels(spec.name, str(response.status)).inc()

@@ -18,7 +18,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import metrics
-from gateway.capture.errors import CaptureError
+from gateway.core.errors import GatewayError
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
@@ -67,17 +67,17 @@ PROXY_ROUTES = (
 PROXY_FAMILIES = tuple(route.family for route in PROXY_ROUTES)
 
 
-class UpstreamUnavailable(CaptureError):
+class UpstreamUnavailable(GatewayError):
     status = 503
     code = "upstream_unavailable"
 
 
-class BadGateway(CaptureError):
+class BadGateway(GatewayError):
     status = 502
     code = "upstream_error"
 
 
-class UpstreamTimeout(CaptureError):
+class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
 
@@ -177,7 +177,7 @@ class Proxy:
                         return local
                 # --- end local flag evaluation ---
                 return self._answer(route.family, await fetch(request, body=body))
-            except CaptureError as error:
+            except GatewayError as error:
                 return error_response(request, route.family, error)
             except CircuitOpen as exc:
                 refusal = UpstreamUnavailable(str(exc), retry_after=max(1, math.ceil(exc.retry_after)))
@@ -217,7 +217,7 @@ class Proxy:
             headers["If-None-Match"] = entry.etag
         try:
             upstream = await fetch(request, headers)
-        except (CircuitOpen, UpstreamError, CaptureError):
+        except (CircuitOpen, UpstreamError, GatewayError):
             if entry is not None and entry.usable_on_error(now):
                 return self._serve(request, entry, "stale")
             raise
@@ -263,7 +263,7 @@ class Proxy:
                     self.cache.put(key, entry.refreshed(upstream.headers, self.cache.clock()))
                 else:
                     self._store(key, upstream)
-            except (CircuitOpen, UpstreamError, CaptureError):
+            except (CircuitOpen, UpstreamError, GatewayError):
                 pass  # still stale; the next request tries again
             finally:
                 self._revalidating.pop(key, None)

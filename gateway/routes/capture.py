@@ -15,11 +15,11 @@ from aiohttp import web
 from gateway import metrics
 from gateway.capture.check_event import CheckEvents
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
-from gateway.capture.errors import CaptureError, PayloadTooLarge
 from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
 from gateway.capture.parse import parse_request
-from gateway.capture.record import Record
 from gateway.capture.timestamps import sent_at_from_query
+from gateway.core.errors import GatewayError, PayloadTooLarge
+from gateway.core.record import Record
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.errors import BodyReadTimeout
 from gateway.edge.tokens import TokenPolicy
@@ -63,7 +63,7 @@ class CaptureHandler:
         self.body_read_timeout = body_read_timeout
         self.clock = clock
         self.privacy = privacy
-        self.checks = CheckEvents(sink, metrics.EVENTS_DROPPED.labels("gateway_check"))
+        self.checks = CheckEvents(sink.readiness, metrics.EVENTS_DROPPED.labels("gateway_check"))
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
         # Counted locally, folded into the exported metrics about once a second (gateway/metrics_export.py).
@@ -89,7 +89,7 @@ class CaptureHandler:
                     batch_size.observe(len(records))
                     await self.sink.deliver(records)
                     ingested.inc(len(records))
-            except CaptureError as error:
+            except GatewayError as error:
                 return error_response(request, spec.name, error)
             response = success_response(request)
             answered[response.status].inc()
@@ -183,7 +183,7 @@ def success_response(request: web.Request) -> web.Response:
     return web.Response(body=OK_BODY, content_type="application/json")
 
 
-def error_response(request: web.Request, route: str, error: CaptureError) -> web.Response:
+def error_response(request: web.Request, route: str, error: GatewayError) -> web.Response:
     response = web.Response(
         status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
     )

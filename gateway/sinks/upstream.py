@@ -33,7 +33,7 @@ import orjson
 from yarl import URL
 
 from gateway import metrics
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.proxy.client import UpstreamClient
 from gateway.sinks.failover import FailoverMetrics, FailoverSink, Rejected
 from gateway.sinks.spool import SpoolSink

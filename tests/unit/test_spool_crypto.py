@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.capture.record import Record
 from gateway.cli import main
+from gateway.core.record import Record
 from gateway.sinkworker.sources import SpoolSource
 from gateway.spool import Spool, SpoolReader, crypto, iter_records, spool_stats
 from gateway.spool.crypto import OVERHEAD, Keyring, SpoolKey, SpoolKeyError, load_keyring, parse_keys
