@@ -21,7 +21,6 @@ from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import PROXY_FAMILIES, Proxy
-from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import CaptureHandler, RouteSpec
 from gateway.routes.health import liveness, metrics_handler, readiness_handler
 from gateway.settings import ConfigError, ServeSettings
@@ -29,6 +28,7 @@ from gateway.sinks.base import Sink
 from gateway.sinks.factory import topics_from
 from gateway.spool.collector import SpoolCollector
 from gateway.spool.crypto import SpoolKeyError, load_keyring
+from gateway.upstream.hosts import Upstreams
 
 SINK_KEY = web.AppKey("sink", Sink)
 EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)

@@ -33,12 +33,12 @@ from gateway.embedded import SpoolFillWatch, warn_if_not_drained
 from gateway.lifecycle import runner_options, serve_until_signalled
 from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
-from gateway.proxy.upstreams import Upstreams
 from gateway.reload import Reloader
 from gateway.settings import ServeSettings
 from gateway.settings.fields import warn_unknown_env
 from gateway.sinks.factory import build_sink
 from gateway.sinks.spool import SpoolSink
+from gateway.upstream.hosts import Upstreams
 
 log = logging.getLogger("gateway.serve")
 

@@ -22,8 +22,8 @@ from gateway.edge.setup import read_secret
 from gateway.flags.definitions import Definitions
 from gateway.flags.evaluate import Evaluation, Inconclusive, evaluate_flag, payload_of
 from gateway.flags.poller import DefinitionsPoller
-from gateway.proxy.client import UpstreamClient
 from gateway.settings import ServeSettings
+from gateway.upstream.client import UpstreamClient
 
 _MAX_DECODED = 1024 * 1024  # a flags request inflating to more than this is left to the upstream
 # Request fields whose effect is the server's to decide (flag selection by runtime or environment).

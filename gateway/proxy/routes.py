@@ -22,11 +22,11 @@ from gateway.core.errors import GatewayError
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
-from gateway.proxy.circuit import CircuitOpen
-from gateway.proxy.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
-from gateway.proxy.upstreams import Upstreams
 from gateway.routes.capture import error_response, read_body
 from gateway.settings import ServeSettings
+from gateway.upstream.circuit import CircuitOpen
+from gateway.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
+from gateway.upstream.hosts import Upstreams
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")

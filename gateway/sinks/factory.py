@@ -10,8 +10,6 @@ from aiokafka.helpers import create_ssl_context
 from yarl import URL
 
 from gateway.capture.events import Topics
-from gateway.proxy.client import UpstreamClient
-from gateway.proxy.upstreams import Upstreams
 from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.kafka import KafkaSink
@@ -21,6 +19,8 @@ from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
 from gateway.spool import layout
 from gateway.spool.crypto import Keyring, load_keyring
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.hosts import Upstreams
 
 # Headroom over the largest batch for the produce request's own framing.
 _REQUEST_OVERHEAD = 64 * 1024
