@@ -20,13 +20,6 @@ class Forbidden(GatewayError):
     code = "forbidden"
 
 
-class BodyReadTimeout(GatewayError):
-    """The client did not send its body in time; the connection is closed with the answer."""
-
-    status = 408
-    code = "body_read_timeout"
-
-
 class RateLimited(GatewayError):
     """A client IP or token is over its rate. Browsers drop 429s; server SDKs retry after Retry-After."""
 

@@ -22,7 +22,7 @@ from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import Forbidden, MethodNotAllowed, Overloaded, RateLimited, RouteNotFound
 from gateway.edge.ratelimit import SlidingWindow
-from gateway.routes.capture import error_response
+from gateway.http.responses import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OVERLOAD_RETRY_AFTER = 2

@@ -21,8 +21,8 @@ from gateway import metrics
 from gateway.core.errors import GatewayError
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
+from gateway.http.responses import error_response, read_body
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
-from gateway.routes.capture import error_response, read_body
 from gateway.settings import ServeSettings
 from gateway.upstream.circuit import CircuitOpen
 from gateway.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
@@ -95,7 +95,7 @@ def _encoding_class(request: web.Request) -> str:
 class Proxy:
     """Forwards proxied routes; owns the upstream client and the asset cache for the app's lifetime."""
 
-    def __init__(self, settings: ServeSettings, upstreams: Upstreams, edge: Edge) -> None:
+    def __init__(self, settings: ServeSettings, upstreams: Upstreams, edge: Edge, flags_api_key: str) -> None:
         self.settings = settings
         self.bases = {"api": upstreams.api, "assets": upstreams.assets}
         self.client_ip = edge.client_ip
@@ -107,7 +107,7 @@ class Proxy:
         )
         self.cache = ResponseCache(settings.proxy_cache_bytes) if settings.proxy_cache_bytes else None
         self._revalidating: dict[tuple[str, str], asyncio.Task] = {}
-        self.local_flags = LocalFlags.from_settings(settings, self.client, upstreams.api)
+        self.local_flags = LocalFlags.from_settings(settings, self.client, upstreams.api, flags_api_key)
 
     def add_routes(self, app: web.Application, edge: Edge, prefixes: Sequence[str]) -> None:
         """Register every served family's paths (with and without a trailing slash) under every prefix."""

@@ -18,7 +18,7 @@ from gateway.sinks.spool import SpoolSink
 from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
 from gateway.spool import layout
-from gateway.spool.crypto import Keyring, load_keyring
+from gateway.spool.crypto import Keyring
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.hosts import Upstreams
 
@@ -75,11 +75,10 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
     return config
 
 
-def build_sink(settings: ServeSettings, worker: int) -> Sink:
-    """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror)."""
-    upstreams = Upstreams.from_settings(settings)
-    # Spool keys (file or environment): every spool writer and reader of this worker gets them from here.
-    keyring = load_keyring(settings.spool_encryption_key_file)
+def build_sink(settings: ServeSettings, worker: int, upstreams: Upstreams, keyring: Keyring | None) -> Sink:
+    """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror).
+
+    `keyring`: the spool keys (file or environment); every spool writer and reader gets them from here."""
     if upstreams.api is None or settings.upstream_events_mode == "off":
         return local_sink(settings, worker, keyring)
     upstream = upstream_sink(settings, worker, upstreams.api, keyring)

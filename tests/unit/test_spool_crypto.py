@@ -189,7 +189,7 @@ def test_writer_refuses_to_open_when_a_retained_segment_key_is_missing(tmp_path:
 
 
 def test_bad_key_file_is_a_configuration_error(tmp_path: Path) -> None:
-    from gateway.app import check_components
+    from gateway.http.components import check_components
     from gateway.settings import ConfigError, ServeSettings
 
     bad = tmp_path / "keys"
