@@ -16,7 +16,7 @@ from pathlib import Path
 import uvloop
 from aiokafka import AIOKafkaProducer
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.settings import ServeSettings
 from gateway.sinks.factory import producer_config
 from gateway.sinks.failover import Mode

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import uvloop
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool import FsyncPolicy, Spool, SpoolReader
 from gateway.spool.format import encode_record
 

@@ -129,13 +129,14 @@ def run_command(args: argparse.Namespace) -> int:
         # update); more need multiprocess mode, chosen before the components import the library.
         multi_worker = requested(ServeSettings, args, "workers") > 1
         with multiprocess_metrics() if multi_worker else contextlib.nullcontext():
-            from gateway.app import check_components
-            from gateway.serve import serve
+            from gateway.http.components import build_components, check_components
+            from gateway.supervisor import serve
 
             def load_checked() -> ServeSettings:
                 return check_components(load(ServeSettings, args))
 
-            return serve(load_checked(), load_checked)
+            settings = load(ServeSettings, args).validate()
+            return serve(settings, build_components(settings), load_checked)
     if args.command == "config":
         from gateway.config_check import config_command
 

@@ -25,7 +25,7 @@ def add_config_command(commands: argparse._SubParsersAction) -> None:
 def config_command(args: argparse.Namespace) -> int:
     """Raises ConfigError (one line, exit 2) for an invalid configuration."""
     # Not at import: the CLI parser must not load prometheus_client.
-    from gateway.app import check_components
+    from gateway.http.components import check_components
     from gateway.reload import RELOADABLE
 
     check_env(os.environ)

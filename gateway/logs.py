@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import orjson
 import uuid_utils
@@ -24,9 +24,15 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from gateway import metrics
-from gateway.lifecycle import Drain
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Draining(Protocol):
+    """The worker's drain state (gateway/http/lifecycle.py `Drain`)."""
+
+    active: bool
+
 
 REQUEST_ID_HEADER = "X-Request-Id"
 LEVELS = ("debug", "info", "warning", "error")
@@ -125,7 +131,7 @@ def incoming_or_new_id(value: str | None) -> str:
     return value if value is not None and _SANE_ID.fullmatch(value) else uuid_utils.uuid4().hex
 
 
-def request_context(route_of: Callable[[web.Request], str], drain: Drain) -> Middleware:
+def request_context(route_of: Callable[[web.Request], str], drain: Draining) -> Middleware:
     """Outermost middleware: request id (accepted or generated, echoed), unhandled errors → logged 500,
     and `Connection: close` once the worker drains."""
     error_body = b'{"status":500,"code":"internal_error","error":"internal server error"}'

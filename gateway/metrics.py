@@ -87,7 +87,7 @@ IN_FLIGHT = Gauge(
     multiprocess_mode="livesum",
 )
 
-# Reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py)
+# Reverse-proxy mode (gateway/proxy, gateway/upstream, gateway/sinks/upstream.py)
 UPSTREAM_LATENCY = Histogram(
     "gateway_upstream_request_duration_seconds",
     "Time for one upstream request, by route family and outcome (HTTP status, timeout, connect_error)",

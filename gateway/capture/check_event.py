@@ -10,13 +10,13 @@ cannot store it (spool full), the check event is refused too. The sink worker dr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from gateway.capture.errors import ServiceUnavailable
 from gateway.capture.parse import RawEvent
-from gateway.capture.record import Record
-from gateway.sinks.base import Sink
+from gateway.core.errors import ServiceUnavailable
+from gateway.core.readiness import Readiness
+from gateway.core.record import Record
 
 if TYPE_CHECKING:  # the sink worker's settings import this module: no prometheus_client at CLI build time
     from prometheus_client import Counter
@@ -25,8 +25,9 @@ CHECK_EVENT = "$gateway_check"
 
 
 class CheckEvents:
-    def __init__(self, sink: Sink, dropped: Counter) -> None:
-        self._sink = sink
+    def __init__(self, readiness: Callable[[], Readiness], dropped: Counter) -> None:
+        """`readiness`: the sink's, asked when a request held only check events."""
+        self._readiness = readiness
         self._dropped = dropped
 
     def remove(self, events: Sequence[RawEvent], records: list[Record]) -> list[Record]:
@@ -35,7 +36,7 @@ class CheckEvents:
             return records
         kept = [record for event, record in zip(events, records, strict=True) if event["event"] != CHECK_EVENT]
         if not kept:  # nothing to deliver: answer what delivering would have answered
-            readiness = self._sink.readiness()
+            readiness = self._readiness()
             if not readiness.ready:
                 raise ServiceUnavailable(f"events cannot be stored now: {readiness.detail}")
         self._dropped.inc(len(records) - len(kept))

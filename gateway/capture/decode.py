@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
-from gateway.capture.errors import EmptyPayload, PayloadTooLarge, RequestDecodingError
+from gateway.capture.errors import EmptyPayload, RequestDecodingError
 from gateway.capture.lz64 import Lz64Error, Lz64TooLarge, decompress_from_base64
+from gateway.core.errors import PayloadTooLarge
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 FORM_PREFIXES = (b"data=", b"ver=", b"_=", b"ip=", b"compression=")
@@ -73,7 +74,7 @@ def decode_payload(
     legacy_path: bool,
     limits: DecodeLimits,
 ) -> bytes:
-    """Return the JSON bytes carried by a capture request, or raise a CaptureError."""
+    """Return the JSON bytes carried by a capture request, or raise a GatewayError."""
     payload = query.get("data", "").encode() or body
     if not payload:
         raise EmptyPayload("empty request payload")

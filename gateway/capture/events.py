@@ -22,8 +22,8 @@ from gateway.capture.errors import (
     MissingSnapshotData,
 )
 from gateway.capture.parse import ParsedRequest, RawEvent
-from gateway.capture.record import Record
 from gateway.capture.timestamps import event_timestamp, format_now, format_rfc3339, rfc3339_and_millis
+from gateway.core.record import Record
 
 MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70

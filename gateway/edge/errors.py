@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from gateway.capture.errors import CaptureError, ServiceUnavailable
+from gateway.core.errors import GatewayError, ServiceUnavailable
 
 
-class RouteNotFound(CaptureError):
+class RouteNotFound(GatewayError):
     status = 404
     code = "not_found"
 
 
-class Forbidden(CaptureError):
+class MethodNotAllowed(GatewayError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Forbidden(GatewayError):
     status = 403
     code = "forbidden"
 
 
-class BodyReadTimeout(CaptureError):
-    """The client did not send its body in time; the connection is closed with the answer."""
-
-    status = 408
-    code = "body_read_timeout"
-
-
-class RateLimited(CaptureError):
+class RateLimited(GatewayError):
     """A client IP or token is over its rate. Browsers drop 429s; server SDKs retry after Retry-After."""
 
     status = 429

@@ -15,14 +15,14 @@ from aiohttp.web import AbstractRoute
 from yarl import URL
 
 from gateway import metrics
-from gateway.capture.errors import CaptureError, MethodNotAllowed
+from gateway.core.errors import GatewayError
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
-from gateway.edge.errors import Forbidden, Overloaded, RateLimited, RouteNotFound
+from gateway.edge.errors import Forbidden, MethodNotAllowed, Overloaded, RateLimited, RouteNotFound
 from gateway.edge.ratelimit import SlidingWindow
-from gateway.routes.capture import error_response
+from gateway.http.responses import error_response
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OVERLOAD_RETRY_AFTER = 2
@@ -99,7 +99,7 @@ class EdgePolicy:
             self.finished += 1
         return self._finish(request, response)
 
-    def _refuse(self, request: web.Request, route: str, error: CaptureError) -> web.StreamResponse:
+    def _refuse(self, request: web.Request, route: str, error: GatewayError) -> web.StreamResponse:
         return self._finish(request, error_response(request, route, error))
 
     def _finish(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:

@@ -18,12 +18,11 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import metrics
-from gateway.edge.setup import read_secret
 from gateway.flags.definitions import Definitions
 from gateway.flags.evaluate import Evaluation, Inconclusive, evaluate_flag, payload_of
 from gateway.flags.poller import DefinitionsPoller
-from gateway.proxy.client import UpstreamClient
 from gateway.settings import ServeSettings
+from gateway.upstream.client import UpstreamClient
 
 _MAX_DECODED = 1024 * 1024  # a flags request inflating to more than this is left to the upstream
 # Request fields whose effect is the server's to decide (flag selection by runtime or environment).
@@ -151,12 +150,12 @@ class LocalFlags:
         self.poller = poller
 
     @classmethod
-    def from_settings(cls, settings: ServeSettings, client: UpstreamClient, base: URL) -> LocalFlags | None:
-        """None unless tokens are configured; the key comes from its file or the setting."""
+    def from_settings(
+        cls, settings: ServeSettings, client: UpstreamClient, base: URL, key: str
+    ) -> LocalFlags | None:
+        """None unless tokens are configured; `key` is the personal API key (its file's or the setting)."""
         if not settings.flags_local_token:
             return None
-        key_file = settings.flags_personal_api_key_file
-        key = read_secret(key_file) if key_file else settings.flags_personal_api_key
         poller = DefinitionsPoller(
             client, base, settings.flags_local_token, key, settings.flags_poll_interval,
             settings.upstream_timeout,

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from yarl import URL
 
 from gateway.flags.definitions import Definitions
-from gateway.proxy.circuit import CircuitOpen
-from gateway.proxy.client import UpstreamClient, UpstreamError
+from gateway.upstream.circuit import CircuitOpen
+from gateway.upstream.client import UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.capture.errors import CaptureError
+from gateway.core.errors import GatewayError
 from gateway.core.startup import StartupError
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.policy import RoutePolicy
@@ -39,11 +39,11 @@ from gateway.edge.setup import Edge
 from gateway.gdpr.audit import AuditLog
 from gateway.gdpr.clickhouse import EventsTable, delete_rows, iter_rows, subject_filter
 from gateway.gdpr.subject import spool_matcher
-from gateway.routes.capture import error_response
+from gateway.http.responses import error_response
 from gateway.settings import ServeSettings
 from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked, iter_records
-from gateway.spool.crypto import Keyring, SpoolKeyError, load_keyring
+from gateway.spool.crypto import Keyring, SpoolKeyError
 from gateway.spool.layout import spools
 from gateway.spool.purge import purge_spool
 
@@ -53,21 +53,21 @@ ROUTE = "gdpr"
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class BadGdprRequest(CaptureError):
+class BadGdprRequest(GatewayError):
     code = "invalid_gdpr_request"
 
 
-class GdprNotConfigured(CaptureError):
+class GdprNotConfigured(GatewayError):
     status = 501
     code = "gdpr_not_configured"
 
 
-class GdprTargetUnavailable(CaptureError):
+class GdprTargetUnavailable(GatewayError):
     status = 503
     code = "gdpr_target_unavailable"
 
 
-class UnknownRequest(CaptureError):
+class UnknownRequest(GatewayError):
     status = 404
     code = "not_found"
 
@@ -85,16 +85,18 @@ def default_audit_log(settings: ServeSettings) -> Path:
 
 
 class GdprEndpoints:
-    def __init__(self, settings: ServeSettings, client_ip: ClientIpResolver) -> None:
+    def __init__(
+        self, settings: ServeSettings, client_ip: ClientIpResolver, audit_key: bytes | None, keyring: Keyring | None
+    ) -> None:
+        """`audit_key`: of `gdpr_audit_key_file`; `keyring`: the spool keys (gateway/http/components.py)."""
         self.dsn = settings.gdpr_clickhouse
         self.database = settings.gdpr_database
         self.table = settings.gdpr_table
         self.timeout = settings.gdpr_delete_timeout
         self.data_dir = settings.data_dir
         self.audit_path = default_audit_log(settings)
-        key_file = settings.gdpr_audit_key_file
-        self.audit_key = key_file.read_bytes().strip() if key_file else None
-        self.keyring: Keyring | None = load_keyring(settings.spool_encryption_key_file) if self.dsn else None
+        self.audit_key = audit_key
+        self.keyring = keyring if self.dsn else None
         self.requests_dir = settings.data_dir / "gdpr" / "requests"
         self.client_ip = client_ip
         self._tasks: set[asyncio.Task[None]] = set()
@@ -305,7 +307,7 @@ async def _append(audit: AuditLog, action: str, subject: Subject, status: str, *
     await asyncio.to_thread(audit.append, action, subject.distinct_ids, subject.token, status, **details)
 
 
-def _refuse(request: web.Request, error: CaptureError) -> web.Response:
+def _refuse(request: web.Request, error: GatewayError) -> web.Response:
     return error_response(request, ROUTE, error)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 
 
 def spool_matcher(distinct_ids: Sequence[str], token: str | None) -> Callable[[Record], bool]:

@@ -15,27 +15,28 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway import metrics
-from gateway.capture.errors import CaptureError
+from gateway.core.errors import GatewayError
 from gateway.edge.client_ip import ClientIpResolver
-from gateway.routes.capture import RouteSpec, error_response, read_body, success_response
+from gateway.http.responses import error_response, read_body, success_response
 from gateway.sinks.base import Sink
 from gateway.sinks.upstream import passthrough_record
 
 
 def passthrough_handler(
-    spec: RouteSpec, sink: Sink, client_ip: ClientIpResolver, body_read_timeout: float
+    route: str, body_limit: int, sink: Sink, client_ip: ClientIpResolver, body_read_timeout: float
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    latency = metrics.HTTP_LATENCY.labels(spec.name)
+    """The handler of capture route family `route`, whose bodies may be up to `body_limit` bytes."""
+    latency = metrics.HTTP_LATENCY.labels(route)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
-            body = await read_body(request, spec.body_limit, body_read_timeout)
+            body = await read_body(request, body_limit, body_read_timeout)
             await sink.deliver([passthrough_record(request.raw_path, request.headers, client_ip(request), body)])
-        except CaptureError as error:
-            return error_response(request, spec.name, error)
+        except GatewayError as error:
+            return error_response(request, route, error)
         response = success_response(request)
-        metrics.HTTP_REQUESTS.labels(spec.name, str(response.status)).inc()
+        metrics.HTTP_REQUESTS.labels(route, str(response.status)).inc()
         latency.observe(time.perf_counter() - started)
         return response
 

@@ -18,15 +18,15 @@ from aiohttp import web
 from yarl import URL
 
 from gateway import metrics
-from gateway.capture.errors import CaptureError
+from gateway.core.errors import GatewayError
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
+from gateway.http.responses import error_response, read_body
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
-from gateway.proxy.circuit import CircuitOpen
-from gateway.proxy.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
-from gateway.proxy.upstreams import Upstreams
-from gateway.routes.capture import error_response, read_body
 from gateway.settings import ServeSettings
+from gateway.upstream.circuit import CircuitOpen
+from gateway.upstream.client import UpstreamClient, UpstreamError, UpstreamResponse, request_headers
+from gateway.upstream.hosts import Upstreams
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _CONDITIONAL = ("If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range")
@@ -67,17 +67,17 @@ PROXY_ROUTES = (
 PROXY_FAMILIES = tuple(route.family for route in PROXY_ROUTES)
 
 
-class UpstreamUnavailable(CaptureError):
+class UpstreamUnavailable(GatewayError):
     status = 503
     code = "upstream_unavailable"
 
 
-class BadGateway(CaptureError):
+class BadGateway(GatewayError):
     status = 502
     code = "upstream_error"
 
 
-class UpstreamTimeout(CaptureError):
+class UpstreamTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
 
@@ -95,7 +95,7 @@ def _encoding_class(request: web.Request) -> str:
 class Proxy:
     """Forwards proxied routes; owns the upstream client and the asset cache for the app's lifetime."""
 
-    def __init__(self, settings: ServeSettings, upstreams: Upstreams, edge: Edge) -> None:
+    def __init__(self, settings: ServeSettings, upstreams: Upstreams, edge: Edge, flags_api_key: str) -> None:
         self.settings = settings
         self.bases = {"api": upstreams.api, "assets": upstreams.assets}
         self.client_ip = edge.client_ip
@@ -107,7 +107,7 @@ class Proxy:
         )
         self.cache = ResponseCache(settings.proxy_cache_bytes) if settings.proxy_cache_bytes else None
         self._revalidating: dict[tuple[str, str], asyncio.Task] = {}
-        self.local_flags = LocalFlags.from_settings(settings, self.client, upstreams.api)
+        self.local_flags = LocalFlags.from_settings(settings, self.client, upstreams.api, flags_api_key)
 
     def add_routes(self, app: web.Application, edge: Edge, prefixes: Sequence[str]) -> None:
         """Register every served family's paths (with and without a trailing slash) under every prefix."""
@@ -177,7 +177,7 @@ class Proxy:
                         return local
                 # --- end local flag evaluation ---
                 return self._answer(route.family, await fetch(request, body=body))
-            except CaptureError as error:
+            except GatewayError as error:
                 return error_response(request, route.family, error)
             except CircuitOpen as exc:
                 refusal = UpstreamUnavailable(str(exc), retry_after=max(1, math.ceil(exc.retry_after)))
@@ -217,7 +217,7 @@ class Proxy:
             headers["If-None-Match"] = entry.etag
         try:
             upstream = await fetch(request, headers)
-        except (CircuitOpen, UpstreamError, CaptureError):
+        except (CircuitOpen, UpstreamError, GatewayError):
             if entry is not None and entry.usable_on_error(now):
                 return self._serve(request, entry, "stale")
             raise
@@ -263,7 +263,7 @@ class Proxy:
                     self.cache.put(key, entry.refreshed(upstream.headers, self.cache.clock()))
                 else:
                     self._store(key, upstream)
-            except (CircuitOpen, UpstreamError, CaptureError):
+            except (CircuitOpen, UpstreamError, GatewayError):
                 pass  # still stale; the next request tries again
             finally:
                 self._revalidating.pop(key, None)

@@ -1,7 +1,7 @@
 """The only configuration code: the field machinery (flags, `GATEWAY_*` env vars, TOML file, help,
 `config check`) and the settings of `gateway serve` and `gateway sink` on it. Imports nothing else of
 the gateway but `gateway.core`; checks that need the components live with the composition
-(`gateway.app.check_components`)."""
+(`gateway.http.components.check_components`)."""
 
 from gateway.settings.fields import (
     ConfigError,

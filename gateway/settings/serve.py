@@ -1,7 +1,7 @@
 """`gateway serve` settings: every field is a flag, a `GATEWAY_<NAME>` env var and a TOML key.
 
 Only value checks live here; what needs the components (rate limit notation, CIDRs, TLS files,
-key files, privacy patterns) is checked by building them: `gateway.app.check_components`.
+key files, privacy patterns) is checked by building them: `gateway.http.components.check_components`.
 """
 
 from __future__ import annotations

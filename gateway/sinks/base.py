@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from gateway.capture.record import Record
-
-
-@dataclass(slots=True, frozen=True)
-class Readiness:
-    """`ready` False takes the instance out of a load balancer; `degraded` still serves (e.g. spooling)."""
-
-    ready: bool
-    degraded: bool
-    detail: str
+from gateway.core.readiness import Readiness
+from gateway.core.record import Record
 
 
 class Sink(Protocol):

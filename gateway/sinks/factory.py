@@ -10,8 +10,6 @@ from aiokafka.helpers import create_ssl_context
 from yarl import URL
 
 from gateway.capture.events import Topics
-from gateway.proxy.client import UpstreamClient
-from gateway.proxy.upstreams import Upstreams
 from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.kafka import KafkaSink
@@ -21,7 +19,9 @@ from gateway.sinks.spool import SpoolSink
 from gateway.sinks.tee import TeeSink
 from gateway.sinks.upstream import UpstreamRemote, UpstreamSink
 from gateway.spool import layout
-from gateway.spool.crypto import Keyring, load_keyring
+from gateway.spool.crypto import Keyring
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.hosts import Upstreams
 
 # Headroom over the largest batch for the produce request's own framing.
 _REQUEST_OVERHEAD = 64 * 1024
@@ -76,11 +76,10 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
     return config
 
 
-def build_sink(settings: ServeSettings, worker: int) -> Sink:
-    """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror)."""
-    upstreams = Upstreams.from_settings(settings)
-    # Spool keys (file or environment): every spool writer and reader of this worker gets them from here.
-    keyring = load_keyring(settings.spool_encryption_key_file)
+def build_sink(settings: ServeSettings, worker: int, upstreams: Upstreams, keyring: Keyring | None) -> Sink:
+    """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror).
+
+    `keyring`: the spool keys (file or environment); every spool writer and reader gets them from here."""
     if upstreams.api is None or settings.upstream_events_mode == "off":
         return local_sink(settings, worker, keyring)
     upstream = upstream_sink(settings, worker, upstreams.api, keyring)

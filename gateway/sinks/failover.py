@@ -28,9 +28,9 @@ from typing import NamedTuple, Protocol
 from prometheus_client import Counter, Gauge
 
 from gateway import metrics as gateway_metrics
-from gateway.capture.errors import CaptureError
-from gateway.capture.record import Record
-from gateway.sinks.base import Readiness
+from gateway.core.errors import GatewayError
+from gateway.core.readiness import Readiness
+from gateway.core.record import Record
 from gateway.sinks.spool import SpoolSink
 from gateway.spool import SpoolLocked, SpoolReader
 from gateway.spool.crypto import Keyring, SpoolKeyError
@@ -49,7 +49,7 @@ class Mode(Enum):
     SPOOLING = "spooling"
 
 
-class Rejected(CaptureError):
+class Rejected(GatewayError):
     """The remote refused records for good (its 4xx); `status` is what the client is answered."""
 
     code = "upstream_rejected"

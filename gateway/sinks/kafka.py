@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway import metrics
-from gateway.capture.errors import PayloadTooLarge
-from gateway.capture.record import Record
+from gateway.core.errors import PayloadTooLarge
+from gateway.core.record import Record
 from gateway.sinks.failover import FailoverMetrics, FailoverSink
 from gateway.sinks.kafka_producer import ReconnectingProducer
 from gateway.sinks.overflow import OverflowRouter

@@ -28,7 +28,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from gateway import metrics
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.metrics_export import LocalHistogram
 
 

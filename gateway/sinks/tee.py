@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from gateway.capture.record import Record
-from gateway.sinks.base import Readiness, Sink
+from gateway.core.readiness import Readiness
+from gateway.core.record import Record
+from gateway.sinks.base import Sink
 
 
 class TeeSink:

@@ -33,10 +33,10 @@ import orjson
 from yarl import URL
 
 from gateway import metrics
-from gateway.capture.record import Record
-from gateway.proxy.client import UpstreamClient
+from gateway.core.record import Record
 from gateway.sinks.failover import FailoverMetrics, FailoverSink, Rejected
 from gateway.sinks.spool import SpoolSink
+from gateway.upstream.client import UpstreamClient
 
 PASSTHROUGH_TOPIC = "upstream-passthrough"  # marks a raw request record; never a Kafka topic
 MAX_BATCH_EVENTS = 1000

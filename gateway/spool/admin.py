@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool.crypto import Keyring
 from gateway.spool.format import HEADER_SIZE, header_key_id
 from gateway.spool.locks import WRITE_LOCK, is_locked

@@ -19,7 +19,7 @@ import zlib
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 
 if TYPE_CHECKING:
     from gateway.spool.crypto import SpoolKey

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.errors import SpoolError, SpoolLocked
 from gateway.spool.format import HEADER_SIZE, encode_record, segment_header

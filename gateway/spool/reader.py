@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool.crypto import Keyring
 from gateway.spool.errors import SpoolError, SpoolLocked
 from gateway.spool.format import HEADER_SIZE

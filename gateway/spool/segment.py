@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.format import (
     FRAME_SIZE,

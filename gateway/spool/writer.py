@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.errors import SpoolClosed, SpoolFull, SpoolWriteError
 from gateway.spool.format import HEADER_SIZE, encode_record, header_is_valid, header_key_id, segment_header

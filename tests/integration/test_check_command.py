@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from gateway.capture.record import Record
-from gateway.sinks.base import Readiness
+from gateway.core.readiness import Readiness
+from gateway.core.record import Record
 from tests.support.fake_posthog import FakePostHog
 from tests.support.inprocess import InProcessGateway, free_port, settings_for
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env, spool_dump

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool import iter_records
 from tests.support.conformance import assert_record_matches, expected_records, replay
 from tests.support.inprocess import InProcessGateway, settings_for

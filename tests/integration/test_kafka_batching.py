@@ -12,7 +12,7 @@ from unittest import mock
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.sinks.factory import producer_config
 from gateway.sinks.kafka_producer import ReconnectingProducer
 from tests.services.kafka_broker import KafkaBroker

@@ -14,7 +14,7 @@ import pytest
 import requests
 from aiokafka.partitioner import murmur2
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.settings import ServeSettings
 from gateway.spool import Spool
 from gateway.spool.crypto import load_keyring

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool import Spool
 from tests.sinkworker.helpers import TOPIC, captured_value
 from tests.support.processes import REPO_ROOT, gateway_env

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.chdb_writer import ChdbWriter
 from gateway.sinkworker.dlq import FileDeadLetters

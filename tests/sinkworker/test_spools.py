@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.chdb_writer import ChdbWriter
 from gateway.sinkworker.dlq import FileDeadLetters

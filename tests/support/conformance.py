@@ -20,7 +20,7 @@ import orjson
 import pytest
 import requests
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 
 DUMP_ENV = "GATEWAY_CONFORMANCE_DUMP"
 REQUIRE_SHARED_ENV = "GATEWAY_REQUIRE_SHARED"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.app import EDGE_KEY, build_app, utc_now
-from gateway.lifecycle import runner_options
+from gateway.http.app import EDGE_KEY, build_app, utc_now
+from gateway.http.components import build_components
+from gateway.http.lifecycle import runner_options
 from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.factory import build_sink
@@ -35,7 +36,8 @@ class InProcessGateway:
     ) -> None:
         self.port = free_port()
         self.settings = settings
-        self.sink = sink or build_sink(settings, 0)
+        self.components = build_components(settings)
+        self.sink = sink or build_sink(settings, 0, self.components.upstreams, self.components.keyring)
         self.clock = clock
         self.url = f"{'https' if settings.tls_cert else 'http'}://127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
@@ -63,7 +65,7 @@ class InProcessGateway:
         self._loop.run_forever()
 
     async def _start(self) -> None:
-        app = build_app(self.settings, self.sink, clock=self.clock)
+        app = build_app(self.settings, self.components, self.sink, clock=self.clock)
         self._runner = web.AppRunner(app, **runner_options(self.settings))
         await self._runner.setup()
         self.edge = app[EDGE_KEY]  # its SSL context is the one SIGHUP reloads

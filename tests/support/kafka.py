@@ -7,7 +7,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 
 
 async def _consume(bootstrap: str, topics: list[str], until: int, timeout: float) -> list[tuple[int, Record]]:

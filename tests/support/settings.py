@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.app import check_components
+from gateway.http.components import check_components
 from gateway.settings import ServeSettings, add_arguments, settings_from_args
 
 

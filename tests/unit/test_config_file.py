@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import check_components
 from gateway.cli import build_parser, main
+from gateway.http.components import check_components
 from gateway.settings import ConfigError, ServeSettings, load
 
 

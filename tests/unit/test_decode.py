@@ -11,7 +11,8 @@ import orjson
 import pytest
 
 from gateway.capture.decode import DecodeLimits, decode_payload
-from gateway.capture.errors import EmptyPayload, PayloadTooLarge, RequestDecodingError
+from gateway.capture.errors import EmptyPayload, RequestDecodingError
+from gateway.core.errors import PayloadTooLarge
 
 LIMITS = DecodeLimits(max_decompressed=8 * 1024 * 1024, max_ratio=100)
 EVENT = orjson.dumps([{"event": "e", "distinct_id": "d", "properties": {"token": "t", "x": "é+/"}}])

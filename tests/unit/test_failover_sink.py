@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from gateway.capture.errors import ServiceUnavailable
-from gateway.capture.record import Record
+from gateway.core.errors import ServiceUnavailable
+from gateway.core.record import Record
 from gateway.sinks import failover
 from gateway.sinks.failover import FailoverMetrics, FailoverSink, Mode, Rejected
 from gateway.sinks.spool import SpoolSink

@@ -12,9 +12,9 @@ import orjson
 import pytest
 import requests
 
-from gateway.capture.record import Record
+from gateway.core.readiness import Readiness
+from gateway.core.record import Record
 from gateway.logs import RateLimitFilter, configure_logging, request_id
-from gateway.sinks.base import Readiness
 from tests.support.inprocess import InProcessGateway, settings_for
 
 SECRET_PROPERTY = "do-not-log-this-property-value"

@@ -13,11 +13,11 @@ from gateway.capture.events import RecordOptions, RequestContext, analytics_reco
 from gateway.capture.parse import parse_request
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
-from gateway.proxy.circuit import CircuitBreaker, CircuitOpen, State
-from gateway.proxy.client import request_headers, response_headers
-from gateway.proxy.upstreams import Upstreams
 from gateway.settings import ConfigError
 from gateway.sinks.upstream import passthrough_record, upstream_posts
+from gateway.upstream.circuit import CircuitBreaker, CircuitOpen, State
+from gateway.upstream.client import request_headers, response_headers
+from gateway.upstream.hosts import Upstreams
 from tests.support.settings import parse_serve_settings
 
 

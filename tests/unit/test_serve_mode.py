@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.serve import describe_mode, is_embedded
+from gateway.http.announce import describe_mode, is_embedded
 from gateway.settings import ServeSettings
+from gateway.upstream.hosts import Upstreams
 
 UP = "https://posthog.example.com"
 
@@ -23,5 +24,6 @@ UP = "https://posthog.example.com"
 )
 def test_mode_names_where_events_go(overrides: dict[str, object], mode: str, embedded: bool) -> None:
     settings = ServeSettings(**overrides).validate()
-    assert describe_mode(settings) == mode
-    assert is_embedded(settings) is embedded
+    upstreams = Upstreams.from_settings(settings)
+    assert describe_mode(settings, upstreams) == mode
+    assert is_embedded(settings, upstreams) is embedded

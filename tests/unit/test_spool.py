@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool import (
     FsyncPolicy,
     Spool,
@@ -439,7 +439,7 @@ _CHILD = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from gateway.capture.record import Record
+    from gateway.core.record import Record
     from gateway.spool import FsyncPolicy, Spool
 
     async def main() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.capture.record import Record
 from gateway.cli import main
+from gateway.core.record import Record
 from gateway.sinkworker.sources import SpoolSource
 from gateway.spool import Spool, SpoolReader, crypto, iter_records, spool_stats
 from gateway.spool.crypto import OVERHEAD, Keyring, SpoolKey, SpoolKeyError, load_keyring, parse_keys
@@ -189,7 +189,7 @@ def test_writer_refuses_to_open_when_a_retained_segment_key_is_missing(tmp_path:
 
 
 def test_bad_key_file_is_a_configuration_error(tmp_path: Path) -> None:
-    from gateway.app import check_components
+    from gateway.http.components import check_components
     from gateway.settings import ConfigError, ServeSettings
 
     bad = tmp_path / "keys"

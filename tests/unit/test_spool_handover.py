@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.spool import Spool, SpoolReader, iter_records
 from gateway.spool.crypto import Keyring, SpoolKey
 from gateway.spool.layout import orphaned_spools, spool_dir

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.capture.record import Record
 from gateway.cli import main
+from gateway.core.record import Record
 from gateway.spool import Spool, SpoolLocked, SpoolReader, iter_records
 from gateway.spool.locks import PURGE_JOURNAL
 from gateway.spool.segment import list_segments

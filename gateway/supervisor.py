@@ -1,5 +1,8 @@
 """Runs `gateway serve`: one process, or N worker processes sharing the port with SO_REUSEPORT.
 
+The components built at start (gateway/http/components.py) are every worker's first; a worker
+restarted after a crash builds its own afresh (re-reading certificate and key files, as a start does).
+
 Start-up failures (a port in use, an unusable --data-dir, a locked spool) are StartupErrors
 (gateway/core/startup.py), printed by gateway.cli as one line. The start-up line is logged only once
 every worker's socket is bound. A worker reports over a pipe that it serves, or why it could not
@@ -19,26 +22,19 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-import uvloop
-
-from gateway.app import DRAIN_KEY, EDGE_KEY, build_app
 from gateway.core.startup import CONFIG_EXIT, StartupError
-from gateway.embedded import SpoolFillWatch, warn_if_not_drained
-from gateway.lifecycle import runner_options, serve_until_signalled
+from gateway.http.announce import announce
+from gateway.http.components import Components
+from gateway.http.worker import Loader, run_worker
 from gateway.logs import configure_logging
 from gateway.metrics_multiproc import process_exited
-from gateway.proxy.upstreams import Upstreams
-from gateway.reload import Reloader
 from gateway.settings import ServeSettings
 from gateway.settings.fields import warn_unknown_env
-from gateway.sinks.factory import build_sink
-from gateway.sinks.spool import SpoolSink
 
 log = logging.getLogger("gateway.serve")
 
@@ -51,52 +47,19 @@ CRASH_LOOP_CRASHES = 5
 CRASH_LOOP_WINDOW_S = 60.0
 SERVING = "serving"
 
-Loader = Callable[[], ServeSettings]
 
-
-def run_worker(
-    settings: ServeSettings, worker: int, load: Loader | None = None, on_serving: Callable[[], None] = lambda: None
-) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, finish in-flight requests and flush the sink
-    (gateway/lifecycle.py). `on_serving` is called once the socket is bound.
-
-    With `load`, SIGHUP re-reads the configuration and applies policy settings live (gateway/reload.py).
-    """
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader's handler is installed
-    sink = build_sink(settings, worker)
-    app = build_app(settings, sink)
-    if load is not None:
-        app.cleanup_ctx.append(Reloader(settings, load, app[EDGE_KEY]).on_sighup)
-    if isinstance(sink, SpoolSink):  # embedded mode
-        app.cleanup_ctx.append(SpoolFillWatch(sink.spool, settings.data_dir).lifecycle)
-    edge = app[EDGE_KEY]
-    uvloop.run(
-        serve_until_signalled(
-            app,
-            host=settings.host,
-            port=settings.port,
-            reuse_port=settings.workers > 1,
-            ssl_context=edge.ssl_context,
-            shutdown_timeout=settings.shutdown_timeout,
-            drain=app[DRAIN_KEY],
-            requests=edge.policy,
-            options=runner_options(settings),
-            on_serving=on_serving,
-        )
-    )
-
-
-def serve(settings: ServeSettings, load: Loader | None = None) -> int:
+def serve(settings: ServeSettings, components: Components, load: Loader | None = None) -> int:
     """Run the workers until they exit; returns the first non-zero worker exit code, else 0.
+    `components`: `build_components(settings)`.
 
     Raises StartupError when the gateway cannot start (or a crash loop stops it)."""
     configure_logging(settings.log_level, settings.log_format)
     warn_unknown_env(os.environ)
     prepare_data_dir(settings.data_dir)
     if settings.workers == 1:
-        run_worker(settings, 0, load, on_serving=lambda: announce(settings))
+        run_worker(settings, components, 0, load, on_serving=lambda: announce(settings, components.upstreams))
         return 0
-    return Supervisor(settings, load).run()
+    return Supervisor(settings, components, load).run()
 
 
 def prepare_data_dir(data_dir: Path) -> None:
@@ -119,43 +82,6 @@ def _reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
 
 
-def describe_mode(settings: ServeSettings) -> str:
-    """Where captured events go: the embedded spool, Kafka, or an upstream PostHog."""
-    kafka = settings.kafka_bootstrap_servers
-    local = f"Kafka {kafka}" if kafka else "embedded spool"
-    api = Upstreams.from_settings(settings).api
-    if api is None:
-        return local
-    if settings.upstream_events_mode == "off":
-        return f"{local}, proxying to {api}"
-    if settings.upstream_events_mode == "forward":
-        return f"upstream {'passthrough' if settings.upstream_passthrough else 'forward'} to {api}"
-    return f"upstream mirror to {api} and {local}"
-
-
-def is_embedded(settings: ServeSettings) -> bool:
-    """Events stay in the local spool until `gateway sink` moves them (no Kafka, no upstream)."""
-    upstream = Upstreams.from_settings(settings).api is not None and settings.upstream_events_mode != "off"
-    return not settings.kafka_bootstrap_servers and not upstream
-
-
-def announce(settings: ServeSettings) -> None:
-    """The start-up line, logged once every listener is bound; in embedded mode, a hint if nothing drains."""
-    tls = settings.tls_cert is not None
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    address = f"{'https' if tls else 'http'}://{host}:{settings.port}"
-    admin = f"port {settings.admin_port}" if settings.admin_port else "main port"
-    mode = describe_mode(settings)
-    log.info(
-        "gateway serving on %s: %s, data dir %s, %d worker(s), TLS %s, admin endpoints on %s",
-        address, mode, settings.data_dir, settings.workers, "on" if tls else "off", admin,
-        extra={"address": address, "mode": mode, "data_dir": str(settings.data_dir), "workers": settings.workers,
-               "tls": tls, "admin": admin},
-    )
-    if is_embedded(settings):
-        warn_if_not_drained(settings.data_dir, settings.data_dir / "spool", settings.spool_max_bytes)
-
-
 @dataclass
 class Worker:
     """One worker slot: its process (None while a restart is pending) and what it reported."""
@@ -164,6 +90,7 @@ class Worker:
     process: BaseProcess | None = None
     reports: Connection | None = None
     serving_since: float | None = None
+    started: bool = False  # once: a restart builds its own components
     restart_at: float | None = None
     delay: float = FIRST_RESTART_DELAY_S
 
@@ -172,8 +99,9 @@ class Supervisor:
     """Parent of N workers: forwards SIGTERM/SIGINT/SIGHUP, restarts a worker that dies after it served,
     stops the gateway when one fails to start or crash-loops, and exits when all have stopped."""
 
-    def __init__(self, settings: ServeSettings, load: Loader | None) -> None:
+    def __init__(self, settings: ServeSettings, components: Components, load: Loader | None) -> None:
         self.settings = settings
+        self.components = components
         self.load = load
         self.context = multiprocessing.get_context("fork")
         self.workers = [Worker(index) for index in range(settings.workers)]
@@ -200,7 +128,7 @@ class Supervisor:
                         self._spawn(worker)
             if not self.announced and all(w.serving_since is not None for w in self.workers):
                 self.announced = True
-                announce(self.settings)
+                announce(self.settings, self.components.upstreams)
         if self.failure is not None:
             raise self.failure
         return self.exit_code
@@ -278,8 +206,11 @@ class Supervisor:
 
     def _spawn(self, worker: Worker) -> None:
         reports, report = self.context.Pipe(duplex=False)
+        components = None if worker.started else self.components
+        worker.started = True
         process = self.context.Process(
-            target=_worker_main, args=(self.settings, worker.index, self.load, report), name=f"worker-{worker.index}"
+            target=_worker_main, args=(self.settings, components, worker.index, self.load, report),
+            name=f"worker-{worker.index}",
         )
         process.start()
         report.close()  # the child's end
@@ -301,13 +232,15 @@ class Supervisor:
                 os.kill(worker.process.pid, signum)
 
 
-def _worker_main(settings: ServeSettings, worker: int, load: Loader | None, report: Connection) -> None:
+def _worker_main(
+    settings: ServeSettings, components: Components | None, worker: int, load: Loader | None, report: Connection
+) -> None:
     # If the supervisor is killed outright, take the workers down with it rather than orphan them.
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     for signum in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handler; the worker's own once serving
         signal.signal(signum, signal.SIG_DFL)
     try:
-        run_worker(settings, worker, load, on_serving=lambda: report.send(SERVING))
+        run_worker(settings, components, worker, load, on_serving=lambda: report.send(SERVING))
     except StartupError as exc:
         log.debug("worker %d could not start", worker, exc_info=True)
         report.send((exc.what, str(exc.value), exc.why, exc.exit_code))

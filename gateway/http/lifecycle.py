@@ -18,9 +18,9 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from gateway.core.readiness import Readiness
 from gateway.core.startup import listen_error
 from gateway.settings import ServeSettings
-from gateway.sinks.base import Readiness
 
 POLL_S = 0.05
 log = logging.getLogger("gateway.lifecycle")

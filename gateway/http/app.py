@@ -1,9 +1,9 @@
-"""Builds the aiohttp application: routes (under every prefix), the sink's lifecycle and health."""
+"""Builds the aiohttp application from the built components: routes (under every prefix), the sink's
+lifecycle and health."""
 
 from __future__ import annotations
 
 import gc
-import re
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -13,76 +13,27 @@ from gateway import metrics
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.edge.headers import omit_server_header
-from gateway.edge.setup import Edge, read_secret
+from gateway.edge.setup import Edge
 from gateway.gdpr.http import GdprEndpoints
-from gateway.lifecycle import Drain
+from gateway.http.capture import CaptureHandler
+from gateway.http.components import Components, capture_routes
+from gateway.http.health import liveness, metrics_handler, readiness_handler
+from gateway.http.lifecycle import Drain
 from gateway.logs import request_context
 from gateway.metrics_export import GaugeSampler, MetricsExporter
-from gateway.privacy.policy import PrivacyPolicy
 from gateway.proxy.passthrough import passthrough_handler
-from gateway.proxy.routes import PROXY_FAMILIES, Proxy
-from gateway.proxy.upstreams import Upstreams
-from gateway.routes.capture import CaptureHandler, RouteSpec
-from gateway.routes.health import liveness, metrics_handler, readiness_handler
-from gateway.settings import ConfigError, ServeSettings
+from gateway.proxy.routes import Proxy
+from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
 from gateway.sinks.factory import topics_from
 from gateway.spool.collector import SpoolCollector
-from gateway.spool.crypto import SpoolKeyError, load_keyring
 
 SINK_KEY = web.AppKey("sink", Sink)
 EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)
-DRAIN_KEY = web.AppKey("drain", Drain)  # for the worker lifecycle (gateway/lifecycle.py)
+DRAIN_KEY = web.AppKey("drain", Drain)  # for the worker lifecycle (gateway/http/lifecycle.py)
 # Objects allocated between young-generation collections. Python's default (700) collects every few
 # requests although reference counting frees nearly all of a request's objects.
 GC_YOUNG_THRESHOLD = 50_000
-
-
-def capture_routes(settings: ServeSettings) -> list[RouteSpec]:
-    return [
-        RouteSpec("events", ("/e", "/i/v0/e", "/capture", "/track", "/engage"), settings.event_body_limit),
-        RouteSpec("batch", ("/batch",), settings.batch_body_limit),
-        RouteSpec("replay", ("/s",), settings.replay_body_limit, replay=True),
-    ]
-
-
-def route_families(settings: ServeSettings) -> list[str]:
-    """Every route family this configuration can serve (`--routes` picks among them)."""
-    names = [spec.name for spec in capture_routes(settings)]
-    if Upstreams.from_settings(settings).enabled:
-        names += PROXY_FAMILIES
-    return names
-
-
-def check_components(settings: ServeSettings) -> ServeSettings:
-    """Check what only building the components can: rate notation, CIDRs, TLS and key files, privacy
-    patterns, upstream URLs. Run by `gateway serve` at start and on SIGHUP, and by `config check`."""
-    settings.validate()
-    try:
-        load_keyring(settings.spool_encryption_key_file)
-    except SpoolKeyError as exc:
-        raise ConfigError("spool_encryption_key_file", str(exc), value=settings.spool_encryption_key_file) from exc
-    try:
-        Upstreams.from_settings(settings)
-    except ValueError as exc:
-        raise ConfigError("upstream", str(exc)) from exc
-    Edge.from_settings(settings, route_families(settings))  # raises ConfigError naming the setting
-    if settings.flags_personal_api_key_file is not None:
-        try:
-            read_secret(settings.flags_personal_api_key_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError("flags_personal_api_key_file", str(exc),
-                              value=settings.flags_personal_api_key_file) from exc
-    if settings.gdpr_audit_key_file is not None:
-        try:
-            read_secret(settings.gdpr_audit_key_file)
-        except (OSError, ValueError) as exc:
-            raise ConfigError("gdpr_audit_key_file", str(exc), value=settings.gdpr_audit_key_file) from exc
-    try:
-        PrivacyPolicy.from_settings(settings)
-    except (ValueError, re.error) as exc:
-        raise ConfigError("privacy", str(exc)) from exc
-    return settings
 
 
 def utc_now() -> datetime:
@@ -90,11 +41,12 @@ def utc_now() -> datetime:
 
 
 def build_app(
-    settings: ServeSettings, sink: Sink, clock: Callable[[], datetime] = utc_now
+    settings: ServeSettings, components: Components, sink: Sink, clock: Callable[[], datetime] = utc_now
 ) -> web.Application:
+    """The app of one worker: `components` from `build_components(settings)`, the sink built from them."""
     specs = capture_routes(settings)
-    edge = Edge.from_settings(settings, route_families(settings))
-    drain = Drain()  # set on SIGTERM by gateway.lifecycle
+    edge = components.edge
+    drain = Drain()  # set on SIGTERM by gateway.http.lifecycle
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
@@ -113,12 +65,14 @@ def build_app(
         tokens=edge.tokens,
         body_read_timeout=settings.body_read_timeout,
         clock=clock,
-        privacy=PrivacyPolicy.from_settings(settings),
+        privacy=components.privacy,
     )
     for prefix in ("", *settings.prefix):
         for spec in [spec for spec in specs if edge.serves(spec.name)]:
             if settings.upstream_passthrough:
-                handle = passthrough_handler(spec, sink, edge.client_ip, settings.body_read_timeout)
+                handle = passthrough_handler(
+                    spec.name, spec.body_limit, sink, edge.client_ip, settings.body_read_timeout
+                )
             else:
                 handle = handler.handler_for(spec)
             for path in spec.paths:
@@ -132,7 +86,7 @@ def build_app(
     edge.add_probe(app.router, "/_liveness", liveness)
     edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks, edge.serves("flags")))
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
-    GdprEndpoints(settings, edge.client_ip).mount(app, edge)
+    GdprEndpoints(settings, edge.client_ip, components.gdpr_audit_key, components.keyring).mount(app, edge)
     app.cleanup_ctx.append(sampler.lifecycle)
     app[EDGE_KEY] = edge
     app[DRAIN_KEY] = drain
@@ -140,9 +94,8 @@ def build_app(
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)
     app.on_startup.append(_settle_gc)
-    upstreams = Upstreams.from_settings(settings)
-    if upstreams.enabled:  # reverse-proxy mode: flags, /api, logs, assets (gateway/proxy)
-        proxy = Proxy(settings, upstreams, edge)
+    if components.upstreams.enabled:  # reverse-proxy mode: flags, /api, logs, assets (gateway/proxy)
+        proxy = Proxy(settings, components.upstreams, edge, components.flags_api_key)
         proxy.add_routes(app, edge, ("", *settings.prefix))
         app.cleanup_ctx.append(proxy.lifecycle)
     return app

@@ -3,32 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-import orjson
 from aiohttp import web
 
 from gateway import metrics
 from gateway.capture.check_event import CheckEvents
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
-from gateway.capture.errors import CaptureError, PayloadTooLarge
 from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
 from gateway.capture.parse import parse_request
-from gateway.capture.record import Record
 from gateway.capture.timestamps import sent_at_from_query
+from gateway.core.errors import GatewayError
+from gateway.core.record import Record
 from gateway.edge.client_ip import ClientIpResolver
-from gateway.edge.errors import BodyReadTimeout
 from gateway.edge.tokens import TokenPolicy
+from gateway.http.responses import error_response, read_body, success_response
 from gateway.metrics_export import LocalCounter, LocalHistogram
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
 
-log = logging.getLogger("gateway.capture")
-OK_BODY = b'{"status":"Ok"}'
 # Bodies above this are decoded and parsed in a worker thread so the event loop keeps serving.
 OFFLOAD_THRESHOLD = 256 * 1024
 
@@ -63,7 +59,7 @@ class CaptureHandler:
         self.body_read_timeout = body_read_timeout
         self.clock = clock
         self.privacy = privacy
-        self.checks = CheckEvents(sink, metrics.EVENTS_DROPPED.labels("gateway_check"))
+        self.checks = CheckEvents(sink.readiness, metrics.EVENTS_DROPPED.labels("gateway_check"))
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
         # Counted locally, folded into the exported metrics about once a second (gateway/metrics_export.py).
@@ -89,7 +85,7 @@ class CaptureHandler:
                     batch_size.observe(len(records))
                     await self.sink.deliver(records)
                     ingested.inc(len(records))
-            except CaptureError as error:
+            except GatewayError as error:
                 return error_response(request, spec.name, error)
             response = success_response(request)
             answered[response.status].inc()
@@ -150,51 +146,3 @@ class CaptureHandler:
         if spec.replay:
             return [replay_record(parsed, context, self.options)]
         return self.checks.remove(parsed.events, analytics_records(parsed, context, self.options))
-
-
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    """Read at most `limit` bytes within `timeout` seconds; larger bodies are refused unbuffered."""
-    length = request.content_length
-    if length is not None and length > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    if request.content.is_eof():  # already received with the headers: no wait, no timer
-        return await request.read()
-    try:
-        async with asyncio.timeout(timeout):
-            return await _read_streamed(request, limit)
-    except TimeoutError:
-        raise BodyReadTimeout(f"request body not received within {timeout:g} s") from None
-
-
-async def _read_streamed(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None:
-        return await request.read()
-    chunks = bytearray()
-    async for chunk in request.content.iter_any():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    return bytes(chunks)
-
-
-def success_response(request: web.Request) -> web.Response:
-    if request.query.get("beacon") == "1":
-        return web.Response(status=204)
-    return web.Response(body=OK_BODY, content_type="application/json")
-
-
-def error_response(request: web.Request, route: str, error: CaptureError) -> web.Response:
-    response = web.Response(
-        status=error.status, body=orjson.dumps(error.body()), content_type="application/json"
-    )
-    if error.retry_after is not None:
-        response.headers["Retry-After"] = str(error.retry_after)
-    if error.status in (405, 408, 413):
-        # The unread rest of the body would otherwise be parsed as the next request.
-        response.force_close()
-    metrics.HTTP_REQUESTS.labels(route, str(error.status)).inc()
-    metrics.REQUEST_ERRORS.labels(error.code).inc()
-    # Code only: messages can quote request contents. Rate-limited per code by gateway.logs.
-    log.info("request refused", extra={"route": route, "status": error.status, "code": error.code,
-                                       "rate_key": error.code})
-    return response

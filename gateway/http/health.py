@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.core.readiness import Readiness
 from gateway.metrics_export import MetricsExporter
-from gateway.sinks.base import Readiness
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 ReadinessCheck = Callable[[], Readiness]

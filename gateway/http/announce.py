@@ -1,0 +1,48 @@
+"""The start-up line of `gateway serve`: where it listens and where captured events go."""
+
+from __future__ import annotations
+
+import logging
+
+from gateway.embedded import warn_if_not_drained
+from gateway.settings import ServeSettings
+from gateway.upstream.hosts import Upstreams
+
+log = logging.getLogger("gateway.serve")
+
+
+def describe_mode(settings: ServeSettings, upstreams: Upstreams) -> str:
+    """Where captured events go: the embedded spool, Kafka, or an upstream PostHog."""
+    kafka = settings.kafka_bootstrap_servers
+    local = f"Kafka {kafka}" if kafka else "embedded spool"
+    api = upstreams.api
+    if api is None:
+        return local
+    if settings.upstream_events_mode == "off":
+        return f"{local}, proxying to {api}"
+    if settings.upstream_events_mode == "forward":
+        return f"upstream {'passthrough' if settings.upstream_passthrough else 'forward'} to {api}"
+    return f"upstream mirror to {api} and {local}"
+
+
+def is_embedded(settings: ServeSettings, upstreams: Upstreams) -> bool:
+    """Events stay in the local spool until `gateway sink` moves them (no Kafka, no upstream)."""
+    upstream = upstreams.api is not None and settings.upstream_events_mode != "off"
+    return not settings.kafka_bootstrap_servers and not upstream
+
+
+def announce(settings: ServeSettings, upstreams: Upstreams) -> None:
+    """The start-up line, logged once every listener is bound; in embedded mode, a hint if nothing drains."""
+    tls = settings.tls_cert is not None
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    address = f"{'https' if tls else 'http'}://{host}:{settings.port}"
+    admin = f"port {settings.admin_port}" if settings.admin_port else "main port"
+    mode = describe_mode(settings, upstreams)
+    log.info(
+        "gateway serving on %s: %s, data dir %s, %d worker(s), TLS %s, admin endpoints on %s",
+        address, mode, settings.data_dir, settings.workers, "on" if tls else "off", admin,
+        extra={"address": address, "mode": mode, "data_dir": str(settings.data_dir), "workers": settings.workers,
+               "tls": tls, "admin": admin},
+    )
+    if is_embedded(settings, upstreams):
+        warn_if_not_drained(settings.data_dir, settings.data_dir / "spool", settings.spool_max_bytes)
