@@ -18,7 +18,7 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.sinks.overflow import OverflowLimiter, OverflowRouter
 
 MAIN, OVERFLOW, TOKEN = "events_plugin_ingestion", "events_plugin_ingestion_overflow", "phc_bench_token"

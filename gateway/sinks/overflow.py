@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
 from gateway import metrics
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.metrics_export import LocalCounter
 
 FORCE_LIMITED = "force_limited"

@@ -15,7 +15,7 @@ import pytest
 import requests
 from aiokafka.partitioner import murmur2
 
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.settings import ServeSettings
 from tests.services.kafka_broker import KafkaBroker
 from tests.support.inprocess import InProcessGateway, settings_for

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway import metrics
-from gateway.capture.record import Record
+from gateway.core.record import Record
 from gateway.metrics_export import fold_local_metrics
 from gateway.settings import ServeSettings
 from gateway.sinks.factory import overflow_router
