@@ -43,6 +43,8 @@ class SinkSettings:
         "help": "topics to consume (repeatable or comma-separated)", "repeat": True, "split": True})
     group_id: str = field(default="gateway-sink", metadata={"help": "Kafka consumer group"})
     session_timeout_ms: int = field(default=10_000, metadata={"help": "consumer group session timeout"})
+    processes: int = field(default=1, metadata={
+        "help": "Kafka mode: run this many sink processes in the consumer group, restarted if one crashes"})
     data_dir: Path = shared.data_dir(  # noqa: RUF009 (a field())
         "without Kafka: drain every spool/worker-N of this gateway data dir (also ones that appear later)")
     spool_dir: str = field(default="", metadata={
@@ -79,6 +81,9 @@ class SinkSettings:
             (self.retention_days >= 0, "retention_days", "must be ≥ 0"),
             (bool(self.topics), "topics", "needs at least one topic"),
             (self.session_timeout_ms > 0, "session_timeout_ms", "must be > 0"),
+            (self.processes >= 1, "processes", "must be at least 1"),
+            (self.processes == 1 or (bool(self.kafka_bootstrap_servers) and not self.spool_dir), "processes",
+             "more than 1 needs Kafka mode (--kafka-bootstrap-servers): a spool has one reader"),
             (self.batch_rows >= 1, "batch_rows", "must be at least 1"),
             (self.batch_bytes >= 1, "batch_bytes", "must be at least 1"),
             (self.batch_age_ms >= 0, "batch_age_ms", "must be ≥ 0"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import start_http_server
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 10.0
 
 
-async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
-    """Run until `stop`; exit status 0 when everything consumed was stored and committed."""
+async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callable[[], None] = lambda: None) -> int:
+    """Run until `stop`; exit status 0 when everything consumed was stored and committed. `on_running`
+    is called once the table, the source and the DLQ are set up."""
     if not settings.init_schema:
         check_spool_settings(settings)
     writer = await open_writer(settings.clickhouse, settings.insert_concurrency, settings.compression)
@@ -57,6 +59,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
         progress = asyncio.create_task(_log_progress(worker, source))
+        on_running()
         try:
             await worker.run(stop)
         except SpoolLocked as error:
