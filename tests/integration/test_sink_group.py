@@ -208,3 +208,41 @@ def test_processes_crash_loop_stops_the_sink_with_one_line(
     assert len(errors) == 1, group.log_text()
     assert "crash loop: 5 crashes within 60 s; sink stopped" in errors[0]
     assert len(killed) >= 5  # the two children restart together: both may be killed in one sweep
+
+
+def test_three_sinks_through_rebalances_keep_rows_exactly_once(
+    tmp_path: Path, kafka: KafkaBroker, clickhouse_http_url: str
+) -> None:
+    group = SinkGroup(tmp_path, kafka, clickhouse_http_url)
+    sinks: list[subprocess.Popen[bytes]] = []
+
+    def rows_grow(seconds: float) -> None:
+        """Let the group settle after a change and prove it still stores rows."""
+        before = group.counts()[0]
+        wait_for(lambda: group.counts()[0] > before, 30, "rows after the rebalance")
+        time.sleep(seconds)
+
+    try:  # about 60 s here
+        with Producer(kafka.bootstrap_servers, group.topic) as producer:
+            for _ in range(3):  # one after another: each join is a rebalance
+                sinks.append(group.start())
+                rows_grow(3)
+            sinks[0].send_signal(signal.SIGTERM)  # leaves the group cleanly: stores and commits first
+            assert sinks[0].wait(30) == 0, group.log_text()
+            rows_grow(2)
+            # kill -9 mid-batch: a batch is always filling (events keep arriving, --batch-age-ms 500)
+            sinks[1].send_signal(signal.SIGKILL)
+            sinks[1].wait(10)
+            sinks.append(group.start())  # one added back
+            rows_grow(SESSION_TIMEOUT_MS / 1000)  # the killed member's partitions move after its session ends
+            produced = producer.stop()
+        wait_for(lambda: group.counts()[0] >= produced, 60, f"{produced} rows\n{group.log_text()}")
+        time.sleep(1)  # a duplicate would arrive now
+        wait_for(lambda: group.lag() == 0, 30, "the group's lag to drain")
+        for sink in (sinks[2], sinks[3]):
+            sink.send_signal(signal.SIGTERM)
+        assert [sinks[2].wait(30), sinks[3].wait(30)] == [0, 0], group.log_text()
+    finally:
+        stop_all(sinks)
+    assert group.counts() == (produced, produced)  # plain count(): no duplicate row, even before merges
+    assert produced > 20_000
