@@ -5,7 +5,8 @@ Precedence: flags > env vars > the TOML file (`--config FILE` or `GATEWAY_CONFIG
 Field metadata: `help` (required), `parse` (text → value; default from the default's type),
 `repeat` (flag repeatable, env comma-separated, TOML list), `separator` (env separator of a repeat
 field), `split` (each flag value of a repeat field is also comma-separated), `secret` (never shown),
-`shown_default` (the text `--help` and `config check` show when the real default is applied elsewhere).
+`shown_default` (the text `--help` and `config check` show when the real default is applied elsewhere),
+`aliases` (more flag names, e.g. `--from` for `--rebuild-from`).
 """
 
 from __future__ import annotations
@@ -120,14 +121,15 @@ def add_arguments(parser: argparse.ArgumentParser, settings_class: type) -> None
     for f in fields(settings_class):
         help_text = f"{f.metadata['help']} (env {env_name(f.name)}; default: {shown_default(f)})"
         help_text = help_text.replace("%", "%%")
+        names = [flag_name(f.name), *f.metadata.get("aliases", ())]
         if f.metadata.get("repeat"):
-            parser.add_argument(flag_name(f.name), action="append", default=None, help=help_text,
-                                metavar=f.name.upper())
+            parser.add_argument(*names, action="append", default=None, help=help_text, metavar=f.name.upper(),
+                                dest=f.name)
         elif isinstance(f.default, bool):  # a bare `--flag` means true; `--flag false` is also accepted
-            parser.add_argument(flag_name(f.name), nargs="?", const="true", default=None, help=help_text,
-                                metavar="BOOL")
+            parser.add_argument(*names, nargs="?", const="true", default=None, help=help_text, metavar="BOOL",
+                                dest=f.name)
         else:
-            parser.add_argument(flag_name(f.name), default=None, help=help_text, metavar=f.name.upper())
+            parser.add_argument(*names, default=None, help=help_text, metavar=f.name.upper(), dest=f.name)
 
 
 def add_config_argument(parser: argparse.ArgumentParser) -> None:

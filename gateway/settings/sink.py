@@ -3,7 +3,9 @@ vars, TOML file, `--help`, `--check`). Shared names come from `gateway.settings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.settings import shared
@@ -22,6 +24,17 @@ DEFAULT_TOPICS = (
     "error_tracking_events",
 )
 DEFAULT_CLICKHOUSE = "chdb://gateway-data/chdb"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+TIME_FORMS = "ISO 8601 (2026-12-01T10:00:00Z, 2026-12-01; UTC unless an offset is given) or epoch seconds"
+
+
+def parse_time(text: str) -> datetime:
+    """A `--from`/`--to` time: ISO 8601 (naive = UTC) or epoch seconds; ValueError otherwise."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return datetime.fromtimestamp(float(text), UTC)
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @command_settings
@@ -35,7 +48,8 @@ class SinkSettings:
     cluster: str = field(default="", metadata={
         "help": "ClickHouse cluster (remote_servers) of the replicas: replicated tables, created ON CLUSTER"})
     database: str = field(default="default", metadata={"help": "database of the events table"})
-    table: str = field(default="events", metadata={"help": "events table name"})
+    table: str = field(default="events", metadata={
+        "help": "events table: NAME or DATABASE.NAME (letters, digits, _)"})
     init_schema: bool = field(default=False, metadata={
         "help": "create the events table (if missing) and exit"})
     retention_days: int = field(default=0, metadata={
@@ -46,6 +60,8 @@ class SinkSettings:
         "help": "topics to consume (repeatable or comma-separated)", "repeat": True, "split": True})
     group_id: str = field(default="gateway-sink", metadata={"help": "Kafka consumer group"})
     session_timeout_ms: int = field(default=10_000, metadata={"help": "consumer group session timeout"})
+    processes: int = field(default=1, metadata={
+        "help": "Kafka mode: run this many sink processes in the consumer group, restarted if one crashes"})
     data_dir: Path = shared.data_dir(  # noqa: RUF009 (a field())
         "without Kafka: drain every spool/worker-N of this gateway data dir (also ones that appear later)")
     spool_dir: str = field(default="", metadata={
@@ -72,6 +88,14 @@ class SinkSettings:
         "help": "token→team_id map: token=id,... or JSON object (inline or file path)"})
     strict_teams: bool = field(default=False, metadata={
         "help": "send events with tokens missing from --team-map to the DLQ instead of a hashed team id"})
+    rebuild: bool = field(default=False, metadata={
+        "help": "rebuild --table from Kafka: read every partition from --from to --to (or to its end at start) "
+                "with the consumer group GROUP_ID-rebuild, then exit"})
+    rebuild_from: str = field(default="", metadata={
+        "help": f"--rebuild: first event time to read; {TIME_FORMS}", "aliases": ("--from",)})
+    rebuild_to: str = field(default="", metadata={
+        "help": "--rebuild: stop before events written at or after this time (default: the end at start)",
+        "aliases": ("--to",)})
     metrics_port: int = field(default=0, metadata={"help": "serve Prometheus /metrics on this port (0 = off)"})
     shutdown_timeout: float = shared.shutdown_timeout(60.0, "wait for in-flight batches before exiting")
     log_level: str = shared.log_level()
@@ -82,6 +106,9 @@ class SinkSettings:
             (self.retention_days >= 0, "retention_days", "must be ≥ 0"),
             (bool(self.topics), "topics", "needs at least one topic"),
             (self.session_timeout_ms > 0, "session_timeout_ms", "must be > 0"),
+            (self.processes >= 1, "processes", "must be at least 1"),
+            (self.processes == 1 or (bool(self.kafka_bootstrap_servers) and not self.spool_dir), "processes",
+             "more than 1 needs Kafka mode (--kafka-bootstrap-servers): a spool has one reader"),
             (self.batch_rows >= 1, "batch_rows", "must be at least 1"),
             (self.batch_bytes >= 1, "batch_bytes", "must be at least 1"),
             (self.batch_age_ms >= 0, "batch_age_ms", "must be ≥ 0"),
@@ -98,14 +125,49 @@ class SinkSettings:
                 raise ConfigError("clickhouse_url", "expected http(s)://[user:pass@]host:port", value=url)
         if len(self.clickhouse_url) > 1 and not self.cluster:
             raise ConfigError("clickhouse_url", "several URLs are replicas of a cluster: give --cluster NAME too")
-        target = self.clickhouse_url[0] if self.clickhouse_url else self.clickhouse
+        settings = self._checked_rebuild()._split_table()
+        target = settings.clickhouse_url[0] if settings.clickhouse_url else settings.clickhouse
         if not target.startswith(("chdb://", "http://", "https://")):
             raise ConfigError("clickhouse", "expected chdb://PATH or http(s)://[user:pass@]host:port")
-        if self.cluster and target.startswith("chdb://"):
-            raise ConfigError("cluster", "needs ClickHouse servers (--clickhouse-url), not chdb", value=self.cluster)
-        return replace(self, clickhouse=target) if self.clickhouse_url else self
+        if settings.cluster and target.startswith("chdb://"):
+            raise ConfigError("cluster", "needs ClickHouse servers (--clickhouse-url), not chdb",
+                              value=settings.cluster)
+        return replace(settings, clickhouse=target) if settings.clickhouse_url else settings
 
     @property
     def clickhouse_urls(self) -> tuple[str, ...]:
         """Every ClickHouse target: the replicas, or the one --clickhouse."""
         return self.clickhouse_url or (self.clickhouse,)
+
+    def _split_table(self) -> SinkSettings:
+        """`--table DATABASE.NAME` names the database too; anything but identifiers is refused."""
+        parts = self.table.split(".")
+        if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(part) for part in parts):
+            raise ConfigError("table", "expected NAME or DATABASE.NAME of letters, digits and _", value=self.table)
+        if not _IDENTIFIER.fullmatch(self.database):
+            raise ConfigError("database", "expected letters, digits and _", value=self.database)
+        return replace(self, database=parts[0], table=parts[1]) if len(parts) == 2 else self
+
+    def _checked_rebuild(self) -> SinkSettings:
+        if not self.rebuild:
+            for name in ("rebuild_from", "rebuild_to"):
+                if getattr(self, name):
+                    raise ConfigError(name, "only with --rebuild", value=getattr(self, name))
+            return self
+        if not self.rebuild_from:
+            raise ConfigError("rebuild_from", "--rebuild needs --from TIME")
+        if not self.kafka_bootstrap_servers or self.spool_dir:
+            raise ConfigError("rebuild", "needs Kafka (--kafka-bootstrap-servers): it re-reads the topics")
+        if self.processes > 1 or self.init_schema:
+            raise ConfigError("rebuild", "runs as one process, without --processes or --init-schema")
+        times = {}
+        for name in ("rebuild_from", "rebuild_to"):
+            text = getattr(self, name)
+            try:
+                times[name] = parse_time(text) if text else None
+            except ValueError:
+                raise ConfigError(name, f"expected {TIME_FORMS}", value=text) from None
+        start, end = times["rebuild_from"], times["rebuild_to"]
+        if end is not None and start is not None and start >= end:
+            raise ConfigError("rebuild_from", f"is not before --to ({self.rebuild_to})", value=self.rebuild_from)
+        return self

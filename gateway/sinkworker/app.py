@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client import start_http_server
 
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
+from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.cluster import open_cluster
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
+from gateway.sinkworker.rebuild import RebuildSource
 from gateway.sinkworker.rows import IpMode, RowEncoder
 from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
@@ -27,8 +31,9 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 10.0
 
 
-async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
-    """Run until `stop`; exit status 0 when everything consumed was stored and committed."""
+async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callable[[], None] = lambda: None) -> int:
+    """Run until `stop`; exit status 0 when everything consumed was stored and committed. `on_running`
+    is called once the table, the source and the DLQ are set up."""
     if not settings.init_schema:
         check_spool_settings(settings)
     writer = await _open_table(settings)
@@ -40,7 +45,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
             return 0
         if settings.metrics_port:
             start_http_server(settings.metrics_port)
-        source, dead_letters = await _source_and_dlq(settings)
+        source, dead_letters = await _source_and_dlq(settings, stop)
         encoder = RowEncoder(
             TeamResolver(parse_team_map(settings.team_map), strict=settings.strict_teams),
             IpMode(settings.ip_property),
@@ -55,7 +60,11 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
             dedup_retries=bool(settings.cluster),
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
-        progress = asyncio.create_task(_log_progress(worker, source))
+        if isinstance(source, RebuildSource):
+            progress = asyncio.create_task(_log_rebuild_progress(worker, source))
+        else:
+            progress = asyncio.create_task(_log_progress(worker, source))
+        on_running()
         try:
             await worker.run(stop)
         except SpoolLocked as error:
@@ -63,6 +72,8 @@ async def serve(settings: SinkSettings, stop: asyncio.Event) -> int:
         finally:
             progress.cancel()
             await dead_letters.close()
+        if isinstance(source, RebuildSource):
+            return _rebuild_report(worker, source, config.table)
         return 0 if worker.clean_exit else 1
     finally:
         await writer.close()
@@ -84,8 +95,9 @@ async def _open_table(settings: SinkSettings) -> Writer:
     return writer
 
 
-async def _source_and_dlq(settings: SinkSettings) -> tuple[Source, DeadLetters]:
-    """Kafka mode: Kafka source and DLQ topic; spool modes: a spool source and a file DLQ (or --dlq-dir)."""
+async def _source_and_dlq(settings: SinkSettings, stop: asyncio.Event) -> tuple[Source, DeadLetters]:
+    """Kafka mode: Kafka source (or the rebuild's) and DLQ topic; spool modes: a spool source and a file
+    DLQ (or --dlq-dir)."""
     key_file = Path(settings.spool_encryption_key_file) if settings.spool_encryption_key_file else None
     source: Source
     dead_letters: DeadLetters
@@ -94,9 +106,14 @@ async def _source_and_dlq(settings: SinkSettings) -> tuple[Source, DeadLetters]:
         spool = Path(settings.spool_dir)
         dead_letters = FileDeadLetters(settings.dlq_dir or spool.with_name(spool.name + "-dlq"))
     elif settings.kafka_bootstrap_servers:
-        source = KafkaSource.create(
-            settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms
-        )
+        if settings.rebuild:
+            end = parse_time(settings.rebuild_to) if settings.rebuild_to else None
+            source = RebuildSource(settings.kafka_bootstrap_servers, settings.topics, f"{settings.group_id}-rebuild",
+                                   parse_time(settings.rebuild_from), end, on_finished=stop.set)  # fmt: skip
+        else:
+            source = KafkaSource.create(
+                settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms
+            )
         if settings.dlq_dir:
             dead_letters = FileDeadLetters(settings.dlq_dir)
         else:
@@ -129,6 +146,33 @@ def check_spool_settings(settings: SinkSettings) -> None:
         if not spools(data_dir, (MAIN,)):
             raise StartupError("--data-dir", data_dir, "not a gateway data dir: it has no spool/worker-N "
                                "(run `gateway serve --data-dir` with it first)", exit_code=CONFIG_EXIT)
+
+
+async def _log_rebuild_progress(
+    worker: SinkWorker, source: RebuildSource, interval_s: float = PROGRESS_INTERVAL_S
+) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        total, read = source.plan.messages, source.read()
+        elapsed = time.monotonic() - source.started_at
+        log.info("rebuild progress: %d of %d messages read (%.0f %%), %d rows written, %.0f rows/s",
+                 read, total, 100 * read / max(1, total), worker.rows_written, worker.rows_written / elapsed)
+
+
+def _rebuild_report(worker: SinkWorker, source: RebuildSource, table: str) -> int:
+    """The rebuild's last line: what it wrote, how fast; exit 1 if it did not reach the end."""
+    elapsed = time.monotonic() - source.started_at
+    read, total = source.read(), source.plan.messages
+    if not source.finished or not worker.clean_exit:
+        log.warning("rebuild interrupted: %d of %d messages read, %d rows written into %s; run the same "
+                    "command again to finish (rows already stored are skipped)", read, total, worker.rows_written,
+                    table)
+        return 1
+    log.info("rebuild done: %d rows written into %s from %d messages (%d skipped: already stored, checks or "
+             "dead letters) in %.1f s, %.0f rows/s", worker.rows_written, table, total,
+             total - worker.rows_written, elapsed, worker.rows_written / max(elapsed, 1e-3),
+             extra={"rows": worker.rows_written, "messages": total, "seconds": round(elapsed, 3)})
+    return 0
 
 
 async def _log_progress(worker: SinkWorker, source: Source, interval_s: float = PROGRESS_INTERVAL_S) -> None:

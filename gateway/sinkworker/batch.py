@@ -4,7 +4,9 @@ Messages arrive in runs of consecutive offsets of one partition; the batch keeps
 run, not per message. It remembers, per (topic, partition), the contiguous offset range it consumed
 (rows, rejects and skipped alike), so committing after the batch is stored is exact, and its deduplication token is
 derived from that range plus the rows actually included: retrying the same batch reuses the
-token, a different content never does.
+token, a different content never does. Once encoded, a message's value is dropped: a batch keeps its
+rows and, per row, only the message's coordinates (what commits, replay checks, lag and a refetch
+for the dead-letter queue need), so its memory is about its rows' bytes (`--batch-bytes`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,20 @@ import hashlib
 import time
 from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from gateway.sinkworker.rows import Rejected, SourceMessage
 
 TopicPartition = tuple[str, int]
+
+
+class Coordinates(NamedTuple):
+    """Where a row's message is in its source, and when it was written there (epoch ms)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,12 +42,12 @@ class FlushPolicy:
 
 @dataclass(slots=True)
 class Batch:
-    """Encoded rows (with their source messages) and rejects awaiting one insert."""
+    """Encoded rows (with their messages' coordinates) and rejects awaiting one insert."""
 
     seq: int
     created: float = field(default_factory=time.monotonic)
     rows: list[bytes] = field(default_factory=list)
-    messages: list[SourceMessage] = field(default_factory=list)
+    sources: list[Coordinates] = field(default_factory=list)
     rejects: list[tuple[SourceMessage, Rejected]] = field(default_factory=list)
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     skipped: list[tuple[str, int, int]] = field(default_factory=list)
@@ -50,7 +62,7 @@ class Batch:
         """Encode a run of consecutive messages of one partition into rows and rejects, skipping offsets
         in `stored` (rows already in the table: replay after a crash) and check events (encoded as
         None); returns how many of each were skipped."""
-        rows, kept, rejects, skipped = self.rows, self.messages, self.rejects, self.skipped
+        rows, kept, rejects, skipped = self.rows, self.sources, self.rejects, self.skipped
         count = len(rows)
         replayed = checks = 0
         for message in run:
@@ -68,7 +80,7 @@ class Batch:
                 checks += 1
                 continue
             rows.append(row)
-            kept.append(message)
+            kept.append(Coordinates(message.topic, message.partition, message.offset, message.timestamp))
         self.size += sum(map(len, rows[count:]))
         tp = (run[0].topic, run[0].partition)
         first, _ = self.ranges.get(tp, (run[0].offset, 0))

@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.sinkworker.schema import ServerCaps, quote_string
-from gateway.sinkworker.writer import classify, insert_statement
+from gateway.sinkworker.writer import Body, body_chunks, classify, insert_statement
 from gateway.spool.errors import SpoolLocked
 from gateway.spool.locks import FileLock
 
@@ -68,7 +68,7 @@ class ChdbWriter:
         return await self._run(_fetch, self._session, sql, fmt)
 
     async def insert(
-        self, table: str, body: bytes, dedup_token: str | None, columns: Sequence[str] = ()
+        self, table: str, body: Body, dedup_token: str | None, columns: Sequence[str] = ()
     ) -> None:
         statement, fmt = insert_statement(table, columns).rsplit(" FORMAT ", 1)
         if dedup_token is not None:
@@ -118,7 +118,8 @@ def _fetch(session: Any, sql: str, fmt: str) -> bytes:
     return result.bytes() if result is not None else b""
 
 
-def _insert(session: Any, statement: str, fmt: str, body: bytes) -> None:
+def _insert(session: Any, statement: str, fmt: str, body: Body) -> None:
     with session.send_insert(statement, fmt) as inserter:
-        inserter.append(body)
+        for chunk in body_chunks(body):
+            inserter.append(chunk)
         inserter.finish()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+from collections.abc import Callable
 
 import uvloop
 
@@ -35,6 +36,8 @@ def sink_command(args: argparse.Namespace) -> int:
         check_env(os.environ)
         print(effective_config(settings, args, os.environ))
         return 0
+    if settings.processes > 1 and not settings.init_schema:
+        return supervise_sinks(settings)
     return run_sink(settings)
 
 
@@ -54,8 +57,19 @@ def check_components(settings: SinkSettings) -> SinkSettings:
     return settings
 
 
-def run_sink(settings: SinkSettings) -> int:
-    """Run until SIGTERM/SIGINT, then flush, commit and return 0; `--init-schema` only creates the table."""
+def supervise_sinks(settings: SinkSettings) -> int:
+    """`--processes N`: N sink processes in one consumer group under a supervising parent."""
+    from gateway.logs import configure_logging
+    from gateway.sinkworker.supervisor import SinkSupervisor
+
+    configure_logging(settings.log_level, settings.log_format)
+    warn_unknown_env(os.environ)
+    return SinkSupervisor(settings, run_sink).run()
+
+
+def run_sink(settings: SinkSettings, on_running: Callable[[], None] = lambda: None) -> int:
+    """Run until SIGTERM/SIGINT, then flush, commit and return 0; `--init-schema` only creates the table.
+    `on_running` is called once the sink consumes."""
     from gateway.logs import configure_logging  # with prometheus_client: not at CLI parser build
 
     configure_logging(settings.log_level, settings.log_format)
@@ -69,7 +83,7 @@ def run_sink(settings: SinkSettings) -> int:
             loop.add_signal_handler(sig, stop.set)
         from gateway.sinkworker.app import serve  # heavy: kept out of `gateway --help` and `serve`
 
-        return await serve(settings, stop)
+        return await serve(settings, stop, on_running)
 
     return uvloop.run(main())
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
 
 from gateway.sinkworker.schema import ServerCaps
-from gateway.sinkworker.writer import ErrorKind, WriteError, classify, insert_statement
+from gateway.sinkworker.writer import Body, ErrorKind, WriteError, body_chunks, classify, insert_statement
 
 IDLE_KEEPALIVE_S = 2.0
 STALE_CONNECTION_RETRIES = 2
@@ -71,22 +71,23 @@ class HttpWriter:
         return await self._post({}, f"{sql} FORMAT {fmt}".encode())
 
     async def insert(
-        self, table: str, body: bytes, dedup_token: str | None, columns: Sequence[str] = ()
+        self, table: str, body: Body, dedup_token: str | None, columns: Sequence[str] = ()
     ) -> None:
         params = {"query": insert_statement(table, columns)}
         if dedup_token is not None and self.caps.dedup_token:
             params["insert_deduplication_token"] = dedup_token
         await self._post(params, body, compress=self._gzip)
 
-    async def _post(self, params: dict[str, str], body: bytes, compress: bool = False) -> bytes:
+    async def _post(self, params: dict[str, str], body: Body, compress: bool = False) -> bytes:
         headers = {}
         if compress:
             body = await asyncio.to_thread(_gzip, body)
             headers["Content-Encoding"] = "gzip"
         for attempt in range(STALE_CONNECTION_RETRIES + 1):
             try:
+                data = body if isinstance(body, bytes) else _stream(body)  # a stream is read once
                 async with self._session.post(
-                    self._url, params={**self._params, **params}, data=body, headers=headers
+                    self._url, params={**self._params, **params}, data=data, headers=headers
                 ) as response:
                     payload = await response.read()
                     if response.status != 200:
@@ -103,7 +104,13 @@ class HttpWriter:
         await self._session.close()
 
 
-def _gzip(body: bytes) -> bytes:
+def _gzip(body: Body) -> bytes:
     """gzip at level 1: most of the ratio on JSON for a fraction of the CPU."""
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
-    return compressor.compress(body) + compressor.flush()
+    return b"".join([*map(compressor.compress, body_chunks(body)), compressor.flush()])
+
+
+async def _stream(body: Body) -> AsyncIterator[bytes]:
+    """A chunked request body: the rows are never joined into one copy."""
+    for chunk in body_chunks(body):
+        yield chunk

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
 from gateway.sinkworker.metrics import CONSUMER_LAG
 from gateway.sinkworker.rows import SourceMessage
@@ -29,7 +30,7 @@ from gateway.spool.crypto import OVERHEAD, Keyring
 from gateway.spool.format import HEADER_SIZE, encode_record
 from gateway.spool.layout import MAIN, SpoolId, identify, spools
 from gateway.spool.reader import lag_bytes
-from gateway.spool.segment import Stop, list_segments, scan_segment, segment_name
+from gateway.spool.segment import Scan, Stop, list_segments, scan_segment, segment_name
 
 log = logging.getLogger(__name__)
 SEGMENT_BITS = 40
@@ -66,6 +67,10 @@ class Source(Protocol):
 
     async def commit(self, offsets: dict[TP, int]) -> None: ...
 
+    async def refetch(self, where: Coordinates) -> SourceMessage | None:
+        """The message at `where` again (for the DLQ: batches keep no values); None if it is gone."""
+        ...
+
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
@@ -89,9 +94,10 @@ class KafkaSource:
 
     lag_unit = "messages"
 
-    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str]) -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], bootstrap_servers: str = "") -> None:
         self._consumer = consumer
         self._topics = list(topics)
+        self._bootstrap_servers = bootstrap_servers
         self._lag: dict[TP, int] = {}
 
     @classmethod
@@ -113,7 +119,7 @@ class KafkaSource:
             fetch_max_bytes=fetch_max_bytes,
             max_partition_fetch_bytes=min(fetch_max_bytes, 8 * 1024 * 1024),
         )
-        return cls(consumer, topics)
+        return cls(consumer, topics, bootstrap_servers)
 
     async def start(self, listener: AssignmentListener) -> None:
         self._consumer.subscribe(topics=self._topics, listener=_Rebalance(listener))
@@ -138,6 +144,9 @@ class KafkaSource:
             {TopicPartition(topic, part): off for (topic, part), off in offsets.items()}
         )
 
+    async def refetch(self, where: Coordinates) -> SourceMessage | None:
+        return await read_at(self._bootstrap_servers, where)
+
     def pause(self) -> None:
         self._consumer.pause(*self._consumer.assignment())
 
@@ -146,6 +155,20 @@ class KafkaSource:
 
     async def stop(self) -> None:
         await self._consumer.stop()
+
+
+async def read_at(bootstrap_servers: str, where: Coordinates, timeout_s: float = 10.0) -> SourceMessage | None:
+    """One message by its coordinates, with a short-lived consumer outside any group."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    tp = TopicPartition(where.topic, where.partition)
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, where.offset)
+        found = (await consumer.getmany(tp, timeout_ms=int(timeout_s * 1000), max_records=1)).get(tp, [])
+    finally:
+        await consumer.stop()
+    return found[0] if found and found[0].offset == where.offset else None
 
 
 @dataclass(slots=True, frozen=True)
@@ -217,22 +240,7 @@ class SpoolSource:
             )
             if scan.stop is Stop.MISSING:
                 continue
-            end = max(position.offset, HEADER_SIZE)
-            partition = spool_partition(self.spool, position.segment)
-            overhead = OVERHEAD if scan.key_id else 0
-            for record in scan.records:
-                end += len(encode_record(record)) + overhead
-                messages.append(
-                    SpoolMessage(
-                        record.topic,
-                        partition,
-                        end - 1,
-                        now_ms,
-                        record.key,
-                        record.value,
-                        record.headers,
-                    )
-                )
+            messages += self._messages(position, scan, now_ms)
             self._position = SpoolPosition(position.segment, scan.end)
             if scan.stop is Stop.LIMIT or position.segment == segments[-1]:
                 break
@@ -245,6 +253,31 @@ class SpoolSource:
                 )
             self._position = SpoolPosition(segments[segments.index(position.segment) + 1], HEADER_SIZE)
         return messages
+
+    def _messages(self, position: SpoolPosition, scan: Scan, now_ms: int) -> list[SpoolMessage]:
+        """The scanned records as messages; each one's offset is the position of its frame's last byte."""
+        end = max(position.offset, HEADER_SIZE)
+        partition = spool_partition(self.spool, position.segment)
+        overhead = OVERHEAD if scan.key_id else 0
+        messages = []
+        for record in scan.records:
+            end += len(encode_record(record)) + overhead
+            messages.append(
+                SpoolMessage(record.topic, partition, end - 1, now_ms, record.key, record.value, record.headers)
+            )
+        return messages
+
+    async def refetch(self, where: Coordinates) -> SourceMessage | None:
+        return await asyncio.to_thread(self._message_at, where)
+
+    def _message_at(self, where: Coordinates) -> SpoolMessage | None:
+        spool, segment = split_partition(where.partition)
+        if spool != self.spool:
+            return None
+        start = SpoolPosition(segment, HEADER_SIZE)
+        scan = scan_segment(self._directory / segment_name(segment), HEADER_SIZE, keyring=self._keyring)
+        found = [m for m in self._messages(start, scan, where.timestamp) if m.offset == where.offset]
+        return found[0] if found else None
 
     def _settle(self, segments: list[int]) -> SpoolPosition:
         """The read position, moved to the next existing segment if its own was deleted."""
@@ -339,6 +372,10 @@ class DataDirSource:
             by_spool.setdefault(spool, {})[(topic, partition)] = offset
         for spool, part in by_spool.items():
             await self._sources[spool].commit(part)
+
+    async def refetch(self, where: Coordinates) -> SourceMessage | None:
+        source = self._sources.get(split_partition(where.partition)[0])
+        return await source.refetch(where) if source is not None else None
 
     def pause(self) -> None:
         self._paused = True

@@ -23,7 +23,7 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
-from gateway.sinkworker.batch import Batch, FlushPolicy, TopicPartition
+from gateway.sinkworker.batch import Batch, Coordinates, FlushPolicy, TopicPartition
 from gateway.sinkworker.commits import CommitTracker
 from gateway.sinkworker.dlq import DeadLetters
 from gateway.sinkworker.metrics import (
@@ -188,63 +188,69 @@ class SinkWorker:
             if batch.rows:
                 BATCH_ROWS.observe(len(batch.rows))
                 BATCH_BYTES.observe(batch.size)
-                await self._insert(batch.rows, batch.messages, batch.dedup_token())
+                await self._insert(batch.rows, batch.sources, batch.dedup_token())
         self._merge_ready(self._tracker.done(batch))
         INSERTS_IN_FLIGHT.set(self._tracker.in_flight)
         await self._commit()
 
-    async def _insert(self, rows: list[bytes], messages: list[SourceMessage], token: str) -> None:
+    async def _insert(self, rows: list[bytes], sources: list[Coordinates], token: str) -> None:
         """Insert until stored; bisect batches the server refuses as bad data down to single rows."""
         attempt = 0
         while rows:
             started = time.perf_counter()
             try:
-                await self._writer.insert(self._config.table, b"".join(rows), token, ROWBINARY_COLUMNS)
+                await self._writer.insert(self._config.table, rows, token, ROWBINARY_COLUMNS)
             except WriteError as error:
                 INSERT_ERRORS.labels(error.kind.value).inc()
                 if error.kind is ErrorKind.BAD_DATA:
-                    await self._split(rows, messages, token, error)
+                    await self._split(rows, sources, token, error)
                     return
                 log.warning("insert of %d rows failed (attempt %d): %s", len(rows), attempt + 1, error)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 if not (self._writer.caps.dedup_token or self._config.dedup_retries):
-                    rows, messages = await self._unstored(rows, messages)
+                    rows, sources = await self._unstored(rows, sources)
                 continue
             INSERT_SECONDS.observe(time.perf_counter() - started)
             ROWS_INSERTED.inc(len(rows))
             self.rows_written += len(rows)
-            _observe_lag(messages)
+            _observe_lag(sources)
             return
 
-    async def _split(
-        self, rows: list[bytes], messages: list[SourceMessage], token: str, error: WriteError
-    ) -> None:
+    async def _split(self, rows: list[bytes], sources: list[Coordinates], token: str, error: WriteError) -> None:
         if len(rows) == 1:
-            rejected = [(messages[0], Rejected("rejected_by_clickhouse", str(error)))]
-            await self._retrying(lambda: self._dlq.send(rejected))
+            await self._dead_letter(sources[0], Rejected("rejected_by_clickhouse", str(error)))
             return
         middle = len(rows) // 2
-        await self._insert(rows[:middle], messages[:middle], token + "/0")
-        await self._insert(rows[middle:], messages[middle:], token + "/1")
+        await self._insert(rows[:middle], sources[:middle], token + "/0")
+        await self._insert(rows[middle:], sources[middle:], token + "/1")
+
+    async def _dead_letter(self, where: Coordinates, error: Rejected) -> None:
+        """The batch kept no message values: read the message again to forward it whole."""
+        message = await self._retrying(lambda: self._source.refetch(where))
+        if message is None:
+            log.error("message %s/%d@%d refused by ClickHouse is no longer in the source; its DLQ entry "
+                      "has no value", *where[:3])
+            message = MessageGone(*where)
+        await self._retrying(lambda: self._dlq.send([(message, error)]))
 
     async def _unstored(
-        self, rows: list[bytes], messages: list[SourceMessage]
-    ) -> tuple[list[bytes], list[SourceMessage]]:
+        self, rows: list[bytes], sources: list[Coordinates]
+    ) -> tuple[list[bytes], list[Coordinates]]:
         """Without dedup tokens, drop rows a failed-but-maybe-applied insert already stored."""
         ranges: dict[TopicPartition, tuple[int, int]] = {}
-        for message in messages:
-            tp = (message.topic, message.partition)
-            first, last = ranges.get(tp, (message.offset, message.offset))
-            ranges[tp] = (min(first, message.offset), max(last, message.offset))
+        for where in sources:
+            tp = (where.topic, where.partition)
+            first, last = ranges.get(tp, (where.offset, where.offset))
+            ranges[tp] = (min(first, where.offset), max(last, where.offset))
         found = await self._retrying(lambda: stored_offsets(self._writer, self._config.table, ranges))
         keep = [
             i
-            for i, message in enumerate(messages)
-            if message.offset not in found.get((message.topic, message.partition), ())
+            for i, where in enumerate(sources)
+            if where.offset not in found.get((where.topic, where.partition), ())
         ]
-        ROWS_SKIPPED_REPLAY.inc(len(messages) - len(keep))
-        return [rows[i] for i in keep], [messages[i] for i in keep]
+        ROWS_SKIPPED_REPLAY.inc(len(sources) - len(keep))
+        return [rows[i] for i in keep], [sources[i] for i in keep]
 
     # Commits ------------------------------------------------------------------------------------
     def _merge_ready(self, offsets: dict[TopicPartition, int]) -> None:
@@ -299,8 +305,21 @@ class SinkWorker:
                 attempt += 1
 
 
-def _observe_lag(messages: list[SourceMessage], samples: int = LAG_SAMPLES_PER_BATCH) -> None:
+@dataclass(frozen=True, slots=True)
+class MessageGone:
+    """A dead letter whose message the source no longer has: its coordinates only."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None = None
+    value: bytes | None = None
+    headers: Sequence[tuple[str, bytes]] = ()
+
+
+def _observe_lag(sources: list[Coordinates], samples: int = LAG_SAMPLES_PER_BATCH) -> None:
     """A sample per batch is enough for percentiles and keeps the cost off the per-row path."""
     stored_ms = time.time() * 1000
-    for message in messages[:: max(1, len(messages) // samples)]:
-        INGESTION_LAG.observe(max(0.0, stored_ms - message.timestamp) / 1000)
+    for where in sources[:: max(1, len(sources) // samples)]:
+        INGESTION_LAG.observe(max(0.0, stored_ms - where.timestamp) / 1000)

@@ -8,7 +8,7 @@ misconfiguration never drops data.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Protocol
 
@@ -17,6 +17,24 @@ from gateway.sinkworker.schema import ServerCaps
 # ClickHouse error codes meaning "this input is malformed" (ErrorCodes.cpp).
 BAD_DATA_CODES = frozenset({6, 26, 27, 32, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 691})
 _CODE = re.compile(r"Code:\s*(\d+)")
+CHUNK_BYTES = 1024 * 1024
+# An insert body: bytes, or the rows themselves, sent in chunks without joining them into one copy.
+Body = bytes | Sequence[bytes]
+
+
+def body_chunks(body: Body, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+    """The body in pieces of about `chunk_bytes` (rows are never split)."""
+    if isinstance(body, bytes):
+        yield body
+        return
+    start = size = 0
+    for end, row in enumerate(body, 1):
+        size += len(row)
+        if size >= chunk_bytes:
+            yield b"".join(body[start:end])
+            start, size = end, 0
+    if start < len(body):
+        yield b"".join(body[start:])
 
 
 class ErrorKind(StrEnum):
@@ -63,10 +81,10 @@ class Writer(Protocol):
         ...
 
     async def insert(
-        self, table: str, body: bytes, dedup_token: str | None, columns: Sequence[str] = ()
+        self, table: str, body: Body, dedup_token: str | None, columns: Sequence[str] = ()
     ) -> None:
         """INSERT a body into `table` (already quoted `db`.`t`); raise WriteError. The body is
-        RowBinary for `columns` when they are given, else JSONEachRow."""
+        RowBinary for `columns` when they are given, else JSONEachRow; a sequence of rows is streamed."""
         ...
 
     async def close(self) -> None: ...

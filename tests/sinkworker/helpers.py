@@ -86,6 +86,7 @@ class ListSource:
         crash_on_commit: bool = False,
     ) -> None:
         self.committed = dict(committed or {})
+        self._all = list(messages)
         self._messages = [m for m in messages if m.offset >= self.committed.get((m.topic, m.partition), 0)]
         self._chunk = chunk
         self._crash = crash_on_commit
@@ -106,6 +107,10 @@ class ListSource:
         if self._crash:
             raise RuntimeError("simulated crash between insert and commit")
         self.committed.update(offsets)
+
+    async def refetch(self, where: Any) -> ConsumerRecord | None:
+        found = [m for m in self._all if (m.topic, m.partition, m.offset) == tuple(where[:3])]
+        return found[0] if found else None
 
     def pause(self) -> None:
         return None

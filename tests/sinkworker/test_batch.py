@@ -6,6 +6,7 @@ from gateway.sinkworker.batch import Batch
 from gateway.sinkworker.replay import ReplayGuard
 from gateway.sinkworker.rows import RowEncoder
 from gateway.sinkworker.teams import TeamResolver
+from gateway.sinkworker.writer import body_chunks
 from tests.sinkworker.helpers import TOPIC, stream
 
 ENCODE = RowEncoder(TeamResolver({})).encode_binary
@@ -23,7 +24,7 @@ def test_runs_extend_ranges_and_keep_rows_rejects_and_skips_apart() -> None:
     assert [(m.partition, m.offset) for m, _ in batch.rejects] == [(0, 2)]
     assert [(e.reason) for _, e in batch.rejects] == ["invalid_json"]
     assert batch.skipped == [(TOPIC, 0, 1)]
-    assert [(m.partition, m.offset) for m in batch.messages] == [
+    assert [(m.partition, m.offset) for m in batch.sources] == [
         (0, 0), *[(1, offset) for offset in range(6)], (0, 3), (0, 4), (0, 5)
     ]  # fmt: skip
     assert len(batch.rows) == 10 and batch.size == sum(map(len, batch.rows))
@@ -50,3 +51,16 @@ def test_replay_guard_returns_stored_offsets_until_a_run_passes_them() -> None:
     assert not guard.stored_in(tp, 20)  # forgotten once read past
     guard.reset({tp})
     assert guard.to_check({tp: 30}) == {tp: (30, None)}
+
+
+def test_batches_keep_coordinates_not_message_values_and_bodies_stream_in_whole_rows() -> None:
+    messages = stream(50, partitions=1)
+    batch = Batch(1)
+    batch.add_run(messages, ENCODE)
+    assert all(not hasattr(where, "value") for where in batch.sources)
+    assert batch.sources[7] == (TOPIC, 0, 7, messages[7].timestamp)
+    one_kib = max(map(len, batch.rows)) * 3  # a chunk closes at the row that reaches it
+    chunks = list(body_chunks(batch.rows, one_kib))
+    assert len(chunks) > 5 and b"".join(chunks) == b"".join(batch.rows)
+    assert all(len(chunk) < one_kib + max(map(len, batch.rows)) for chunk in chunks)
+    assert list(body_chunks(b"abc")) == [b"abc"]

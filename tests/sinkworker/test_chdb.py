@@ -118,9 +118,11 @@ class CorruptingEncoder:
 
 def test_rows_the_server_rejects_are_bisected_to_the_dlq(chdb_writer: ChdbWriter, chdb_table: str) -> None:
     dead = ListDeadLetters()
-    run_worker(chdb_writer, chdb_table, ListSource(stream(200, partitions=1)), dead, CorruptingEncoder(33))
+    messages = stream(200, partitions=1)
+    run_worker(chdb_writer, chdb_table, ListSource(messages), dead, CorruptingEncoder(33))
     assert counts(chdb_writer, chdb_table) == (199, 199)
     assert [(m.offset, e.reason) for m, e in dead.items] == [(33, "rejected_by_clickhouse")]
+    assert dead.items[0][0] == messages[33]  # the batch kept no values: the DLQ gets the message re-read
 
 
 def test_spool_source_drains_once_across_restarts(

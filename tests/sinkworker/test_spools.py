@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.core.record import Record
-from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.batch import Coordinates, FlushPolicy
 from gateway.sinkworker.chdb_writer import ChdbWriter
 from gateway.sinkworker.dlq import FileDeadLetters
 from gateway.sinkworker.http_writer import HttpWriter
@@ -161,3 +161,27 @@ def test_data_dir_source_stores_every_event_once_across_a_crash(
     assert counts(open_table) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
     drain(open_table, lambda: DataDirSource(tmp_path), tmp_path / "dlq")  # cursors committed: nothing new
     assert counts(open_table) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
+
+
+def test_spool_source_reads_a_message_again_by_its_coordinates(tmp_path: Path) -> None:
+    """What the DLQ needs when ClickHouse refuses a row: batches keep coordinates, not values."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+
+    async def scenario() -> None:
+        spool = Spool(spool_dir, segment_bytes=16 * 1024)
+        await spool.open()
+        for start in range(0, 60, 10):
+            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 10)])
+        await spool.close()
+        source = SpoolSource(spool_dir)
+        await source.start(None)  # type: ignore[arg-type]  # a spool has no assignment
+        messages = await source.read(1000)
+        assert len(messages) == 60 and len({m.partition for m in messages}) > 1  # several segments
+        for message in (messages[0], messages[31], messages[-1]):
+            where = Coordinates(message.topic, message.partition, message.offset, message.timestamp)
+            assert await source.refetch(where) == message
+        assert await source.refetch(Coordinates(TOPIC, messages[5].partition, messages[5].offset - 1, 0)) is None
+        await source.stop()
+
+    asyncio.run(scenario())
