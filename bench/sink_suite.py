@@ -35,10 +35,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata, TopicPartition
 
 from bench.sink_bench import Case, event_value, produce, raw_insert, run_sink
+from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.writer import Writer, open_writer
 from gateway.sinkworker.rows import RowEncoder
-from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.teams import TeamResolver
-from gateway.sinkworker.writer import Writer, open_writer
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PARTITIONS = 4

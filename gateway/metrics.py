@@ -136,9 +136,8 @@ PRIVACY_ACTIONS = Counter(
     "gateway_privacy_actions", "Privacy rule applications (events, properties or values, per rule)", ["rule"]
 )
 
-# --- Sink worker (Kafka → ClickHouse): gateway/sinkworker/metrics.py on the `sinkworker` branch (consumer
-# lag, rows inserted, insert latency, DLQ), absorbed here when merged. deploy/ already uses those names;
-# tests/unit/test_ops_assets.py lists the ones it expects from there.
+# --- Sink worker (Kafka → ClickHouse), its own process with a plain registry: gateway/sinkworker/metrics.py
+# (consumer lag, rows inserted, insert latency, DLQ) and gateway/clickhouse/metrics.py (replica health).
 
 # --- Operations (gateway/logs.py, gateway/reload.py)
 LOG_RECORDS_SUPPRESSED = Counter(

@@ -17,15 +17,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
+from gateway.clickhouse.replicas import ReplicaWriter
+from gateway.clickhouse.table import EventsTable
+from gateway.clickhouse.writer import WriteError, Writer, open_writer
 from gateway.core.startup import StartupError
 from gateway.gdpr.audit import AuditLog
-from gateway.gdpr.clickhouse import EventsTable, delete_rows, export_rows, subject_filter
+from gateway.gdpr.clickhouse import delete_rows, export_rows, subject_filter
 from gateway.gdpr.recordings import delete_recordings, export_recordings
 from gateway.gdpr.retention import TtlUnsupported, apply_ttl, expire
 from gateway.gdpr.subject import spool_matcher
 from gateway.recordings.storage import StorageError
-from gateway.sinkworker.replicas import ReplicaWriter
-from gateway.sinkworker.writer import WriteError, Writer, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.layout import spools

@@ -31,17 +31,18 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.clickhouse.table import EventsTable
+from gateway.clickhouse.writer import WriteError, open_writer
 from gateway.core.errors import GatewayError
 from gateway.core.startup import StartupError
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.policy import RoutePolicy
 from gateway.edge.setup import Edge
 from gateway.gdpr.audit import AuditLog
-from gateway.gdpr.clickhouse import EventsTable, delete_rows, iter_rows, subject_filter
+from gateway.gdpr.clickhouse import delete_rows, iter_rows, subject_filter
 from gateway.gdpr.subject import spool_matcher
 from gateway.http.responses import error_response
 from gateway.settings import ServeSettings
-from gateway.sinkworker.writer import WriteError, open_writer
 from gateway.spool import SpoolLocked, iter_records
 from gateway.spool.crypto import Keyring, SpoolKeyError
 from gateway.spool.layout import spools

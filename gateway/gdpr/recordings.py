@@ -11,12 +11,12 @@ from typing import IO
 
 import orjson
 
+from gateway.clickhouse.schema import quote_string
+from gateway.clickhouse.writer import Writer
 from gateway.recordings.blocks import decode_block
 from gateway.recordings.metadata import ReplayEvents, distinct_id_filter
 from gateway.recordings.retention import Removal, erase_person
 from gateway.recordings.storage import BlockStore, S3Config, open_store
-from gateway.sinkworker.schema import quote_string
-from gateway.sinkworker.writer import Writer
 
 
 async def _open(writer: Writer, args: argparse.Namespace) -> tuple[ReplayEvents, BlockStore] | None:

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from gateway.gdpr.clickhouse import EventsTable
-from gateway.sinkworker.schema import quote_string, ttl_clause
+from gateway.clickhouse.schema import quote_string, ttl_clause
+from gateway.clickhouse.table import EventsTable
 
 _MONTH_PARTITION = re.compile(r"^(\d{4})(\d{2})$")
 

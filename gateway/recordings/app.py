@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.clickhouse.writer import open_writer
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.recordings.export import write_session
 from gateway.recordings.metadata import ReplayEvents
@@ -22,7 +23,6 @@ from gateway.recordings.storage import BlockStore, S3Config, open_store
 from gateway.settings.recordings import RecordingsSettings
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
-from gateway.sinkworker.writer import open_writer
 from gateway.spool.crypto import load_keyring
 from gateway.spool.layout import MAIN, spools
 

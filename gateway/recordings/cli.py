@@ -66,9 +66,9 @@ def recordings_command(args: argparse.Namespace) -> int:
 
 
 def _report_errors(command: str, run: object) -> int:
+    from gateway.clickhouse.writer import WriteError
     from gateway.recordings.export import SessionNotFound
     from gateway.recordings.storage import StorageError
-    from gateway.sinkworker.writer import WriteError
 
     try:
         return uvloop.run(run())  # type: ignore[operator]

@@ -19,9 +19,9 @@ from typing import Any
 
 import orjson
 
+from gateway.clickhouse.schema import ServerCaps, quote_string, table_name
+from gateway.clickhouse.writer import Writer
 from gateway.recordings.blocks import SessionBuffer
-from gateway.sinkworker.schema import ServerCaps, quote_string, table_name
-from gateway.sinkworker.writer import Writer
 
 COUNTS = ("click_count", "keypress_count", "mouse_activity_count", "console_log_count", "console_warn_count",
           "console_error_count", "active_milliseconds", "size", "message_count", "event_count")

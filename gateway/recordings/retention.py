@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from gateway.gdpr.clickhouse import EventsTable
+from gateway.clickhouse.schema import quote_string
+from gateway.clickhouse.table import EventsTable
 from gateway.recordings.metadata import ReplayEvents, distinct_id_filter
 from gateway.recordings.storage import BlockStore
-from gateway.sinkworker.schema import quote_string
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from gateway.clickhouse.writer import WriteError
 from gateway.recordings.blocks import SessionBuffer, encode_block
 from gateway.recordings.items import parse_message
 from gateway.recordings.metadata import ReplayEvents
@@ -41,7 +42,6 @@ from gateway.sinkworker.dlq import DeadLetters
 from gateway.sinkworker.rows import Rejected
 from gateway.sinkworker.sources import SpoolMessage
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
-from gateway.sinkworker.writer import WriteError
 from gateway.spool.format import HEADER_SIZE
 
 log = logging.getLogger(__name__)

@@ -10,19 +10,19 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
+from gateway.clickhouse.cluster import open_cluster
+from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.writer import Writer, open_writer
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
-from gateway.sinkworker.cluster import open_cluster
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rebuild import RebuildSource
 from gateway.sinkworker.rows import IpMode, RowEncoder
-from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
-from gateway.sinkworker.writer import Writer, open_writer
 from gateway.spool import SpoolLocked
 from gateway.spool.crypto import load_keyring
 from gateway.spool.layout import MAIN, is_spool, spools

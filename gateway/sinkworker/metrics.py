@@ -41,6 +41,3 @@ INGESTION_LAG = Histogram(
     "Capture (Kafka message time) to stored in ClickHouse, sampled per batch (alert: p95 > 30 s)",
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600),
 )
-CLICKHOUSE_REPLICA_UP = Gauge(
-    "gateway_sink_clickhouse_replica_up", "1 while a ClickHouse replica answers, 0 after it failed", ["replica"]
-)

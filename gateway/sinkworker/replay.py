@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from gateway.clickhouse.schema import quote_string
+from gateway.clickhouse.writer import Writer
 from gateway.sinkworker.batch import TopicPartition
-from gateway.sinkworker.schema import quote_string
-from gateway.sinkworker.writer import Writer
 
 
 async def stored_offsets(

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from aiokafka.errors import KafkaError
 
+from gateway.clickhouse.writer import ErrorKind, WriteError, Writer
 from gateway.sinkworker.batch import Batch, Coordinates, FlushPolicy, TopicPartition
 from gateway.sinkworker.commits import CommitTracker
 from gateway.sinkworker.dlq import DeadLetters
@@ -42,7 +43,6 @@ from gateway.sinkworker.metrics import (
 from gateway.sinkworker.replay import ReplayGuard, stored_offsets
 from gateway.sinkworker.rows import ROWBINARY_COLUMNS, Rejected, RowEncoder, SourceMessage
 from gateway.sinkworker.sources import Source
-from gateway.sinkworker.writer import ErrorKind, WriteError, Writer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

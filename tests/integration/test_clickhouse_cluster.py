@@ -23,9 +23,9 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from gateway.sinkworker.replicas import ReplicaWriter
+from gateway.clickhouse.replicas import ReplicaWriter
+from gateway.clickhouse.schema import table_name
 from gateway.sinkworker.rows import ROWBINARY_COLUMNS, RowEncoder
-from gateway.sinkworker.schema import table_name
 from gateway.sinkworker.teams import TeamResolver
 from tests.integration.test_sink_clickhouse import produce
 from tests.services.base import free_port

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from gateway.cli import main
-from gateway.sinkworker.schema import events_table_ddl, table_name
-from gateway.sinkworker.writer import open_writer
+from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.writer import open_writer
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE, BOB = "alice@example.com", "bob"

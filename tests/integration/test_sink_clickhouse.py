@@ -20,11 +20,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
 
+from gateway.clickhouse.http_writer import HttpWriter
+from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.dlq import KafkaDeadLetters
-from gateway.sinkworker.http_writer import HttpWriter
 from gateway.sinkworker.rows import RowEncoder
-from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.sources import KafkaSource
 from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig

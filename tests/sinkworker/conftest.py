@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.sinkworker.chdb_writer import ChdbWriter
-from gateway.sinkworker.schema import events_table_ddl, table_name
+from gateway.clickhouse.chdb_writer import ChdbWriter
+from gateway.clickhouse.schema import events_table_ddl, table_name
 
 _tables = itertools.count()
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from gateway.clickhouse.writer import body_chunks
 from gateway.sinkworker.batch import Batch
 from gateway.sinkworker.replay import ReplayGuard
 from gateway.sinkworker.rows import RowEncoder
 from gateway.sinkworker.teams import TeamResolver
-from gateway.sinkworker.writer import body_chunks
 from tests.sinkworker.helpers import TOPIC, stream
 
 ENCODE = RowEncoder(TeamResolver({})).encode_binary

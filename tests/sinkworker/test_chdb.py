@@ -9,9 +9,9 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from gateway.clickhouse.chdb_writer import ChdbWriter
 from gateway.core.record import Record
 from gateway.sinkworker.batch import FlushPolicy
-from gateway.sinkworker.chdb_writer import ChdbWriter
 from gateway.sinkworker.dlq import FileDeadLetters
 from gateway.sinkworker.rows import RowEncoder, SourceMessage
 from gateway.sinkworker.sources import SpoolSource

@@ -13,12 +13,12 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.sinkworker.chdb_writer import ChdbWriter
-from gateway.sinkworker.http_writer import HttpWriter
+from gateway.clickhouse.chdb_writer import ChdbWriter
+from gateway.clickhouse.http_writer import HttpWriter
+from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.writer import Writer
 from gateway.sinkworker.rows import ROWBINARY_COLUMNS, IpMode, Rejected, RowEncoder
-from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.teams import TeamResolver
-from gateway.sinkworker.writer import Writer
 from tests.sinkworker.helpers import TOKEN, captured_value, record
 
 HUGE = {f"key_{i}": "value " * 20 for i in range(8000)}  # ~1.2 MB of properties

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clickhouse.chdb_writer import ChdbWriter
+from gateway.clickhouse.http_writer import HttpWriter
+from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.writer import Writer
 from gateway.core.record import Record
 from gateway.sinkworker.batch import Coordinates, FlushPolicy
-from gateway.sinkworker.chdb_writer import ChdbWriter
 from gateway.sinkworker.dlq import FileDeadLetters
-from gateway.sinkworker.http_writer import HttpWriter
 from gateway.sinkworker.rows import RowEncoder
-from gateway.sinkworker.schema import events_table_ddl, table_name
 from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
-from gateway.sinkworker.writer import Writer
 from gateway.spool import Spool
 from tests.sinkworker.helpers import TOPIC, captured_value
 

@@ -33,14 +33,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("supervisor", "cli", "__main__", "check", "config_check"),
 )
 
-# Placed where they will live: sinkworker's ClickHouse writer modules are the `clickhouse` layer
-# until they move to gateway/clickhouse/.
-ALIASES: dict[str, str] = {
-    "sinkworker.writer": "clickhouse",
-    "sinkworker.http_writer": "clickhouse",
-    "sinkworker.chdb_writer": "clickhouse",
-    "sinkworker.schema": "clickhouse",
-}
+# Placed where they will live; none today.
+ALIASES: dict[str, str] = {}
 
 
 def layer_of(layers: tuple[tuple[str, ...], ...]) -> dict[str, int]:

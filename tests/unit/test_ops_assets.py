@@ -12,6 +12,7 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
+import gateway.clickhouse.metrics
 import gateway.metrics
 import gateway.sinkworker.metrics
 from gateway.spool.collector import SpoolCollector

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import Protocol
 
-from gateway.sinkworker.schema import ServerCaps
+from gateway.clickhouse.schema import ServerCaps
 
 # ClickHouse error codes meaning "this input is malformed" (ErrorCodes.cpp).
 BAD_DATA_CODES = frozenset({6, 26, 27, 32, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 691})
@@ -93,11 +93,11 @@ class Writer(Protocol):
 async def open_writer(dsn: str, max_in_flight: int, compression: str) -> Writer:
     """Connect to `http(s)://…` (ClickHouse HTTP) or `chdb://path` (embedded) and probe the version."""
     if dsn.startswith(("http://", "https://")):
-        from gateway.sinkworker.http_writer import HttpWriter
+        from gateway.clickhouse.http_writer import HttpWriter
 
         return await HttpWriter.connect(dsn, max_in_flight=max_in_flight, compression=compression)
     if dsn.startswith("chdb://"):
-        from gateway.sinkworker.chdb_writer import ChdbWriter
+        from gateway.clickhouse.chdb_writer import ChdbWriter
 
         return await ChdbWriter.open(dsn.removeprefix("chdb://") or ".")
     raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use http(s)://… or chdb://path")

@@ -14,8 +14,8 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import aiohttp
 
-from gateway.sinkworker.schema import ServerCaps
-from gateway.sinkworker.writer import Body, ErrorKind, WriteError, body_chunks, classify, insert_statement
+from gateway.clickhouse.schema import ServerCaps
+from gateway.clickhouse.writer import Body, ErrorKind, WriteError, body_chunks, classify, insert_statement
 
 IDLE_KEEPALIVE_S = 2.0
 STALE_CONNECTION_RETRIES = 2

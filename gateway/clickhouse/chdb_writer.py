@@ -15,9 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from gateway.clickhouse.schema import ServerCaps, quote_string
+from gateway.clickhouse.writer import Body, body_chunks, classify, insert_statement
 from gateway.core.startup import CONFIG_EXIT, StartupError
-from gateway.sinkworker.schema import ServerCaps, quote_string
-from gateway.sinkworker.writer import Body, body_chunks, classify, insert_statement
 from gateway.spool.errors import SpoolLocked
 from gateway.spool.locks import FileLock
 

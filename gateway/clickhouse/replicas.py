@@ -17,11 +17,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
+from gateway.clickhouse.http_writer import HttpWriter
+from gateway.clickhouse.metrics import CLICKHOUSE_REPLICA_UP
+from gateway.clickhouse.schema import ServerCaps
+from gateway.clickhouse.writer import ErrorKind, WriteError
 from gateway.core.startup import StartupError
-from gateway.sinkworker.http_writer import HttpWriter
-from gateway.sinkworker.metrics import CLICKHOUSE_REPLICA_UP
-from gateway.sinkworker.schema import ServerCaps
-from gateway.sinkworker.writer import ErrorKind, WriteError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -13,10 +13,10 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from gateway.clickhouse.replicas import ReplicaWriter, redact
+from gateway.clickhouse.schema import distributed_table_ddl, events_table_ddl, quote_string, table_name
+from gateway.clickhouse.writer import WriteError
 from gateway.core.startup import CONFIG_EXIT, StartupError
-from gateway.sinkworker.replicas import ReplicaWriter, redact
-from gateway.sinkworker.schema import distributed_table_ddl, events_table_ddl, quote_string, table_name
-from gateway.sinkworker.writer import WriteError
 
 DDL_TIMEOUT_S = 30
 SYNC_TIMEOUT_S = 30
