@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -89,6 +89,23 @@ class _Rebalance(ConsumerRebalanceListener):
         self._listener.assigned({(tp.topic, tp.partition) for tp in assigned})
 
 
+def group_consumer(
+    bootstrap_servers: str, group_id: str, session_timeout_ms: int, fetch_max_bytes: int, **config: Any
+) -> AIOKafkaConsumer:
+    """A consumer-group member that commits by hand and starts a new group at the earliest offset."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(100, session_timeout_ms // 4),
+        fetch_max_bytes=fetch_max_bytes,
+        max_partition_fetch_bytes=min(fetch_max_bytes, 8 * 1024 * 1024),
+        **config,
+    )
+
+
 class KafkaSource:
     """A manually committing member of a consumer group over the capture topics."""
 
@@ -109,16 +126,7 @@ class KafkaSource:
         session_timeout_ms: int = 10_000,
         fetch_max_bytes: int = 64 * 1024 * 1024,
     ) -> KafkaSource:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap_servers,
-            group_id=group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=session_timeout_ms,
-            heartbeat_interval_ms=max(100, session_timeout_ms // 4),
-            fetch_max_bytes=fetch_max_bytes,
-            max_partition_fetch_bytes=min(fetch_max_bytes, 8 * 1024 * 1024),
-        )
+        consumer = group_consumer(bootstrap_servers, group_id, session_timeout_ms, fetch_max_bytes)
         return cls(consumer, topics, bootstrap_servers)
 
     async def start(self, listener: AssignmentListener) -> None:
@@ -133,8 +141,11 @@ class KafkaSource:
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
                 lag = self._lag[(tp.topic, tp.partition)] = highwater - records[-1].offset - 1
-                CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(lag)
+                self.lag_measured(tp.topic, tp.partition, lag)
         return messages
+
+    def lag_measured(self, topic: str, partition: int, lag: int) -> None:
+        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
     def lag(self) -> int:
         return sum(self._lag.values())

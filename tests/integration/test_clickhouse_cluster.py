@@ -21,7 +21,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from gateway.clickhouse.replicas import ReplicaWriter
 from gateway.clickhouse.schema import table_name
@@ -33,6 +32,7 @@ from tests.services.clickhouse_cluster import ClickHouseCluster
 from tests.services.clickhouse_server import clickhouse_query
 from tests.services.kafka_broker import KafkaBroker
 from tests.sinkworker.helpers import captured_value, record
+from tests.support.kafka import group_lag
 from tests.support.processes import REPO_ROOT, gateway_env
 from tests.support.waiting import wait_for
 
@@ -128,24 +128,6 @@ def test_retried_identical_block_adds_no_rows_on_either_replica(cluster: ClickHo
         assert counts(url, table) == (500, 500)
 
 
-async def committed_lag(bootstrap: str, topic: str, group: str) -> int:
-    """Messages of `topic` past the group's committed offsets."""
-    from aiokafka import AIOKafkaConsumer
-    from aiokafka.structs import TopicPartition
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-        await admin.close()
-    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
-
-
 def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
     cluster: ClickHouseCluster, kafka: KafkaBroker, tmp_path: Path
 ) -> None:
@@ -188,12 +170,13 @@ def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
         send(waves[2])
         time.sleep(3)
         assert sink.poll() is None
-        assert asyncio.run(committed_lag(kafka.bootstrap_servers, topic, group)) >= len(waves[2])
+        assert group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS) >= len(waves[2])
         cluster.start()
         send(waves[3])
         wait_for(lambda: stored(cluster.http_urls[0]) >= 18000 and stored(cluster.http_urls[1]) >= 18000, 120,
                  "every wave stored on both replicas")  # fmt: skip
-        wait_for(lambda: asyncio.run(committed_lag(kafka.bootstrap_servers, topic, group)) == 0, 30, "lag drained")
+        wait_for(lambda: group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS) == 0, 30,
+                 "lag drained")
         sink.send_signal(signal.SIGTERM)
         assert sink.wait(30) == 0
     finally:

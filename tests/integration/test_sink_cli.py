@@ -7,7 +7,6 @@ directory (exit 2) instead of idling, and a second sink on the same chdb path fa
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import sys
@@ -16,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.core.record import Record
-from gateway.spool import Spool
-from tests.sinkworker.helpers import TOPIC, captured_value
 from tests.support.processes import REPO_ROOT, gateway_env
+from tests.support.spools import fill_worker_spools
 
 PER_SPOOL = 150
 WORKERS = 2
@@ -32,20 +29,6 @@ def sink(*args: str) -> list[str]:
 def run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=gateway_env(), cwd=REPO_ROOT,
                           timeout=timeout)  # fmt: skip
-
-
-def fill_workers(data_dir: Path) -> None:
-    """What a gateway with two workers leaves: two spools, both starting at segment 1."""
-
-    async def fill() -> None:
-        for worker in range(WORKERS):
-            spool = Spool(data_dir / "spool" / f"worker-{worker}", segment_bytes=16 * 1024)
-            await spool.open()
-            start = worker * 10_000
-            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + PER_SPOOL)])
-            await spool.close()
-
-    asyncio.run(fill())
 
 
 def chdb_counts(path: Path) -> tuple[int, int]:
@@ -75,7 +58,7 @@ def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeou
 def running_sink(tmp_path: Path):
     """A `gateway sink --data-dir` draining two worker spools into chdb, running."""
     data_dir, chdb = tmp_path / "gateway-data", tmp_path / "gateway-data" / "chdb"
-    fill_workers(data_dir)
+    fill_worker_spools(data_dir, WORKERS, PER_SPOOL)
     log = tmp_path / "sink.log"
     command = sink("--data-dir", str(data_dir), "--clickhouse", f"chdb://{chdb}", "--batch-age-ms", "100")
     with log.open("ab") as out:
@@ -126,7 +109,7 @@ def test_wrong_directory_is_a_one_line_error_not_an_idle_sink(tmp_path: Path, la
     if layout == "empty":
         directory.mkdir()
     elif layout == "data-dir":
-        fill_workers(directory)
+        fill_worker_spools(directory, WORKERS, PER_SPOOL)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     result = run(sink(flag, str(directory), "--clickhouse", f"chdb://{tmp_path / 'chdb'}"))
     assert result.returncode == 2, result.stderr

@@ -25,14 +25,12 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 
 from gateway.settings.sink import DEFAULT_TOPICS
 from tests.services.clickhouse_server import ClickHouseServer, clickhouse_query
 from tests.services.fixtures import SessionServices
 from tests.services.kafka_broker import KafkaBroker
+from tests.support.kafka import group_lag
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env
 
 TOKEN = "phc_sink_e2e"
@@ -106,25 +104,10 @@ class Pipeline:
 
     def lag(self) -> int:
         """Messages in the topics past the group's committed offsets (the consumer lag Kafka sees)."""
-        return asyncio.run(_group_lag(self.kafka.bootstrap_servers, self.topics, self.group))
+        return group_lag(self.kafka.bootstrap_servers, self.topics, self.group, partitions=PARTITIONS)
 
     def log(self) -> str:
         return self.sink_log.read_text(errors="replace")[-3000:] if self.sink_log.exists() else ""
-
-
-async def _group_lag(bootstrap: str, topics: list[str], group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        partitions = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
-        ends = await consumer.end_offsets(partitions)
-    finally:
-        await consumer.stop()
-        await admin.close()
-    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
 
 
 def batch_body(start: int, count: int, client: int) -> tuple[bytes, list[str]]:

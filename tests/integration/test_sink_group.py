@@ -22,13 +22,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from tests.services.clickhouse_server import clickhouse_query
 from tests.services.kafka_broker import KafkaBroker
 from tests.sinkworker.helpers import captured_value
+from tests.support.kafka import group_lag
 from tests.support.processes import REPO_ROOT, gateway_env
 
 PARTITIONS = 12
@@ -80,24 +79,10 @@ class SinkGroup:
         return int(count), int(distinct)
 
     def lag(self) -> int:
-        return asyncio.run(_group_lag(self.kafka.bootstrap_servers, self.topic, self.group))
+        return group_lag(self.kafka.bootstrap_servers, [self.topic], self.group, partitions=PARTITIONS)
 
     def log_text(self) -> str:
         return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}" for log in self.logs)
-
-
-async def _group_lag(bootstrap: str, topic: str, group: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await admin.start()
-    await consumer.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(group)
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(PARTITIONS)])
-    finally:
-        await consumer.stop()
-        await admin.close()
-    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
 
 
 class Producer:

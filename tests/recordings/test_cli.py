@@ -2,34 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-import re
 from pathlib import Path
 
-from gateway.cli import build_parser
+from tests.support.cli_docs import README, documented_flags, long_flags, readme_section, sub_parser
 from tests.support.processes import run_gateway
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def sub_parser(*path: str) -> argparse.ArgumentParser:
-    parser = build_parser()
-    for name in path:
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = action.choices[name]
-    return parser
 
 
 def test_readme_documents_every_recordings_flag() -> None:
-    text = README.read_text()
-    section = text[text.index("## Session recordings (`gateway recordings`)"):]
-    section = section[:section.index("\n## ", 1)]
-    documented = {flag for line in section.splitlines() if line.startswith("| `-")
-                  for flag in re.findall(r"--[a-z][a-z0-9-]*", line.split("|")[1])}
+    section = readme_section(README.read_text(), "## Session recordings (`gateway recordings`)")
+    documented = documented_flags(section)
     documented |= {"--older-than-days", "--out"}  # described in the text above the table
     for command in ("sink", "export", "expire"):
-        flags = {option for action in sub_parser("recordings", command)._actions
-                 for option in action.option_strings if option.startswith("--") and option != "--help"}
+        flags = long_flags(sub_parser("recordings", command))
         assert flags - documented == set(), f"gateway recordings {command} flags missing from README.md"
 
 

@@ -19,6 +19,7 @@ from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import Spool
 from tests.sinkworker.helpers import TOPIC, ListDeadLetters, ListSource, captured_value, record, stream
+from tests.support.spools import Draining
 
 ENCODER = RowEncoder(TeamResolver({}))
 
@@ -141,25 +142,8 @@ def test_spool_source_drains_once_across_restarts(
     asyncio.run(fill())
     for _ in range(2):
         run_worker(
-            chdb_writer, chdb_table, _Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq")
+            chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq")
         )
     assert counts(chdb_writer, chdb_table) == (300, 300)
     dead = [orjson.loads(line) for line in next((tmp_path / "dlq").iterdir()).read_bytes().splitlines()]
     assert [d["headers"]["dlq_reason"] for d in dead] == ["invalid_json"]
-
-
-class _Draining:
-    """Wraps a source to signal when a fetch comes back empty (everything read)."""
-
-    def __init__(self, source: SpoolSource) -> None:
-        self._source = source
-        self.drained = asyncio.Event()
-
-    def __getattr__(self, name: str):
-        return getattr(self._source, name)
-
-    async def fetch(self, timeout_s: float, max_records: int):
-        messages = await self._source.fetch(timeout_s, max_records)
-        if not messages:
-            self.drained.set()
-        return messages

@@ -29,6 +29,7 @@ from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import Spool
 from tests.sinkworker.helpers import TOPIC, captured_value
+from tests.support.spools import Draining, fill_worker_spools
 
 PER_SPOOL = 120
 WORKERS = 2
@@ -64,20 +65,6 @@ def open_table(request: pytest.FixtureRequest) -> tuple[WriterFactory, str]:
     return opened, table_name("default", name)
 
 
-def fill_workers(data_dir: Path) -> None:
-    """`PER_SPOOL` events in each worker spool (several 16 KiB segments each), distinct uuids."""
-
-    async def fill() -> None:
-        for worker in range(WORKERS):
-            spool = Spool(data_dir / "spool" / f"worker-{worker}", segment_bytes=16 * 1024)
-            await spool.open()
-            start = worker * 10_000
-            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + PER_SPOOL)])
-            await spool.close()
-
-    asyncio.run(fill())
-
-
 class Crashing:
     """Runs a source until the first commit, which fails like a crash after the insert."""
 
@@ -89,23 +76,6 @@ class Crashing:
 
     async def commit(self, offsets: dict) -> None:
         raise RuntimeError("simulated crash between insert and commit")
-
-
-class Draining:
-    """Signals when a fetch comes back empty (everything read)."""
-
-    def __init__(self, source: Source) -> None:
-        self._source = source
-        self.drained = asyncio.Event()
-
-    def __getattr__(self, name: str):
-        return getattr(self._source, name)
-
-    async def fetch(self, timeout_s: float, max_records: int):
-        messages = await self._source.fetch(timeout_s, max_records)
-        if not messages:
-            self.drained.set()
-        return messages
 
 
 def drain(open_table: tuple[WriterFactory, str], make_source: Callable[[], Source], dlq: Path,
@@ -143,7 +113,7 @@ def counts(open_table: tuple[WriterFactory, str]) -> tuple[int, int]:
 def test_worker_spools_drained_one_after_the_other_store_every_event_once(
     open_table: tuple[WriterFactory, str], tmp_path: Path
 ) -> None:
-    fill_workers(tmp_path)
+    fill_worker_spools(tmp_path, WORKERS, PER_SPOOL)
     for worker in range(WORKERS):
         drain(open_table, lambda w=worker: SpoolSource(tmp_path / "spool" / f"worker-{w}"), tmp_path / "dlq")
     assert counts(open_table) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
@@ -152,7 +122,7 @@ def test_worker_spools_drained_one_after_the_other_store_every_event_once(
 def test_data_dir_source_stores_every_event_once_across_a_crash(
     open_table: tuple[WriterFactory, str], tmp_path: Path
 ) -> None:
-    fill_workers(tmp_path)
+    fill_worker_spools(tmp_path, WORKERS, PER_SPOOL)
     with pytest.raises(RuntimeError, match="simulated crash"):
         drain(open_table, lambda: Crashing(DataDirSource(tmp_path)), tmp_path / "dlq", rows=37)
     stored, _ = counts(open_table)

@@ -1,4 +1,5 @@
-"""Read back what the gateway produced: every message of some topics, as Records with their partition."""
+"""Read back what the gateway produced (every message of some topics, as Records with their partition),
+and how far a consumer group lags behind."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import time
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
 
 from gateway.core.record import Record
 
@@ -31,3 +34,23 @@ async def _consume(bootstrap: str, topics: list[str], until: int, timeout: float
 def consume_all(bootstrap: str, topics: list[str], *, at_least: int, timeout: float = 30) -> list[tuple[int, Record]]:
     """Every message now in `topics` (waits until at least `at_least` arrived, then until quiet)."""
     return asyncio.run(_consume(bootstrap, topics, at_least, timeout))
+
+
+async def _group_lag(bootstrap: str, topics: list[str], group: str, partitions: int) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+        ends = await consumer.end_offsets([TopicPartition(t, p) for t in topics for p in range(partitions)])
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
+
+
+def group_lag(bootstrap: str, topics: list[str], group: str, *, partitions: int) -> int:
+    """Messages of `topics` (partitions 0 to `partitions` - 1) past the group's committed offsets:
+    the consumer lag Kafka sees."""
+    return asyncio.run(_group_lag(bootstrap, topics, group, partitions))

@@ -15,16 +15,7 @@ import pytest
 from gateway.cli import build_parser, main
 from gateway.settings import ConfigError, ServeSettings, SinkSettings, load
 from gateway.settings.fields import NOT_SETTINGS, check_env, convert, unknown_env, warn_unknown_env
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def sub_parser(*path: str) -> argparse.ArgumentParser:
-    parser = build_parser()
-    for name in path:
-        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        parser = action.choices[name]
-    return parser
+from tests.support.cli_docs import README, documented_flags, long_flags, readme_section, sub_parser
 
 
 def command_settings(command: str, argv: list[str], environ: dict[str, str]):
@@ -128,11 +119,8 @@ def test_shared_names_mean_the_same_to_both_commands() -> None:
 
 def test_readme_documents_every_flag() -> None:
     text = README.read_text()
-    sink_section = text[text.index("## Sink worker (`gateway sink`)"):]
-    sink_section = sink_section[:sink_section.index("\n## ", 1)]
+    sink_section = readme_section(text, "## Sink worker (`gateway sink`)")
     for command, section in (("serve", text.replace(sink_section, "")), ("sink", sink_section)):
-        documented = {flag for line in section.splitlines() if line.startswith("| `-")
-                      for flag in re.findall(r"--[a-z][a-z0-9-]*", line.split("|")[1])}
-        flags = {option for action in sub_parser(command)._actions for option in action.option_strings
-                 if option.startswith("--") and option != "--help"}
+        documented = documented_flags(section)
+        flags = long_flags(sub_parser(command))
         assert flags - documented == set(), f"gateway {command} flags missing from README.md's tables"
