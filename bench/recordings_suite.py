@@ -27,7 +27,8 @@ from bench.net import free_port
 from bench.servers import ManagedServer, gateway, gateway_command
 from bench.wrk import build_pool, pool_context, run_wrk
 
-SETTLE_S = 2.0  # the sink is done when its stored-items counter stays put this long with nothing buffered
+SETTLE_S = 2.0  # done when the stored-items counter stays put this long with nothing buffered (blocks flush by
+# the sink's defaults: 8 MB or 10 s)
 STORED = re.compile(rb"^recordings_snapshot_items_stored_total (\S+)$", re.M)
 BUFFERED = re.compile(rb"^recordings_buffered_bytes (\S+)$", re.M)
 
@@ -93,7 +94,7 @@ def _drain(workdir: Path, command: list[str] | None, expected: int) -> tuple[int
     data = workdir / "data"
     port = free_port()
     argv = [*(command or gateway_command() or []), "recordings", "sink", "--data-dir", str(data),
-            "--clickhouse", f"chdb://{data}/chdb", "--recordings-http-port", str(port), "--block-max-age", "0.5",
+            "--clickhouse", f"chdb://{data}/chdb", "--recordings-http-port", str(port),
             "--recordings-retention-interval", "0", "--log-format", "text"]
     sink = ManagedServer("recordings-sink", argv, port, workdir)
     sink.__enter__()  # not `with`: the gateway's workdir is removed with the gateway
@@ -101,7 +102,7 @@ def _drain(workdir: Path, command: list[str] | None, expected: int) -> tuple[int
         started, ready_cpu = time.monotonic(), sink.cpu_seconds()
         stored, last_change, cpu_at_change = 0.0, started, ready_cpu
         stalled = lambda: time.monotonic() - last_change  # noqa: E731
-        while stalled() < SETTLE_S or (stored < expected and stalled() < 30):
+        while (stalled() < SETTLE_S or (stored < expected and stalled() < 30)) and time.monotonic() - started < 900:
             time.sleep(0.2)
             metrics = requests.get(f"{sink.url}/metrics", timeout=5).content
             now_stored = float(STORED.search(metrics)[1])  # type: ignore[index]
