@@ -104,7 +104,10 @@ def _drain(workdir: Path, command: list[str] | None, expected: int) -> tuple[int
         stalled = lambda: time.monotonic() - last_change  # noqa: E731
         while (stalled() < SETTLE_S or (stored < expected and stalled() < 30)) and time.monotonic() - started < 900:
             time.sleep(0.2)
-            metrics = requests.get(f"{sink.url}/metrics", timeout=5).content
+            try:
+                metrics = requests.get(f"{sink.url}/metrics", timeout=5).content
+            except requests.Timeout:  # its event loop is busy for seconds at a time while it drains a backlog
+                continue
             now_stored = float(STORED.search(metrics)[1])  # type: ignore[index]
             buffered = float(BUFFERED.search(metrics)[1])  # type: ignore[index]
             if now_stored != stored or buffered:
