@@ -67,7 +67,7 @@ def _add_load_parser(sub: argparse._SubParsersAction) -> None:
 
 def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("suite", help="run a benchmark suite against its own baselines")
-    p.add_argument("name", choices=sorted([*SUITES, "sink"]))
+    p.add_argument("name", choices=sorted([*SUITES, "sink", "recordings"]))
     p.add_argument("--duration", type=_duration, default=10.0, help="seconds per measurement")
     p.add_argument("--connections", type=_positive(int), default=64)
     p.add_argument("--wrk-threads", type=_positive(int), default=1)
@@ -88,6 +88,8 @@ def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=_positive(int), default=200_000, help="suite sink: messages in the topic")
     p.add_argument("--batch-rows", type=_positive(int), default=100_000, help="suite sink: flush size")
     p.add_argument("--no-kafka-engine", action="store_true", help="suite sink: skip the Kafka engine baseline")
+    p.add_argument("--replay-kb", default="50,200,500",
+                   help="suite recordings: comma list of rrweb KB per /s/ request (before gzip)")
     p.add_argument("--gateway-command", help="command that runs the gateway CLI (default: autodetect)")
     p.add_argument("--token", default="phc_bench_token")
     p.add_argument("--json", type=Path, help="write all measurements as JSON")
@@ -150,9 +152,23 @@ def _sink_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recordings_suite(args: argparse.Namespace) -> int:
+    from bench.recordings_suite import recordings_table, run_recordings_suite
+
+    sizes = [int(kb) for kb in args.replay_kb.split(",") if kb]
+    command = args.gateway_command.split() if args.gateway_command else None
+    figures = run_recordings_suite(sizes, args.duration, args.connections, args.token, command)
+    print(recordings_table(figures, args.duration))
+    if args.json:
+        args.json.write_text(json.dumps([dataclasses.asdict(f) for f in figures], indent=2))
+    return 0
+
+
 def _suite(args: argparse.Namespace) -> int:
     if args.name == "sink":
         return _sink_suite(args)
+    if args.name == "recordings":
+        return _recordings_suite(args)
     tools = tuple(t for t in args.tools.split(",") if t)
     unknown = set(tools) - set(TOOLS)
     if unknown:
