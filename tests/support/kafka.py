@@ -24,11 +24,22 @@ async def _consume(bootstrap: str, topics: list[str], until: int, timeout: float
             batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
             for tp, messages in batches.items():
                 out.extend((tp.partition, Record(tp.topic, m.key, tuple(m.headers), m.value)) for m in messages)
-            if len(out) >= until and not batches:
+            # Enough, and every partition read to its end: counting alone could stop early, since the
+            # at-least-once gateway may have written some records twice.
+            if len(out) >= until and not batches and await _at_end(consumer):
                 break
     finally:
         await consumer.stop()
     return out
+
+
+async def _at_end(consumer: AIOKafkaConsumer) -> bool:
+    partitions = list(consumer.assignment())
+    ends = await consumer.end_offsets(partitions) if partitions else {}
+    for tp, end in ends.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True
 
 
 def consume_all(bootstrap: str, topics: list[str], *, at_least: int, timeout: float = 30) -> list[tuple[int, Record]]:
