@@ -82,7 +82,7 @@ class SinkGroup:
         return group_lag(self.kafka.bootstrap_servers, [self.topic], self.group, partitions=PARTITIONS)
 
     def log_text(self) -> str:
-        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-2500:]}" for log in self.logs)
+        return "\n".join(f"--- {log.name}\n{log.read_text(errors='replace')[-12000:]}" for log in self.logs)
 
 
 class Producer:
