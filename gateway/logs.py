@@ -23,7 +23,7 @@ import uuid_utils
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from gateway import metrics
+from gateway.metrics import serve as metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

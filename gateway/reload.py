@@ -17,10 +17,10 @@ from dataclasses import fields, replace
 
 from aiohttp import web
 
-from gateway import metrics
 from gateway.edge.setup import RELOADABLE as EDGE_RELOADABLE
 from gateway.edge.setup import Edge
 from gateway.logs import set_level
+from gateway.metrics import serve as metrics
 from gateway.settings import ConfigError, ServeSettings
 
 RELOADABLE = frozenset({*EDGE_RELOADABLE, "log_level"})

@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TypeVar
 
 from gateway.clickhouse.http_writer import HttpWriter
-from gateway.clickhouse.metrics import CLICKHOUSE_REPLICA_UP
 from gateway.clickhouse.schema import ServerCaps
 from gateway.clickhouse.writer import ErrorKind, WriteError
 from gateway.core.startup import StartupError
+from gateway.metrics.clickhouse import CLICKHOUSE_REPLICA_UP
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

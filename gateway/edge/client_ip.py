@@ -22,7 +22,7 @@ from functools import lru_cache
 
 from aiohttp import hdrs, web
 
-from gateway import metrics
+from gateway.metrics import serve as metrics
 
 CLIENT_IP_KEY = web.RequestKey("client_ip", str)
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

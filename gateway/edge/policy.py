@@ -14,7 +14,6 @@ from aiohttp import web
 from aiohttp.web import AbstractRoute
 from yarl import URL
 
-from gateway import metrics
 from gateway.core.errors import GatewayError
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias
@@ -23,6 +22,7 @@ from gateway.edge.cors import CorsPolicy
 from gateway.edge.errors import Forbidden, MethodNotAllowed, Overloaded, RateLimited, RouteNotFound
 from gateway.edge.ratelimit import SlidingWindow
 from gateway.http.responses import error_response
+from gateway.metrics import serve as metrics
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OVERLOAD_RETRY_AFTER = 2

@@ -16,8 +16,8 @@ import math
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from gateway import metrics
 from gateway.edge.ratelimit import SlidingWindow
+from gateway.metrics import serve as metrics
 
 log = logging.getLogger("gateway.edge.ratelimit")
 KEY_PREFIX = "gateway:rl:"

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from gateway import metrics
 from gateway.capture.errors import InvalidToken
 from gateway.capture.parse import ParsedRequest
 from gateway.edge.errors import RateLimited
 from gateway.edge.ratelimit import SlidingWindow
+from gateway.metrics import serve as metrics
 
 
 class TokenPolicy:

@@ -17,10 +17,10 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
-from gateway import metrics
 from gateway.flags.definitions import Definitions
 from gateway.flags.evaluate import Evaluation, Inconclusive, evaluate_flag, payload_of
 from gateway.flags.poller import DefinitionsPoller
+from gateway.metrics import serve as metrics
 from gateway.settings import ServeSettings
 from gateway.upstream.client import UpstreamClient
 

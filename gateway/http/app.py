@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 
-from gateway import metrics
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
 from gateway.edge.headers import omit_server_header
@@ -20,6 +19,7 @@ from gateway.http.components import Components, capture_routes
 from gateway.http.health import liveness, metrics_handler, readiness_handler
 from gateway.http.lifecycle import Drain
 from gateway.logs import request_context
+from gateway.metrics import serve as metrics
 from gateway.metrics_export import GaugeSampler, MetricsExporter
 from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import Proxy

@@ -10,7 +10,6 @@ from datetime import datetime
 
 from aiohttp import web
 
-from gateway import metrics
 from gateway.capture.check_event import CheckEvents
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
 from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
@@ -21,6 +20,7 @@ from gateway.core.record import Record
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.tokens import TokenPolicy
 from gateway.http.responses import error_response, read_body, success_response
+from gateway.metrics import serve as metrics
 from gateway.metrics_export import LocalCounter, LocalHistogram
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink

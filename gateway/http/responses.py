@@ -9,8 +9,8 @@ import logging
 import orjson
 from aiohttp import web
 
-from gateway import metrics
 from gateway.core.errors import GatewayError, PayloadTooLarge
+from gateway.metrics import serve as metrics
 
 log = logging.getLogger("gateway.capture")
 OK_BODY = b'{"status":"Ok"}'

@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway import metrics
 from gateway.capture.events import RequestContext
 from gateway.capture.parse import ParsedRequest
+from gateway.metrics import serve as metrics
 from gateway.privacy.consent import ConsentMode, anonymise_event, opted_out
 from gateway.privacy.denylist import PropertyDenylist
 from gateway.privacy.ip import IpMode, minimise_ip, token_ip_modes

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from multidict import CIMultiDict
 
-from gateway import metrics
+from gateway.metrics import serve as metrics
 
 DEFAULT_STALE_IF_ERROR = 86_400.0
 # An entry may use at most this share of the budget, so one large file cannot flush everything else.

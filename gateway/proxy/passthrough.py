@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from gateway import metrics
 from gateway.core.errors import GatewayError
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.http.responses import error_response, read_body, success_response
+from gateway.metrics import serve as metrics
 from gateway.sinks.base import Sink
 from gateway.sinks.upstream import passthrough_record
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from aiohttp import web
 from yarl import URL
 
-from gateway import metrics
 from gateway.core.errors import GatewayError
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.http.responses import error_response, read_body
+from gateway.metrics import serve as metrics
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
 from gateway.settings import ServeSettings
 from gateway.upstream.circuit import CircuitOpen

@@ -7,7 +7,7 @@ partitions; on assignment it forgets what it knew of them.
 
 from __future__ import annotations
 
-from gateway.recordings.metrics import CONSUMER_LAG
+from gateway.metrics.recordings import CONSUMER_LAG
 from gateway.sinkworker.sources import KafkaSource, group_consumer
 
 

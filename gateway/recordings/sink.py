@@ -25,10 +25,7 @@ from typing import Any
 import orjson
 
 from gateway.clickhouse.writer import WriteError
-from gateway.recordings.blocks import SessionBuffer, encode_block
-from gateway.recordings.items import parse_message
-from gateway.recordings.metadata import ReplayEvents
-from gateway.recordings.metrics import (
+from gateway.metrics.recordings import (
     BLOCK_BYTES,
     BLOCKS_STORED,
     BUFFERED_BYTES,
@@ -37,6 +34,9 @@ from gateway.recordings.metrics import (
     READY,
     STORE_FAILURES,
 )
+from gateway.recordings.blocks import SessionBuffer, encode_block
+from gateway.recordings.items import parse_message
+from gateway.recordings.metadata import ReplayEvents
 from gateway.recordings.storage import BlockStore, StorageError
 from gateway.sinkworker.dlq import DeadLetters
 from gateway.sinkworker.rows import Rejected

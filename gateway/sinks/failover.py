@@ -27,10 +27,10 @@ from typing import NamedTuple, Protocol
 
 from prometheus_client import Counter, Gauge
 
-from gateway import metrics as gateway_metrics
 from gateway.core.errors import GatewayError
 from gateway.core.readiness import Readiness
 from gateway.core.record import Record
+from gateway.metrics import serve as gateway_metrics
 from gateway.sinks.spool import SpoolSink
 from gateway.spool import SpoolLocked, SpoolReader
 from gateway.spool.crypto import Keyring, SpoolKeyError

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import metrics
 from gateway.core.errors import PayloadTooLarge
 from gateway.core.record import Record
+from gateway.metrics import serve as metrics
 from gateway.sinks.failover import FailoverMetrics, FailoverSink
 from gateway.sinks.kafka_producer import ReconnectingProducer
 from gateway.sinks.overflow import OverflowRouter

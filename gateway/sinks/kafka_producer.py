@@ -27,8 +27,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-from gateway import metrics
 from gateway.core.record import Record
+from gateway.metrics import serve as metrics
 from gateway.metrics_export import LocalHistogram
 
 

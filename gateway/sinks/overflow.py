@@ -16,8 +16,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 
-from gateway import metrics
 from gateway.core.record import Record
+from gateway.metrics import serve as metrics
 from gateway.metrics_export import LocalCounter
 
 FORCE_LIMITED = "force_limited"

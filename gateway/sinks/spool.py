@@ -10,11 +10,11 @@ import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway import metrics
 from gateway.core.errors import ServiceUnavailable
 from gateway.core.readiness import Readiness
 from gateway.core.record import Record
 from gateway.core.startup import CONFIG_EXIT, StartupError
+from gateway.metrics import serve as metrics
 from gateway.spool import FsyncPolicy, Spool, SpoolError, SpoolLocked, layout
 from gateway.spool.crypto import Keyring, SpoolKeyError
 from gateway.spool.locks import WRITE_LOCK

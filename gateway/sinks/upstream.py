@@ -32,8 +32,8 @@ from typing import Any
 import orjson
 from yarl import URL
 
-from gateway import metrics
 from gateway.core.record import Record
+from gateway.metrics import serve as metrics
 from gateway.sinks.failover import FailoverMetrics, FailoverSink, Rejected
 from gateway.sinks.spool import SpoolSink
 from gateway.upstream.client import UpstreamClient

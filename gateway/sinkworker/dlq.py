@@ -20,8 +20,8 @@ from typing import Protocol
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from gateway.metrics.sink import DLQ_MESSAGES
 from gateway.settings.sink import DEFAULT_DLQ_TOPIC
-from gateway.sinkworker.metrics import DLQ_MESSAGES
 from gateway.sinkworker.rows import Rejected, SourceMessage
 
 DETAIL_LIMIT = 512

@@ -21,9 +21,9 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
+from gateway.metrics.sink import CONSUMER_LAG
 from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
-from gateway.sinkworker.metrics import CONSUMER_LAG
 from gateway.sinkworker.rows import SourceMessage
 from gateway.spool import SpoolPosition, SpoolReader
 from gateway.spool.crypto import OVERHEAD, Keyring

@@ -24,10 +24,7 @@ from typing import TypeVar
 from aiokafka.errors import KafkaError
 
 from gateway.clickhouse.writer import ErrorKind, WriteError, Writer
-from gateway.sinkworker.batch import Batch, Coordinates, FlushPolicy, TopicPartition
-from gateway.sinkworker.commits import CommitTracker
-from gateway.sinkworker.dlq import DeadLetters
-from gateway.sinkworker.metrics import (
+from gateway.metrics.sink import (
     BATCH_BYTES,
     BATCH_ROWS,
     CHECK_EVENTS_DROPPED,
@@ -40,6 +37,9 @@ from gateway.sinkworker.metrics import (
     ROWS_INSERTED,
     ROWS_SKIPPED_REPLAY,
 )
+from gateway.sinkworker.batch import Batch, Coordinates, FlushPolicy, TopicPartition
+from gateway.sinkworker.commits import CommitTracker
+from gateway.sinkworker.dlq import DeadLetters
 from gateway.sinkworker.replay import ReplayGuard, stored_offsets
 from gateway.sinkworker.rows import ROWBINARY_COLUMNS, Rejected, RowEncoder, SourceMessage
 from gateway.sinkworker.sources import Source

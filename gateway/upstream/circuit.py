@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from enum import IntEnum
 
-from gateway import metrics
+from gateway.metrics import serve as metrics
 
 
 class State(IntEnum):

@@ -17,7 +17,7 @@ import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gateway import metrics
+from gateway.metrics import serve as metrics
 from gateway.upstream.circuit import CircuitBreaker
 
 HOP_BY_HOP = frozenset(

@@ -12,9 +12,9 @@ import yaml
 from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
-import gateway.clickhouse.metrics
-import gateway.metrics
-import gateway.sinkworker.metrics
+import gateway.metrics.clickhouse
+import gateway.metrics.serve
+import gateway.metrics.sink
 from gateway.spool.collector import SpoolCollector
 from tests.support.processes import REPO_ROOT, require_tool
 
@@ -57,8 +57,8 @@ def _exposed(family: Metric) -> set[str]:
 
 
 def gateway_families() -> list[Metric]:
-    """Families defined by gateway.metrics, plus the spool gauges read at scrape time."""
-    defined = {m._name for m in vars(gateway.metrics).values() if hasattr(m, "_name") and hasattr(m, "_type")}
+    """Families defined by gateway.metrics.serve, plus the spool gauges read at scrape time."""
+    defined = {m._name for m in vars(gateway.metrics.serve).values() if hasattr(m, "_name") and hasattr(m, "_type")}
     families = [family for family in REGISTRY.collect() if family.name in defined]
     return families + list(SpoolCollector(Path("/nonexistent"), 1).describe())
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway import metrics
 from gateway.core.record import Record
+from gateway.metrics import serve as metrics
 from gateway.metrics_export import fold_local_metrics
 from gateway.settings import ServeSettings
 from gateway.sinks.factory import overflow_router

@@ -1,4 +1,5 @@
-"""Metrics of the ClickHouse writers (exported by the processes that write: the sink worker)."""
+"""ClickHouse replica health (gateway/clickhouse/replicas.py), exported by the processes that import the
+writers: the sink worker, and `gateway serve` (its GDPR endpoint deletes through them)."""
 
 from __future__ import annotations
 

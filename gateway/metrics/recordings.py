@@ -1,4 +1,4 @@
-"""Prometheus metrics of `gateway recordings sink`."""
+"""Metrics of `gateway recordings sink`, served on `--recordings-http-port`."""
 
 from __future__ import annotations
 

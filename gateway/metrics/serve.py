@@ -1,10 +1,14 @@
-"""Every metric the gateway exports, defined once and named after what operators alert on.
+"""Metrics of `gateway serve` (see gateway/metrics/__init__.py for the other processes), named after what
+operators alert on.
 
-`gateway serve` runs prometheus-client in multiprocess mode (gateway/metrics_export.py) so a scrape of
-any worker shows the whole process group: counters and histograms are summed over workers and every
-gauge declares how workers combine (`multiprocess_mode`). No gauge uses `set_function` (invisible to
-other processes): per-worker values are sampled by `metrics_export.GaugeSampler`, spool disk usage is
-read at scrape time by `gateway.spool.collector.SpoolCollector`. Hot paths precompute `.labels()`.
+With `--workers` above 1, `gateway serve` runs prometheus-client in multiprocess mode
+(gateway/metrics_multiproc.py, gateway/metrics_export.py) so a scrape of any worker shows the whole
+process group: counters and histograms are summed over workers; a gauge
+with a `multiprocess_mode` combines as declared, one without (mode "all") has a series per worker,
+labelled `pid`. No gauge uses `set_function` (invisible to other processes): per-worker values are
+sampled by `metrics_export.GaugeSampler`, spool disk usage is read at scrape time by
+`gateway.spool.collector.SpoolCollector`. Hot paths precompute `.labels()` or count locally
+(`metrics_export.LocalCounter`, `LocalHistogram`, folded in about once a second).
 """
 
 from __future__ import annotations
@@ -135,9 +139,6 @@ FLAGS_LOCAL_LATENCY = Histogram(
 PRIVACY_ACTIONS = Counter(
     "gateway_privacy_actions", "Privacy rule applications (events, properties or values, per rule)", ["rule"]
 )
-
-# --- Sink worker (Kafka → ClickHouse), its own process with a plain registry: gateway/sinkworker/metrics.py
-# (consumer lag, rows inserted, insert latency, DLQ) and gateway/clickhouse/metrics.py (replica health).
 
 # --- Operations (gateway/logs.py, gateway/reload.py)
 LOG_RECORDS_SUPPRESSED = Counter(

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the sink worker (to be absorbed by a project-wide metrics module)."""
+"""Metrics of the sink worker (`gateway sink`): a plain registry per sink process, served on
+`--metrics-port` (plus the process index with `--processes`)."""
 
 from __future__ import annotations
 
