@@ -14,6 +14,7 @@ sampled by `metrics_export.GaugeSampler`, spool disk usage is read at scrape tim
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 
 HTTP_REQUESTS = Counter("gateway_http_requests", "HTTP requests answered", ["route", "status"])
 HTTP_LATENCY = Histogram(
@@ -71,7 +72,29 @@ SPOOL_ERRORS = Counter(
     "full (--spool-max-bytes), no_space (disk full or quota), read_only, io_error, closed",
     ["kind", "reason"],
 )
-# Spool disk usage and reader lag (gateway_spool_*) are read from disk at scrape time: gateway/spool/collector.py
+
+
+def spool_gauges() -> list[GaugeMetricFamily]:
+    """Spool disk usage and reader lag, fresh for each scrape: gateway/spool/collector.py fills them from disk.
+    Labels: `kind` (main, upstream), `spool` (worker-N), and `reader` for lag and idle time."""
+    return [
+        GaugeMetricFamily("gateway_spool_bytes", "Segment bytes on disk, per worker spool", labels=["kind", "spool"]),
+        GaugeMetricFamily(
+            "gateway_spool_max_bytes", "Spool size bound (--spool-max-bytes); full → 503", labels=["kind", "spool"]
+        ),
+        GaugeMetricFamily("gateway_spool_segments", "Segment files, per worker spool", labels=["kind", "spool"]),
+        GaugeMetricFamily(
+            "gateway_spool_reader_lag_bytes",
+            "Spooled bytes a reader (kafka, upstream = replay; sink) has not consumed yet",
+            labels=["kind", "spool", "reader"],
+        ),
+        GaugeMetricFamily(
+            "gateway_spool_reader_idle_seconds",
+            "Seconds since a reader last committed progress (with lag > 0: replay stalled)",
+            labels=["kind", "spool", "reader"],
+        ),
+    ]
+
 
 # Edge policy (gateway/edge)
 RATE_LIMITED = Counter(

@@ -11,10 +11,10 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from gateway.metrics.serve import spool_gauges
 from gateway.spool.layout import spools
 from gateway.spool.reader import cursor_mtime, lag_bytes, load_cursors
 from gateway.spool.segment import segment_sizes
@@ -26,10 +26,10 @@ class SpoolCollector(Collector):
         self.max_bytes = max_bytes
 
     def describe(self) -> Iterable[Metric]:
-        return self._families()
+        return spool_gauges()
 
     def collect(self) -> Iterable[Metric]:
-        used, limit, segments, lag, idle = families = self._families()
+        used, limit, segments, lag, idle = families = spool_gauges()
         now = time.time()
         for spool, directory in spools(self.data_dir):
             labels = [spool.kind, directory.name]
@@ -43,25 +43,3 @@ class SpoolCollector(Collector):
                 if committed is not None:
                     idle.add_metric([*labels, reader], max(0.0, now - committed))
         return families
-
-    @staticmethod
-    def _families() -> list[GaugeMetricFamily]:
-        return [
-            GaugeMetricFamily(
-                "gateway_spool_bytes", "Segment bytes on disk, per worker spool", labels=["kind", "spool"]
-            ),
-            GaugeMetricFamily(
-                "gateway_spool_max_bytes", "Spool size bound (--spool-max-bytes); full → 503", labels=["kind", "spool"]
-            ),
-            GaugeMetricFamily("gateway_spool_segments", "Segment files, per worker spool", labels=["kind", "spool"]),
-            GaugeMetricFamily(
-                "gateway_spool_reader_lag_bytes",
-                "Spooled bytes a reader (kafka, upstream = replay; sink) has not consumed yet",
-                labels=["kind", "spool", "reader"],
-            ),
-            GaugeMetricFamily(
-                "gateway_spool_reader_idle_seconds",
-                "Seconds since a reader last committed progress (with lag > 0: replay stalled)",
-                labels=["kind", "spool", "reader"],
-            ),
-        ]
