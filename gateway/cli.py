@@ -18,7 +18,7 @@ from gateway.config_check import add_config_command
 from gateway.core.startup import StartupError
 from gateway.edge.csp import add_csp_command, csp_command
 from gateway.gdpr.arguments import add_gdpr_command
-from gateway.metrics_multiproc import multiprocess_metrics
+from gateway.metrics.multiproc import multiprocess_metrics
 from gateway.recordings.cli import add_recordings_command
 from gateway.settings import ServeSettings, add_arguments, add_config_argument, load
 from gateway.settings.fields import requested

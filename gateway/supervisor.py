@@ -27,7 +27,7 @@ from gateway.http.announce import announce
 from gateway.http.components import Components
 from gateway.http.worker import Loader, run_worker
 from gateway.logs import configure_logging
-from gateway.metrics_multiproc import process_exited
+from gateway.metrics.multiproc import process_exited
 from gateway.settings import ServeSettings
 from gateway.settings.fields import warn_unknown_env
 

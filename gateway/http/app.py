@@ -20,7 +20,7 @@ from gateway.http.health import liveness, metrics_handler, readiness_handler
 from gateway.http.lifecycle import Drain
 from gateway.logs import request_context
 from gateway.metrics import serve as metrics
-from gateway.metrics_export import GaugeSampler, MetricsExporter
+from gateway.metrics.export import GaugeSampler, MetricsExporter
 from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import Proxy
 from gateway.settings import ServeSettings
@@ -78,7 +78,7 @@ def build_app(
             for path in spec.paths:
                 edge.add_route(app.router, prefix + path, handle, spec.name)
                 edge.add_route(app.router, prefix + path + "/", handle, spec.name)
-    # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics_export.py) ---
+    # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics/export.py) ---
     sampler = GaugeSampler()
     sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
     spools = SpoolCollector(settings.data_dir, settings.spool_max_bytes)

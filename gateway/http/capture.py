@@ -21,7 +21,7 @@ from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.tokens import TokenPolicy
 from gateway.http.responses import error_response, read_body, success_response
 from gateway.metrics import serve as metrics
-from gateway.metrics_export import LocalCounter, LocalHistogram
+from gateway.metrics.export import LocalCounter, LocalHistogram
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
 
@@ -62,7 +62,7 @@ class CaptureHandler:
         self.checks = CheckEvents(sink.readiness, metrics.EVENTS_DROPPED.labels("gateway_check"))
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
-        # Counted locally, folded into the exported metrics about once a second (gateway/metrics_export.py).
+        # Counted locally, folded into the exported metrics about once a second (gateway/metrics/export.py).
         answered = {
             200: LocalCounter(metrics.HTTP_REQUESTS.labels(spec.name, "200")),
             204: LocalCounter(metrics.HTTP_REQUESTS.labels(spec.name, "204")),

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.core.readiness import Readiness
-from gateway.metrics_export import MetricsExporter
+from gateway.metrics.export import MetricsExporter
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 ReadinessCheck = Callable[[], Readiness]

@@ -1,7 +1,7 @@
 """Every Prometheus metric of the gateway's processes is defined in this package, and nowhere else.
 
-One module per area. Each process has one registry and exports every metric whose module it imports
-(unused ones at zero):
+One module per area. Each process has one registry and exports the metrics of every module it imports,
+used or not (in multiprocess mode only those with values):
 - `serve`: capture, edge policy, Kafka and upstream delivery, the spool, reverse proxy, local flags,
   privacy rules, log suppression and SIGHUP reloads; exported by `gateway serve`. gateway.logs uses it,
   so the sink worker and the recordings sink export these families too.
@@ -11,5 +11,7 @@ One module per area. Each process has one registry and exports every metric whos
   GDPR endpoint deletes through the same writers).
 - `recordings`: `gateway recordings sink --recordings-http-port`.
 
-This file imports nothing: no prometheus_client before multiprocess mode is on (gateway.metrics_multiproc).
+And how `gateway serve` exports them: `multiproc` (one scrape of any worker shows all workers) and
+`export` (the /metrics exposition, per-worker gauge sampling, hot-path local counters). This file
+imports nothing, so `multiproc` can run before anything imports prometheus_client.
 """

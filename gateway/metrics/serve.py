@@ -2,13 +2,13 @@
 operators alert on.
 
 With `--workers` above 1, `gateway serve` runs prometheus-client in multiprocess mode
-(gateway/metrics_multiproc.py, gateway/metrics_export.py) so a scrape of any worker shows the whole
+(gateway/metrics/multiproc.py, gateway/metrics/export.py) so a scrape of any worker shows the whole
 process group: counters and histograms are summed over workers; a gauge
 with a `multiprocess_mode` combines as declared, one without (mode "all") has a series per worker,
 labelled `pid`. No gauge uses `set_function` (invisible to other processes): per-worker values are
-sampled by `metrics_export.GaugeSampler`, spool disk usage is read at scrape time by
+sampled by `export.GaugeSampler`, spool disk usage is read at scrape time by
 `gateway.spool.collector.SpoolCollector`. Hot paths precompute `.labels()` or count locally
-(`metrics_export.LocalCounter`, `LocalHistogram`, folded in about once a second).
+(`export.LocalCounter`, `LocalHistogram`, folded in about once a second).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from gateway.core.record import Record
 from gateway.metrics import serve as metrics
-from gateway.metrics_export import LocalHistogram
+from gateway.metrics.export import LocalHistogram
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from gateway.core.record import Record
 from gateway.metrics import serve as metrics
-from gateway.metrics_export import LocalCounter
+from gateway.metrics.export import LocalCounter
 
 FORCE_LIMITED = "force_limited"
 RATE_LIMITED = "rate_limited"

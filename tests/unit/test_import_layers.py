@@ -16,9 +16,9 @@ import pytest
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    # Vocabulary and settings; the ops basics that every layer reports through (metrics definitions,
-    # their per-worker export, log format); supervision of forked children, for serve and the sink.
-    ("settings", "core", "metrics", "metrics_export", "metrics_multiproc", "logs", "child_processes"),
+    # Vocabulary and settings; the ops basics that every layer reports through (metrics: every
+    # definition and its per-worker export; log format); supervision of forked children, for serve and the sink.
+    ("settings", "core", "metrics", "logs", "child_processes"),
     # The pure protocol, privacy rules, the durable spool; and the aiohttp answer shapes and body
     # reading, which the edge, every handler and gdpr answer through (so below them, not with http/).
     ("capture", "privacy", "spool", "http.responses"),

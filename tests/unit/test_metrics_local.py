@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from gateway.metrics_export import LocalCounter, LocalHistogram, fold_local_metrics
+from gateway.metrics.export import LocalCounter, LocalHistogram, fold_local_metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 AMOUNTS = (0, 0.0005, 0.001, 0.0011, 0.01, 0.5, 1, 9.99, 10, 11, 1e9, -1)

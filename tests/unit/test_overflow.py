@@ -7,7 +7,7 @@ import pytest
 
 from gateway.core.record import Record
 from gateway.metrics import serve as metrics
-from gateway.metrics_export import fold_local_metrics
+from gateway.metrics.export import fold_local_metrics
 from gateway.settings import ServeSettings
 from gateway.sinks.factory import overflow_router
 from gateway.sinks.overflow import FORCE_LIMITED, MAX_TOKEN_LABELS, RATE_LIMITED, OverflowLimiter, OverflowRouter

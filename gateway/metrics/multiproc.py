@@ -3,7 +3,7 @@
 The library picks its value storage when it is first imported, so `multiprocess_metrics` runs in the
 parent before that (this module imports nothing from it at top level). Every process then writes its
 samples to mmap files in a fresh directory; the scraping worker merges them (`MultiProcessCollector`,
-gateway/metrics_export.py) and a dead worker's live gauges are dropped with `mark_process_dead`.
+gateway/metrics/export.py) and a dead worker's live gauges are dropped with `mark_process_dead`.
 """
 
 from __future__ import annotations

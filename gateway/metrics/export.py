@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from gateway.metrics_multiproc import is_multiprocess
+from gateway.metrics.multiproc import is_multiprocess
 
 SAMPLE_INTERVAL_S = 1.0
 
