@@ -108,13 +108,16 @@ class ChildSupervisor:
     def reaped(self, pid: int) -> None:
         """The process `pid` of a child has exited."""
 
+    def signalled(self, signum: int) -> None:
+        """The parent received `signum` of `passed_on`, before passing it on to the children."""
+
     # --- the supervision ---
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, _frame: self._stop_all(signum))
         for signum in self.passed_on:
-            signal.signal(signum, lambda signum, _frame: self._signal_all(signum))
+            signal.signal(signum, lambda signum, _frame: self._pass_on(signum))
         for child in self.children:
             self._spawn(child)
         self.started()
@@ -214,6 +217,10 @@ class ChildSupervisor:
         self.stopping = True
         for child in self.children:
             child.restart_at = None
+        self._signal_all(signum)
+
+    def _pass_on(self, signum: int) -> None:
+        self.signalled(signum)
         self._signal_all(signum)
 
     def _signal_all(self, signum: int) -> None:
