@@ -38,7 +38,6 @@ class Reloader:
         self.settings = settings
         self.load = load
         self.edge = edge
-        self.switching = asyncio.Lock()
         self.switches: set[asyncio.Task[None]] = set()
 
     def reload(self) -> bool:
@@ -66,18 +65,16 @@ class Reloader:
         return True
 
     async def serve_listeners(self) -> None:
-        """Serve each listener with the edge's SSL context (TLS switched on or off), one reload at a time."""
-        async with self.switching:
-            context = self.edge.ssl_context
-            for listener in list(self.edge.listeners):
-                if listener.ssl_context is context:
-                    continue
-                try:
-                    await listener.serve_with(context)
-                except OSError as exc:  # out of file descriptors: the listener keeps its scheme
-                    log.error("could not switch TLS on a listener; it keeps serving as it did",
-                              extra={"port": listener.port, "error": str(exc)})
-                    continue
+        """Serve each listener with the edge's SSL context (TLS switched on or off)."""
+        context = self.edge.ssl_context
+        for listener in list(self.edge.listeners):
+            try:
+                switched = await listener.serve_with(context)
+            except OSError as exc:  # out of file descriptors: the listener keeps its scheme
+                log.error("could not switch TLS on a listener; it keeps serving as it did",
+                          extra={"port": listener.port, "error": str(exc)})
+                continue
+            if switched:
                 log.info("TLS switched %s for new connections", "on" if context else "off",
                          extra={"port": listener.port})
 

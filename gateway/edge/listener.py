@@ -26,6 +26,8 @@ class Listener:
         self.runner, self.host, self.port, self.reuse_port, self.what = runner, host, port, reuse_port, what
         self.ssl_context: ssl.SSLContext | None = None
         self._servers: list[asyncio.AbstractServer] = []
+        self._switching = asyncio.Lock()  # one switch at a time; the last one asked for wins
+        self._stopped = False
 
     async def start(self, ssl_context: ssl.SSLContext | None) -> None:
         """Bind and serve; a port that cannot be bound raises StartupError (gateway/core/startup.py)."""
@@ -38,10 +40,16 @@ class Listener:
             raise listen_error(exc, self.host, self.port, self.what) from exc
         self._servers, self.ssl_context = [server], ssl_context
 
-    async def serve_with(self, ssl_context: ssl.SSLContext | None) -> None:
-        """Serve new connections with `ssl_context` (None: plain HTTP) on the same sockets."""
-        if not self._servers:  # not started, or stopped
-            return
+    async def serve_with(self, ssl_context: ssl.SSLContext | None) -> bool:
+        """Serve new connections with `ssl_context` (None: plain HTTP) on the same sockets; False if
+        there was nothing to switch (not started, stopped, or already served so)."""
+        async with self._switching:
+            if not self._servers or ssl_context is self.ssl_context:
+                return False
+            await self._serve_with(ssl_context)
+            return True
+
+    async def _serve_with(self, ssl_context: ssl.SSLContext | None) -> None:
         loop = asyncio.get_running_loop()
         sockets = [socket.socket(fileno=os.dup(sock.fileno())) for server in self._servers for sock in server.sockets]
         servers: list[asyncio.AbstractServer] = []
@@ -54,11 +62,15 @@ class Listener:
             for sock in sockets[len(servers):]:
                 sock.close()
             raise
-        self.stop()
-        self._servers, self.ssl_context = servers, ssl_context
+        old, self._servers, self.ssl_context = self._servers, servers, ssl_context
+        for server in old:
+            server.close()
+        if self._stopped:  # stopped (drain) while the new servers started
+            self.stop()
 
     def stop(self) -> None:
         """Stop accepting connections; open ones are left to the runner."""
+        self._stopped = True
         for server in self._servers:
             server.close()
         self._servers = []

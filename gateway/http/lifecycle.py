@@ -90,6 +90,7 @@ async def serve_until_signalled(
         await runner.setup()
         await listener.start(served.ssl_context)
         served.listeners.append(listener)
+        await listener.serve_with(served.ssl_context)  # in case a SIGHUP switched TLS while it bound
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
