@@ -3,15 +3,17 @@
 The rules: SIGTERM/SIGINT are forwarded to every child; a child reports over a pipe once it is ready
 (serving, running), or why it could not start, and a start-up failure stops the others with that
 StartupError; a child that dies after it was ready is restarted with back-off (1 s doubling to 30 s,
-afresh once it ran 60 s), and a crash loop (5 crashes within 60 s) stops the group with one line. A
-child dies with the parent (PR_SET_PDEATHSIG) rather than be orphaned.
+afresh once it ran 60 s), and a crash loop stops the group with one line: 5 crashes in a row (of any
+child) each within 60 s of becoming ready, with no crash of a child that had run longer in between.
+Counting lives rather than wall-clock time makes the rule independent of how long children take to
+start and of the back-off itself (with a 60 s wall-clock window, children that start slowly never
+added up to a loop). A child dies with the parent (PR_SET_PDEATHSIG) rather than be orphaned.
 
 A subclass says what a child runs (`run_child`) and names things in its messages.
 """
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import logging
 import multiprocessing
@@ -20,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
@@ -39,17 +41,15 @@ class RestartPolicy:
     max_delay_s: float = 30.0
     stable_after_s: float = 60.0  # a child that ran this long before dying starts its back-off afresh
     loop_crashes: int = 5
-    loop_window_s: float = 60.0
-    crashes: collections.deque[float] = field(default_factory=collections.deque)  # of any child
+    crashes: int = 0  # crashes in a row, of any child, soon after it became ready
 
-    def crashed(self, now: float, ran_for: float, delay: float) -> float | None:
+    def crashed(self, ran_for: float, delay: float) -> float | None:
         """The delay before restarting a child whose current back-off is `delay`; None: a crash loop."""
-        self.crashes.append(now)
-        while self.crashes[0] < now - self.loop_window_s:
-            self.crashes.popleft()
-        if len(self.crashes) >= self.loop_crashes:
-            return None
-        return self.first_delay_s if ran_for >= self.stable_after_s else delay
+        if ran_for >= self.stable_after_s:
+            self.crashes = 0
+            return self.first_delay_s
+        self.crashes += 1
+        return None if self.crashes >= self.loop_crashes else delay
 
     def next_delay(self, delay: float) -> float:
         return min(delay * 2, self.max_delay_s)
@@ -108,13 +108,16 @@ class ChildSupervisor:
     def reaped(self, pid: int) -> None:
         """The process `pid` of a child has exited."""
 
+    def signalled(self, signum: int) -> None:
+        """The parent received `signum` of `passed_on`, before passing it on to the children."""
+
     # --- the supervision ---
 
     def run(self) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda signum, _frame: self._stop_all(signum))
         for signum in self.passed_on:
-            signal.signal(signum, lambda signum, _frame: self._signal_all(signum))
+            signal.signal(signum, lambda signum, _frame: self._pass_on(signum))
         for child in self.children:
             self._spawn(child)
         self.started()
@@ -180,10 +183,10 @@ class ChildSupervisor:
 
     def _crashed(self, child: Child, code: int, ran_for: float) -> None:
         now = time.monotonic()
-        delay = self.policy.crashed(now, ran_for, child.delay)
+        delay = self.policy.crashed(ran_for, child.delay)
         if delay is None:
-            why = (f"crash loop: {len(self.policy.crashes)} crashes within {self.policy.loop_window_s:g} s; "
-                   f"{self.group_name} stopped")
+            why = (f"crash loop: {self.policy.crashes} crashes in a row, each within "
+                   f"{self.policy.stable_after_s:g} s of starting; {self.group_name} stopped")
             self._fail(StartupError(f"{self.child_name} {child.index}", f"exit code {code}", why))
             return
         self.log.error(f"{self.child_name} %d died (exit code %s) after {self.ready_word} %.1fs; restarting it in %gs",
@@ -214,6 +217,10 @@ class ChildSupervisor:
         self.stopping = True
         for child in self.children:
             child.restart_at = None
+        self._signal_all(signum)
+
+    def _pass_on(self, signum: int) -> None:
+        self.signalled(signum)
         self._signal_all(signum)
 
     def _signal_all(self, signum: int) -> None:

@@ -129,14 +129,15 @@ def run_command(args: argparse.Namespace) -> int:
         # update); more need multiprocess mode, chosen before the components import the library.
         multi_worker = requested(ServeSettings, args, "workers") > 1
         with multiprocess_metrics() if multi_worker else contextlib.nullcontext():
-            from gateway.http.components import build_components, check_components
+            from gateway.edge.setup import Edge
+            from gateway.http.components import build_components
             from gateway.supervisor import serve
 
-            def load_checked() -> ServeSettings:
-                return check_components(load(ServeSettings, args))
+            def reload_edge() -> Edge:  # SIGHUP: everything built once, as at start; its edge applies
+                return build_components(load(ServeSettings, args).validate()).edge
 
             settings = load(ServeSettings, args).validate()
-            return serve(settings, build_components(settings), load_checked)
+            return serve(settings, build_components(settings), reload_edge)
     if args.command == "config":
         from gateway.config_check import config_command
 

@@ -1,7 +1,8 @@
 """Runs `gateway serve`: one process, or N worker processes sharing the port with SO_REUSEPORT.
 
 The components built at start (gateway/http/components.py) are every worker's first; a worker
-restarted after a crash builds its own afresh (re-reading certificate and key files, as a start does).
+restarted after a crash builds its own afresh (re-reading certificate and key files, as a start does),
+from the settings as the last SIGHUP applied them.
 
 Start-up failures (a port in use, an unusable --data-dir, a locked spool) are StartupErrors
 (gateway/core/startup.py), printed by gateway.cli as one line. The start-up line is logged only once
@@ -19,16 +20,18 @@ import os
 import signal
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from gateway.child_processes import Child, ChildSupervisor
 from gateway.core.startup import CONFIG_EXIT, StartupError
+from gateway.edge.setup import plan_reload
 from gateway.http.announce import announce
 from gateway.http.components import Components
 from gateway.http.worker import Loader, run_worker
 from gateway.logs import configure_logging
 from gateway.metrics.multiproc import process_exited
-from gateway.settings import ServeSettings
+from gateway.settings import ConfigError, ServeSettings
 from gateway.settings.fields import warn_unknown_env
 
 log = logging.getLogger("gateway.serve")
@@ -100,3 +103,14 @@ class WorkerSupervisor(ChildSupervisor):
 
     def reaped(self, pid: int) -> None:
         process_exited(pid)
+
+    def signalled(self, signum: int) -> None:
+        """SIGHUP: the workers reload themselves; a worker restarted later starts with what they applied
+        (TLS switched on included), not with the settings of the start."""
+        if signum != signal.SIGHUP or self.load is None:
+            return
+        try:
+            new = self.load().settings
+        except ConfigError:  # each worker logs and counts it
+            return
+        self.settings = replace(plan_reload(self.settings, new).settings, log_level=new.log_level)

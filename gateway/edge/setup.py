@@ -14,22 +14,22 @@ import logging
 import ssl
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from aiohttp import web
 
-from gateway.core.startup import listen_error
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import CorsPolicy
 from gateway.edge.headers import omit_server_header, security_headers
+from gateway.edge.listener import Listener
 from gateway.edge.policy import EdgePolicy, Handler, RoutePolicy
 from gateway.edge.ratelimit import RateLimits, SlidingWindow, route_rates
 from gateway.edge.ratelimit_sync import RedisRateSync
 from gateway.edge.tls import reload_certificate, server_ssl_context
 from gateway.edge.tokens import TokenPolicy
 from gateway.settings import ConfigError, ServeSettings
+from gateway.settings.secrets import read_secret
 from gateway.settings.serve import DEFAULT_IP_RATE, DEFAULT_IP_RATES
 
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
@@ -43,7 +43,6 @@ RELOADABLE = (
     "rate_limit_ip", "rate_limit_token", "allow_tokens", "drop_events", "cors_origins",
     "admin_allow_cidrs", "admin_token_file", "max_in_flight", "tls_cert", "tls_key",
 )
-TLS_FILES = ("tls_cert", "tls_key")
 SHARED_RATES = ("rate_limit_ip", "rate_limit_token")
 
 
@@ -56,16 +55,12 @@ class ReloadPlan:
 
 
 def plan_reload(running: ServeSettings, new: ServeSettings) -> ReloadPlan:
-    """The RELOADABLE settings of `new` apply live, except:
-    - TLS switched on or off (a new listener): tls_cert/tls_key need a restart; a new certificate for a
-      running TLS listener applies live;
-    - rate limits shared through Redis (their windows are registered with the sync task) need a restart.
-    Every other setting keeps its running value (gateway/reload.py reports those as needing a restart)."""
+    """The RELOADABLE settings of `new` apply live (TLS switched on or off, or a new certificate, too),
+    except rate limits shared through Redis (their windows are registered with the sync task): those
+    need a restart. Every other setting keeps its running value (gateway/reload.py reports those as
+    needing a restart)."""
     settings = replace(running, **{name: getattr(new, name) for name in RELOADABLE})
     restart: list[str] = []
-    if bool(running.tls_cert) != bool(new.tls_cert):
-        restart += [name for name in TLS_FILES if getattr(running, name) != getattr(new, name)]
-        settings = replace(settings, **{name: getattr(running, name) for name in TLS_FILES})
     if not running.rate_limit_storage.startswith("memory://"):
         restart += [name for name in SHARED_RATES if getattr(running, name) != getattr(new, name)]
         settings = replace(settings, **{name: getattr(running, name) for name in SHARED_RATES})
@@ -94,6 +89,7 @@ class Edge:
     tokens: TokenPolicy
     management: dict[str, tuple[Handler, RoutePolicy]] = field(default_factory=dict)
     aliases: tuple[PathAlias, ...] = ()
+    listeners: list[Listener] = field(default_factory=list)  # this worker's, once bound (SIGHUP re-serves them)
 
     @classmethod
     def from_settings(cls, settings: ServeSettings, route_names: Iterable[str]) -> Edge:
@@ -139,27 +135,35 @@ class Edge:
             aliases = parse_aliases(settings.path_alias)
         return cls(settings, policy, client_ip, limits, methods, context, tokens, aliases=aliases)
 
-    def reload(self, settings: ServeSettings) -> list[str]:
-        """Apply the RELOADABLE settings in place (SIGHUP), keeping connections and unchanged rate windows.
+    def reload(self, fresh: Edge) -> list[str]:
+        """Apply the RELOADABLE settings of `fresh` (the edge built from the new settings, SIGHUP) in place,
+        keeping connections and unchanged rate windows. TLS switched on or off takes the fresh SSL
+        context (the caller serves `listeners` with it); a certificate for TLS that stays on is loaded
+        into the running context, for new connections.
 
         Returns the changed settings that still need a restart (`plan_reload`). Raises ConfigError,
-        applying nothing, if a value is invalid.
+        applying nothing, if the certificate cannot be loaded.
         """
         running = self.settings
-        # Built from every new value (a certificate to switch TLS on included): an invalid one fails here.
-        fresh = Edge.from_settings(replace(running, **{name: getattr(settings, name) for name in RELOADABLE}),
-                                   self.methods)
-        plan = plan_reload(running, settings)
+        plan = plan_reload(running, fresh.settings)
         pinned = plan.settings
-        if self.ssl_context is not None and settings.tls_cert:  # TLS stays on
+        if self.ssl_context is not None and fresh.ssl_context is not None:  # TLS stays on
             # Always re-read (a renewed certificate usually keeps its file name); before anything else
             # is applied, so a failure leaves the running configuration whole.
             with _setting("tls_cert"):
                 reload_certificate(self.ssl_context, pinned.tls_cert, pinned.tls_key)
             log.info("TLS certificate reloaded for new connections", extra={"tls_cert": str(pinned.tls_cert)})
+        else:
+            self.ssl_context = fresh.ssl_context
+        self.policy.headers = security_headers(
+            tls=self.ssl_context is not None,
+            hsts_max_age=running.hsts_max_age,
+            content_security_policy=running.content_security_policy,
+        )
         if running.rate_limit_storage.startswith("memory://"):
-            by_ip = _keep_unchanged(self.rate_limits.by_ip, fresh.rate_limits.by_ip)
-            by_token = _keep_unchanged(self.rate_limits.by_token, fresh.rate_limits.by_token)
+            served, fresh_served = list(self.methods), set(fresh.methods)
+            by_ip = _keep_unchanged(self.rate_limits.by_ip, fresh.rate_limits.by_ip, served, fresh_served)
+            by_token = _keep_unchanged(self.rate_limits.by_token, fresh.rate_limits.by_token, served, fresh_served)
         else:
             by_ip, by_token = self.rate_limits.by_ip, self.rate_limits.by_token
         self.rate_limits.by_ip, self.rate_limits.by_token = by_ip, by_token
@@ -169,6 +173,7 @@ class Edge:
         self.tokens.configure(pinned.allow_tokens, pinned.drop_events, by_token)
         self.policy.cors = fresh.policy.cors
         self.policy.admin = fresh.policy.admin
+        self.policy.admin.client_ip = self.client_ip  # trusted proxies are not reloaded
         self.policy.max_in_flight = fresh.policy.max_in_flight
         self.settings = pinned
         return list(plan.restart)
@@ -204,20 +209,22 @@ class Edge:
             sync = RedisRateSync(
                 settings.rate_limit_storage, self.rate_limits.windows(), settings.rate_limit_sync_interval
             )
-        runner = await self._start_management() if self.management else None
+        admin = await self._start_management() if self.management else None
         task = asyncio.create_task(sync.run()) if sync else None
         try:
             yield
         finally:
-            if runner is not None:
-                await runner.cleanup()
+            if admin is not None:
+                admin.stop()
+                self.listeners.remove(admin)
+                await admin.runner.cleanup()
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
                 await sync.close()
 
-    async def _start_management(self) -> web.AppRunner:
+    async def _start_management(self) -> Listener:
         admin_app = web.Application(middlewares=[self.policy.middleware])
         admin_app.on_response_prepare.append(omit_server_header)
         for path, (handler, policy) in self.management.items():
@@ -225,36 +232,30 @@ class Edge:
         runner = web.AppRunner(admin_app, access_log=None)
         await runner.setup()
         # Every worker binds the same admin port, as they do the main one.
-        settings = self.settings
-        site = web.TCPSite(
-            runner, settings.host, settings.admin_port, ssl_context=self.ssl_context, reuse_port=True
-        )
+        listener = Listener(runner, self.settings.host, self.settings.admin_port, reuse_port=True, what="--admin-port")
         try:
-            await site.start()
-        except OSError as exc:
+            await listener.start(self.ssl_context)
+        except BaseException:
             await runner.cleanup()
-            raise listen_error(exc, settings.host, settings.admin_port, "--admin-port") from exc
-        return runner
+            raise
+        self.listeners.append(listener)
+        return listener
 
 
 def _keep_unchanged(
-    running: dict[str, SlidingWindow], fresh: dict[str, SlidingWindow]
+    running: dict[str, SlidingWindow], fresh: dict[str, SlidingWindow], served: Iterable[str], fresh_served: set[str]
 ) -> dict[str, SlidingWindow]:
-    """The fresh windows, except that a route whose rate did not change keeps its window and counts."""
+    """The fresh windows of the served routes, except that a route whose rate did not change keeps its
+    window and counts (and one the new settings no longer serve keeps its window until the restart)."""
     kept = {}
-    for route, window in fresh.items():
-        old = running.get(route)
-        same = old is not None and (old.amount, old.period) == (window.amount, window.period)
-        kept[route] = old if same else window
+    for route in served:
+        old, window = running.get(route), fresh.get(route)
+        same_rate = old and window and (old.amount, old.period) == (window.amount, window.period)
+        if route not in fresh_served or same_rate:
+            window = old
+        if window is not None:
+            kept[route] = window
     return kept
-
-
-def read_secret(path: Path) -> str:
-    """A secret kept in a file (never in a flag, where `ps` would show it)."""
-    secret = path.read_text().strip()
-    if not secret:
-        raise ValueError(f"{path} is empty")
-    return secret
 
 
 @contextlib.contextmanager

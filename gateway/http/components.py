@@ -11,11 +11,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.edge.setup import Edge, read_secret
+from gateway.edge.setup import Edge
 from gateway.http.capture import RouteSpec
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.proxy.routes import PROXY_FAMILIES
 from gateway.settings import ConfigError, ServeSettings
+from gateway.settings.secrets import read_secret
 from gateway.spool.crypto import Keyring, SpoolKeyError, load_keyring
 from gateway.upstream.hosts import Upstreams
 
@@ -73,7 +74,7 @@ def build_components(settings: ServeSettings) -> Components:
 
 
 def check_components(settings: ServeSettings) -> ServeSettings:
-    """Validate the values, then build the components (`config check`, and every SIGHUP's new settings)."""
+    """Validate the values, then build the components (`config check`)."""
     build_components(settings.validate())
     return settings
 

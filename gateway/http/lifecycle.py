@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from gateway.core.readiness import Readiness
-from gateway.core.startup import listen_error
+from gateway.edge.listener import Listener
 from gateway.settings import ServeSettings
 
 POLL_S = 0.05
@@ -31,6 +31,14 @@ class RequestCounts(Protocol):
 
     in_flight: int
     finished: int  # requests answered since start
+
+
+class Served(Protocol):
+    """The edge (gateway/edge/setup.py): the TLS context to bind with (read once the app has started,
+    so a SIGHUP meanwhile counts), and the listeners a SIGHUP switches to a new one."""
+
+    ssl_context: ssl.SSLContext | None
+    listeners: list[Listener]
 
 
 class Drain:
@@ -65,7 +73,7 @@ async def serve_until_signalled(
     host: str,
     port: int,
     reuse_port: bool,
-    ssl_context: ssl.SSLContext | None,
+    served: Served,
     shutdown_timeout: float,
     drain: Drain,
     requests: RequestCounts,
@@ -77,13 +85,12 @@ async def serve_until_signalled(
     A listener that cannot bind raises StartupError (gateway/core/startup.py).
     """
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **options)
+    listener = Listener(runner, host, port, reuse_port=reuse_port)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise listen_error(exc, host, port) from exc
+        await listener.start(served.ssl_context)
+        served.listeners.append(listener)
+        await listener.serve_with(served.ssl_context)  # in case a SIGHUP switched TLS while it bound
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -91,7 +98,7 @@ async def serve_until_signalled(
         on_serving()
         await stop.wait()
         drain.active = True
-        await site.stop()  # no new connections
+        listener.stop()  # no new connections
         started, finished_before = loop.time(), requests.finished
         log.info("draining: stopped accepting connections; waiting up to %gs for %d in-flight request(s)",
                  shutdown_timeout, requests.in_flight, extra={"in_flight": requests.in_flight})
@@ -100,6 +107,7 @@ async def serve_until_signalled(
             await asyncio.sleep(POLL_S)
         cut_off, finished = requests.in_flight, requests.finished - finished_before  # before cleanup cancels
     except BaseException:
+        listener.stop()
         try:  # after a failed start: close whatever had started, and report the failure itself
             await runner.cleanup()
         except Exception:

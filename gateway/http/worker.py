@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import uvloop
 
+from gateway.edge.setup import Edge
 from gateway.embedded import SpoolFillWatch
 from gateway.http.app import DRAIN_KEY, EDGE_KEY, build_app
 from gateway.http.components import Components, build_components
@@ -17,7 +18,7 @@ from gateway.settings import ServeSettings
 from gateway.sinks.factory import build_sink
 from gateway.sinks.spool import SpoolSink
 
-Loader = Callable[[], ServeSettings]
+Loader = Callable[[], Edge]  # the edge of the components built from the configuration as it now reads
 
 
 def run_worker(
@@ -49,7 +50,7 @@ def run_worker(
             host=settings.host,
             port=settings.port,
             reuse_port=settings.workers > 1,
-            ssl_context=edge.ssl_context,
+            served=edge,
             shutdown_timeout=settings.shutdown_timeout,
             drain=app[DRAIN_KEY],
             requests=edge.policy,

@@ -59,6 +59,7 @@ def check_components(settings: SinkSettings) -> SinkSettings:
 
 def supervise_sinks(settings: SinkSettings) -> int:
     """`--processes N`: N sink processes in one consumer group under a supervising parent."""
+    import gateway.sinkworker.app  # noqa: F401  imported once here, not again by every restarted child
     from gateway.logs import configure_logging
     from gateway.sinkworker.supervisor import SinkSupervisor
 

@@ -1,11 +1,13 @@
-"""Signals on a real `gateway serve`: SIGHUP reloads policy live, SIGTERM drains in-flight requests."""
+"""Signals on a real `gateway serve`: SIGHUP reloads policy and TLS live, SIGTERM drains in-flight requests."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import signal
 import socket
 import ssl
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 import requests
 
 from gateway.edge.certs import write_dev_cert
-from tests.support.processes import GatewayProcess, spool_dump
+from tests.support.processes import GatewayProcess, free_port, spool_dump
 
 OLD_ORIGIN = "https://old.example.com"
 NEW_ORIGIN = "https://new.example.com"
@@ -29,8 +31,11 @@ def write_config(path: Path, origin: str, rate: str) -> None:
     path.write_text(f'cors_origins = ["{origin}"]\nrate_limit_ip = ["events={rate}"]\n')
 
 
-def post_on(conn: http.client.HTTPConnection, origin: str) -> http.client.HTTPResponse:
-    conn.request("POST", "/e/", body=event_body(), headers={"Origin": origin, "Content-Type": "application/json"})
+def post_on(
+    conn: http.client.HTTPConnection, origin: str, headers: dict[str, str] | None = None
+) -> http.client.HTTPResponse:
+    headers = {"Origin": origin, "Content-Type": "application/json", **(headers or {})}
+    conn.request("POST", "/e/", body=event_body(), headers=headers)
     response = conn.getresponse()
     response.read()
     return response
@@ -135,3 +140,96 @@ def test_sighup_reloads_the_tls_certificate_for_new_connections_only(tmp_path: P
             requests.post(gateway.url + "/e/", data=event_body(), verify=str(old_cert), timeout=5)
         assert post_on(kept, OLD_ORIGIN).status == 200  # the open connection was not dropped
         kept.close()
+
+
+class ConnectWatch:
+    """Opens TCP connections to a port in a loop (on a thread) and counts the refused ones."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.attempts, self.refused = port, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.attempts += 1
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=2).close()
+            except ConnectionRefusedError:
+                self.refused += 1
+            time.sleep(0.002)
+
+    def __enter__(self) -> ConnectWatch:
+        self._thread.start()
+        self.wait_attempts(5)
+        return self
+
+    def wait_attempts(self, count: int) -> None:
+        wait_for(lambda: self.attempts >= count)
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait_attempts(self.attempts + 5)  # some after the change too
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_sighup_switches_tls_on_and_off_with_redis_shared_limits(tmp_path: Path, redis_url: str) -> None:
+    cert, key = write_dev_cert(tmp_path / "certs", ["127.0.0.1"])
+    config = tmp_path / "gateway.toml"
+    config.write_text("")
+    client = {"X-Forwarded-For": f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.9"}  # fresh in Redis
+    shared = ("--rate-limit-storage", redis_url, "--rate-limit-sync-interval", "0.05",
+              "--rate-limit-ip", "events=10/hour", "--trusted-proxy-cidrs", "127.0.0.1/32")
+    admin_port = free_port()
+    with GatewayProcess(tmp_path / "data", "--config", str(config), "--workers", "2", "--admin-port", str(admin_port),
+                        *shared) as gateway:
+        assert requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).status_code == 200
+        https_url = f"https://127.0.0.1:{gateway.port}/e/"
+        kept = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=5)
+        assert post_on(kept, OLD_ORIGIN, client).status == 200
+
+        config.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+        with ConnectWatch(gateway.port) as watch:
+            gateway.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: gateway.log().count("TLS switched on") == 4)  # main and admin port, by both workers
+        assert watch.refused == 0
+        statuses = [requests.post(https_url, data=event_body(), headers=client, verify=str(cert), timeout=5).status_code
+                    for _ in range(4)]
+        assert statuses == [200] * 4
+        response = requests.get(f"https://127.0.0.1:{gateway.port}/_readiness", verify=str(cert), timeout=5)
+        assert response.headers.get("Strict-Transport-Security")  # the edge knows it serves TLS now
+        assert requests.get(f"https://127.0.0.1:{admin_port}/metrics", verify=str(cert), timeout=5).status_code == 200
+        with pytest.raises(requests.exceptions.ConnectionError):  # a new plain connection is not served
+            requests.post(gateway.url + "/e/", data=event_body(), timeout=5)
+        assert post_on(kept, OLD_ORIGIN, client).status == 200  # the open plain connection was not dropped
+        kept.close()
+        reloaded = [orjson.loads(line) for line in gateway.log().splitlines() if "configuration reloaded" in line]
+        assert {"tls_cert", "tls_key"} <= set(reloaded[0]["applied"]) and reloaded[0]["needs_restart"] == []
+
+        # The limit is still shared through Redis: a second gateway learns this client's 6 requests.
+        with GatewayProcess(tmp_path / "data2", *shared, name="second") as second:
+            time.sleep(0.3)  # a few sync intervals
+            seen = []
+            for _ in range(6):
+                seen.append(requests.post(second.url + "/e/", data=event_body(), headers=client, timeout=5).status_code)
+                time.sleep(0.15)
+        assert seen == [200] * 4 + [429] * 2
+
+        # A worker restarted after a crash serves what the SIGHUP applied, not the settings of the start.
+        pid = gateway.process.pid
+        os.kill(int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0]), signal.SIGKILL)
+        wait_for(lambda: "serving again" in gateway.log(), 30)
+        for _ in range(10):  # new connections, spread over both workers
+            response = requests.get(f"https://127.0.0.1:{gateway.port}/_readiness", verify=str(cert), timeout=5,
+                                    headers={"Connection": "close"})
+            assert response.status_code == 200
+
+        config.write_text("")
+        with ConnectWatch(gateway.port) as watch:
+            gateway.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: gateway.log().count("TLS switched off") == 4)
+        assert watch.refused == 0
+        response = requests.get(gateway.url + "/_readiness", timeout=5)
+        assert response.status_code == 200 and "Strict-Transport-Security" not in response.headers
+        assert requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).status_code == 200
+        assert gateway.terminate() == 0

@@ -191,7 +191,9 @@ def test_a_crash_loop_stops_the_gateway_with_one_error_line(tmp_path: Path) -> N
         gateway.stop()
     last = gateway.log_path.read_text().splitlines()[-1]
     assert last.startswith("gateway: error: worker ")
-    assert last.endswith("(exit code -9): crash loop: 5 crashes within 60 s; gateway stopped")
+    assert last.endswith(
+        "(exit code -9): crash loop: 5 crashes in a row, each within 60 s of starting; gateway stopped"
+    )
     assert [entry["restart_in"] for entry in messages(gateway, "died")] == [1.0, 1.0, 2.0, 2.0]
 
 

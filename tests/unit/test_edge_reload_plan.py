@@ -1,5 +1,5 @@
 """plan_reload, the edge's SIGHUP diff as a pure function: each changed setting is applied live or
-needs a restart, with in-memory and with Redis-shared rate limits (README: "TLS on/off needs a restart")."""
+needs a restart, with in-memory and with Redis-shared rate limits (TLS on/off applies live with both)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ TLS_ON = {"tls_cert": Path("/certs/a.pem"), "tls_key": Path("/certs/a.key")}
 TLS_OTHER = {"tls_cert": Path("/certs/b.pem"), "tls_key": Path("/certs/b.key")}
 TLS_OFF = {"tls_cert": None, "tls_key": None}
 NONE: frozenset[str] = frozenset()
-TLS_FILES = frozenset({"tls_cert", "tls_key"})
 
 # (case, running settings, new settings, storage → the changed settings that need a restart; the
 # others apply live)
@@ -36,12 +35,12 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any], dict[str, frozenset[str]]
     ("max_in_flight", {}, {"max_in_flight": 7}, {MEMORY: NONE, REDIS: NONE}),
     ("new certificate", TLS_ON, {"tls_cert": TLS_OTHER["tls_cert"]}, {MEMORY: NONE, REDIS: NONE}),
     ("new key", TLS_ON, {"tls_key": TLS_OTHER["tls_key"]}, {MEMORY: NONE, REDIS: NONE}),
-    ("TLS switched on", TLS_OFF, TLS_ON, {MEMORY: TLS_FILES, REDIS: TLS_FILES}),
-    ("TLS switched off", TLS_ON, TLS_OFF, {MEMORY: TLS_FILES, REDIS: TLS_FILES}),
+    ("TLS switched on", TLS_OFF, TLS_ON, {MEMORY: NONE, REDIS: NONE}),
+    ("TLS switched off", TLS_ON, TLS_OFF, {MEMORY: NONE, REDIS: NONE}),
     ("TLS on with a new certificate file only", {"tls_key": TLS_ON["tls_key"]}, {"tls_cert": TLS_ON["tls_cert"]},
-     {MEMORY: frozenset({"tls_cert"}), REDIS: frozenset({"tls_cert"})}),
+     {MEMORY: NONE, REDIS: NONE}),
     ("TLS on and a new rate", TLS_OFF, TLS_ON | {"rate_limit_ip": ("events=9/second",)},
-     {MEMORY: TLS_FILES, REDIS: TLS_FILES | {"rate_limit_ip"}}),
+     {MEMORY: NONE, REDIS: frozenset({"rate_limit_ip"})}),
 ]
 
 
@@ -72,12 +71,16 @@ def test_every_reloadable_setting_is_in_the_table() -> None:
 
 
 @pytest.mark.parametrize("storage", [MEMORY, REDIS])
-def test_tls_switched_on_by_reload_is_reported_and_not_half_applied(storage: str, tmp_path: Path) -> None:
+def test_tls_switched_on_and_off_by_reload_takes_the_fresh_context(storage: str, tmp_path: Path) -> None:
     cert, key = write_dev_cert(tmp_path)
     settings = ServeSettings(rate_limit_storage=storage).validate()
     edge = Edge.from_settings(settings, ["events"])
-    restart = edge.reload(dataclasses.replace(settings, tls_cert=cert, tls_key=key,
-                                              cors_origins=("https://a.example",)))
-    assert restart == ["tls_cert", "tls_key"]
+    tls = dataclasses.replace(settings, tls_cert=cert, tls_key=key, cors_origins=("https://a.example",))
+    fresh = Edge.from_settings(tls, ["events"])
+    assert edge.reload(fresh) == []
+    assert edge.ssl_context is fresh.ssl_context and edge.settings.tls_cert == cert
+    assert "Strict-Transport-Security" in dict(edge.policy.headers)  # answers say TLS now
+    assert edge.policy.cors.allowed is not None  # the rest of the reload applies too
+    assert edge.reload(Edge.from_settings(settings, ["events"])) == []
     assert edge.ssl_context is None and edge.settings.tls_cert is None
-    assert edge.policy.cors.allowed is not None  # the rest of the reload still applies
+    assert "Strict-Transport-Security" not in dict(edge.policy.headers)
