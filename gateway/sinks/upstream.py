@@ -176,6 +176,7 @@ class UpstreamRemote:
         self.client = client
         self.timeout = timeout
         self._limit = asyncio.Semaphore(POST_CONCURRENCY)
+        self._urls = {path: self._url(path) for path in ("/batch/", "/s/")}  # built once, not per post
         self._delivered: set[bytes] = set()  # digests of posts that landed in a batch that then failed
 
     async def ping(self) -> bool:
@@ -192,7 +193,14 @@ class UpstreamRemote:
         posts = upstream_posts(records)
         if self._delivered:
             posts = [post for post in posts if post.digest not in self._delivered]
-        results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
+        results: list[BaseException | None]
+        if len(posts) == 1:  # most requests: no gather, so no Task per request
+            try:
+                results = [await self._post(posts[0])]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if not failures:
             self._delivered.clear()
@@ -207,13 +215,16 @@ class UpstreamRemote:
             assert isinstance(first, Rejected)
             raise Rejected(first.message, first.status, sum(f.dropped for f in failures if isinstance(f, Rejected)))
 
+    def _url(self, path: str) -> URL:
+        return URL(str(self.base).rstrip("/") + path, encoded=True)
+
     async def _post(self, post: Post) -> None:
         headers = dict(post.headers)
         headers["X-Forwarded-For"] = post.client_ip
+        url = self._urls.get(post.path) or self._url(post.path)
         async with self._limit:
             response = await self.client.request(
-                "POST", URL(str(self.base).rstrip("/") + post.path, encoded=True), route=f"forward_{post.kind}",
-                headers=headers, body=post.body, timeout=self.timeout,
+                "POST", url, route=f"forward_{post.kind}", headers=headers, body=post.body, timeout=self.timeout,
             )
         status = response.status
         if 200 <= status < 300:
