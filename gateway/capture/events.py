@@ -1,6 +1,9 @@
 """Validated events → Kafka records exactly as PostHog capture writes them (value, key, headers, topic).
 
-This is the one place where topic, partition key and headers are decided.
+This is the one place where topic, partition key and headers are decided. In reverse-proxy forward
+mode (`RecordOptions.upstream`) an event becomes instead an upstream record: the event as an
+upstream PostHog's `/batch/` takes it, encoded once, which the upstream sink joins into its batches
+without decoding it again (gateway/sinks/upstream.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from gateway.core.record import Record
 MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
+UPSTREAM_EVENT_TOPIC = "upstream-event"  # marks an upstream record (see the module doc); never a Kafka topic
 
 
 @dataclass(slots=True, frozen=True)
@@ -56,6 +60,8 @@ class RecordOptions:
     topics: Topics = Topics()
     # Reroute main events older than this to the historical topic (PostHog's ENABLE_HISTORICAL_REROUTING).
     historical_rerouting_after: timedelta | None = None
+    # Build upstream records (forward mode: the upstream sink is the only sink) instead of Kafka records.
+    upstream: bool = False
 
 
 def extract_distinct_id(event: RawEvent) -> str:
@@ -104,6 +110,7 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
     historical_request = parsed.historical_migration
     default_topic = topics.historical if historical_request else topics.main
     rerouting_after = options.historical_rerouting_after
+    upstream = options.upstream
     token, sent_at, now, client_ip = parsed.token, parsed.sent_at, context.now, context.client_ip
     records = []
     for event in parsed.events:
@@ -126,6 +133,9 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
             if not historical and rerouting_after is not None and now - timestamp > rerouting_after:
                 topic, historical = topics.historical, True
         ip = "127.0.0.1" if "capture_internal" in properties else client_ip
+        if upstream:
+            records.append(_upstream_record(shared, distinct_id, ip, event, timestamp, historical))
+            continue
         records.append(
             _record(topic, f"{token}:{ip if cookieless else distinct_id}", uuid, distinct_id, ip, event, shared,
                     name, timestamp, cookieless, historical)
@@ -217,3 +227,22 @@ def _record(
         value["historical_migration"] = True
         headers += (("historical_migration", b"true"),)
     return Record(topic, key.encode(), headers, orjson.dumps(value))
+
+
+def _upstream_record(
+    shared: _RequestFields, distinct_id: str, ip: str, event: RawEvent, timestamp: datetime, historical: bool
+) -> Record:
+    """The event with `timestamp` = the time computed at receipt and no `offset`, so that the upstream
+    takes it as is (an event replayed from the spool an hour late is not an hour late). The headers
+    are what the upstream sink groups batches by, and what a GDPR purge of its spool matches on.
+    Changes `event` in place: nothing reads a request's events after its records are built."""
+    event["timestamp"] = rfc3339_and_millis(timestamp)[0]
+    event.pop("offset", None)
+    headers: tuple[tuple[str, bytes], ...] = (
+        ("token", shared.token_header),
+        ("distinct_id", distinct_id.encode()),
+        ("ip", ip.encode()),
+    )
+    if historical:
+        headers += (("historical_migration", b"true"),)
+    return Record(UPSTREAM_EVENT_TOPIC, None, headers, orjson.dumps(event))

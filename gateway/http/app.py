@@ -25,7 +25,7 @@ from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import Proxy
 from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
-from gateway.sinks.factory import topics_from
+from gateway.sinks.factory import forwards_only, topics_from
 from gateway.spool.collector import SpoolCollector
 
 SINK_KEY = web.AppKey("sink", Sink)
@@ -60,7 +60,8 @@ def build_app(
     handler = CaptureHandler(
         sink=sink,
         limits=DecodeLimits(settings.max_decompressed_bytes, settings.max_compression_ratio),
-        options=RecordOptions(topics=topics_from(settings), historical_rerouting_after=rerouting),
+        options=RecordOptions(topics=topics_from(settings), historical_rerouting_after=rerouting,
+                              upstream=forwards_only(settings, components.upstreams)),
         client_ip=edge.client_ip,
         tokens=edge.tokens,
         body_read_timeout=settings.body_read_timeout,

@@ -76,6 +76,11 @@ def producer_config(settings: ServeSettings) -> dict[str, Any]:
     return config
 
 
+def forwards_only(settings: ServeSettings, upstreams: Upstreams) -> bool:
+    """Forward mode: the upstream sink is the only sink, so capture builds upstream records for it."""
+    return upstreams.api is not None and settings.upstream_events_mode == "forward"
+
+
 def build_sink(settings: ServeSettings, worker: int, upstreams: Upstreams, keyring: Keyring | None) -> Sink:
     """The local sink, or with an upstream (reverse-proxy mode) the upstream sink, or both (mirror).
 
@@ -83,7 +88,7 @@ def build_sink(settings: ServeSettings, worker: int, upstreams: Upstreams, keyri
     if upstreams.api is None or settings.upstream_events_mode == "off":
         return local_sink(settings, worker, keyring)
     upstream = upstream_sink(settings, worker, upstreams.api, keyring)
-    if settings.upstream_events_mode == "forward":
+    if forwards_only(settings, upstreams):
         return upstream
     return TeeSink(local_sink(settings, worker, keyring), upstream)
 

@@ -1,12 +1,15 @@
 """Forwards captured events to an upstream PostHog over HTTP, as durable as the Kafka sink.
 
-The pipeline's records are Kafka records (CapturedEvent JSON). They are turned back into PostHog
-requests:
+Records are turned back into PostHog requests:
 - analytics events → `POST /batch/` `{api_key, batch, historical_migration?}`, one request per
   (token, client IP, historical): PostHog takes the IP of every event in a request from its
-  X-Forwarded-For, so events of different clients never share a request;
+  X-Forwarded-For, so events of different clients never share a request. In forward mode each event
+  arrives as an upstream record, already encoded as the upstream takes it (gateway/capture/events.py):
+  the body joins those bytes, also when replayed from the spool. Kafka records (CapturedEvent JSON:
+  mirror mode, or spooled by an older gateway) are decoded and re-encoded into the same bytes;
 - replay (`$snapshot_items`) → `POST /s/`, one `$snapshot` event per record (PostHog re-joins it);
 - pass-through records (raw requests, `--upstream-passthrough`) → re-sent byte for byte.
+Bodies are gzipped at level 1: about 3x cheaper than level 5 for some 15 % more bytes.
 
 Timestamps: the upstream must not re-apply clock-skew correction with its own (later) `now`, or an
 event replayed from the spool an hour late would be an hour late. Each event is therefore sent with
@@ -32,6 +35,7 @@ from typing import Any
 import orjson
 from yarl import URL
 
+from gateway.capture.events import UPSTREAM_EVENT_TOPIC
 from gateway.core.record import Record
 from gateway.metrics import serve as metrics
 from gateway.sinks.failover import FailoverMetrics, FailoverSink, Rejected
@@ -44,6 +48,8 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # PostHog's /batch/ takes 20 MiB; stay well u
 POST_CONCURRENCY = 16  # events of different client IPs cannot share a request
 RETRYABLE_4XX = frozenset({404, 408, 429})
 USER_AGENT = "posthog-gateway"
+GZIP_LEVEL = 1
+_JSON_GZIP_HEADERS = (("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("User-Agent", USER_AGENT))
 _RAW_HEADERS = ("content-type", "content-encoding", "user-agent")
 
 UPSTREAM_METRICS = FailoverMetrics(
@@ -75,17 +81,24 @@ class Post:
         return hashlib.blake2b(b"\0".join((self.path.encode(), self.client_ip.encode(), self.body))).digest()
 
 
-def upstream_event(value: Mapping[str, Any]) -> dict[str, Any]:
-    """The raw event with its timestamp fixed to the one computed at receipt (see the module doc)."""
+def upstream_event(value: Mapping[str, Any]) -> bytes:
+    """A Kafka record's raw event with its timestamp fixed to the one computed at receipt, encoded:
+    the bytes an upstream record of the same event holds (see the module doc)."""
     event = orjson.loads(value["data"])
     event["timestamp"] = value["timestamp"]
     event.pop("offset", None)
-    return event
+    return orjson.dumps(event)
 
 
-def _json_post(path: str, client_ip: str, body: dict[str, Any], events: int, kind: str) -> Post:
-    headers = (("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("User-Agent", USER_AGENT))
-    return Post(path, client_ip, gzip.compress(orjson.dumps(body), compresslevel=5, mtime=0), headers, events, kind)
+def _gzip_post(path: str, client_ip: str, body: bytes, events: int, kind: str) -> Post:
+    return Post(path, client_ip, gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0), _JSON_GZIP_HEADERS,
+                events, kind)
+
+
+def _batch_body(token: str, events: Sequence[bytes], historical: bool) -> bytes:
+    """`{"api_key":…,"batch":[…],"historical_migration":true}` around events already encoded."""
+    tail = b'],"historical_migration":true}' if historical else b"]}"
+    return b"".join((b'{"api_key":', orjson.dumps(token), b',"batch":[', b",".join(events), tail))
 
 
 def _replay_post(value: Mapping[str, Any]) -> Post:
@@ -103,7 +116,7 @@ def _replay_post(value: Mapping[str, Any]) -> Post:
             "$snapshot_data": properties["$snapshot_items"],
         },
     }
-    return _json_post("/s/", value["ip"], {"api_key": value["token"], "batch": [snapshot]}, 1, "replay")
+    return _gzip_post("/s/", value["ip"], orjson.dumps({"api_key": value["token"], "batch": [snapshot]}), 1, "replay")
 
 
 def _passthrough_post(record: Record) -> Post:
@@ -116,8 +129,13 @@ def _passthrough_post(record: Record) -> Post:
 def upstream_posts(records: Sequence[Record]) -> list[Post]:
     """Records → upstream requests; events of one (token, client IP, historical) share batches, in order."""
     posts: list[Post] = []
-    groups: dict[tuple[str, str, bool], list[tuple[dict[str, Any], int]]] = {}
+    groups: dict[tuple[str, str, bool], list[bytes]] = {}
     for record in records:
+        if record.topic == UPSTREAM_EVENT_TOPIC:
+            headers = dict(record.headers)
+            key = (headers["token"].decode(), headers["ip"].decode(), "historical_migration" in headers)
+            groups.setdefault(key, []).append(record.value)
+            continue
         if record.topic == PASSTHROUGH_TOPIC:
             posts.append(_passthrough_post(record))
             continue
@@ -126,25 +144,22 @@ def upstream_posts(records: Sequence[Record]) -> list[Post]:
             posts.append(_replay_post(value))
             continue
         key = (value["token"], value["ip"], bool(value.get("historical_migration")))
-        groups.setdefault(key, []).append((upstream_event(value), len(value["data"])))
+        groups.setdefault(key, []).append(upstream_event(value))
     for (token, ip, historical), events in groups.items():
         for chunk in _chunks(events):
-            body: dict[str, Any] = {"api_key": token, "batch": chunk}
-            if historical:
-                body["historical_migration"] = True
-            posts.append(_json_post("/batch/", ip, body, len(chunk), "events"))
+            posts.append(_gzip_post("/batch/", ip, _batch_body(token, chunk, historical), len(chunk), "events"))
     return posts
 
 
-def _chunks(events: list[tuple[dict[str, Any], int]]) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
+def _chunks(events: list[bytes]) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
     size = 0
-    for event, event_size in events:
-        if chunk and (len(chunk) >= MAX_BATCH_EVENTS or size + event_size > MAX_BATCH_BYTES):
+    for event in events:
+        if chunk and (len(chunk) >= MAX_BATCH_EVENTS or size + len(event) > MAX_BATCH_BYTES):
             yield chunk
             chunk, size = [], 0
         chunk.append(event)
-        size += event_size
+        size += len(event)
     if chunk:
         yield chunk
 
@@ -161,6 +176,7 @@ class UpstreamRemote:
         self.client = client
         self.timeout = timeout
         self._limit = asyncio.Semaphore(POST_CONCURRENCY)
+        self._urls = {path: self._url(path) for path in ("/batch/", "/s/")}  # built once, not per post
         self._delivered: set[bytes] = set()  # digests of posts that landed in a batch that then failed
 
     async def ping(self) -> bool:
@@ -174,8 +190,17 @@ class UpstreamRemote:
     async def produce(self, records: Sequence[Record]) -> None:
         """Post every record; on a partial failure, remember which posts landed so that the retry of
         the same spooled batch (re-read identically) does not send them twice."""
-        posts = [post for post in upstream_posts(records) if post.digest not in self._delivered]
-        results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
+        posts = upstream_posts(records)
+        if self._delivered:
+            posts = [post for post in posts if post.digest not in self._delivered]
+        results: list[BaseException | None]
+        if len(posts) == 1:  # most requests: no gather, so no Task per request
+            try:
+                results = [await self._post(posts[0])]
+            except Exception as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if not failures:
             self._delivered.clear()
@@ -190,13 +215,16 @@ class UpstreamRemote:
             assert isinstance(first, Rejected)
             raise Rejected(first.message, first.status, sum(f.dropped for f in failures if isinstance(f, Rejected)))
 
+    def _url(self, path: str) -> URL:
+        return URL(str(self.base).rstrip("/") + path, encoded=True)
+
     async def _post(self, post: Post) -> None:
         headers = dict(post.headers)
         headers["X-Forwarded-For"] = post.client_ip
+        url = self._urls.get(post.path) or self._url(post.path)
         async with self._limit:
             response = await self.client.request(
-                "POST", URL(str(self.base).rstrip("/") + post.path, encoded=True), route=f"forward_{post.kind}",
-                headers=headers, body=post.body, timeout=self.timeout,
+                "POST", url, route=f"forward_{post.kind}", headers=headers, body=post.body, timeout=self.timeout,
             )
         status = response.status
         if 200 <= status < 300:

@@ -155,6 +155,10 @@ def test_outage_spools_then_replays_everything(tmp_path: Path, outage: str) -> N
             by_ip[ip].append(e["uuid"])
     assert by_ip == sent_from
     assert "gateway_upstream_spooling 0.0" in metrics
+    # Forward mode spools each event as the upstream takes it (encoded once, never decoded on replay).
+    spooled = list(iter_records(tmp_path / "upstream-spool" / "worker-0"))
+    assert spooled and {r.topic for r in spooled} == {"upstream-event"}
+    assert {orjson.loads(r.value)["uuid"] for r in spooled} <= set(sent)
 
 
 def test_upstream_refusal_is_the_clients_answer(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
@@ -142,12 +142,13 @@ def test_upstream_hosts_from_settings() -> None:
             parse_serve_settings(argv)
 
 
-def records(body: dict, ip: str, now: datetime) -> list:
+def records(body: dict, ip: str, now: datetime, upstream: bool = False, **options: object) -> list:
     parsed = parse_request(orjson.dumps(body), engage=False, query_sent_at=None)
-    return analytics_records(parsed, RequestContext(client_ip=ip, now=now), RecordOptions())
+    return analytics_records(parsed, RequestContext(client_ip=ip, now=now), RecordOptions(upstream=upstream, **options))
 
 
-def test_rebatching_groups_by_token_ip_and_historical_in_order() -> None:
+@pytest.mark.parametrize("upstream", [False, True], ids=["kafka-records", "upstream-records"])
+def test_rebatching_groups_by_token_ip_and_historical_in_order(upstream: bool) -> None:
     now = datetime(2026, 1, 1, tzinfo=UTC)
 
     def batch(token: str, *names: str, historical: bool = False) -> dict:
@@ -155,9 +156,11 @@ def test_rebatching_groups_by_token_ip_and_historical_in_order() -> None:
                   for i, n in enumerate(names)]
         return {"api_key": token, "batch": events, "historical_migration": historical}
 
-    rs = (records(batch("phc_a", "a1", "a2"), "1.1.1.1", now) + records(batch("phc_b", "b1"), "1.1.1.1", now)
-          + records(batch("phc_a", "a3"), "2.2.2.2", now) + records(batch("phc_a", "a4"), "1.1.1.1", now)
-          + records(batch("phc_a", "h1", historical=True), "1.1.1.1", now))
+    rs = (records(batch("phc_a", "a1", "a2"), "1.1.1.1", now, upstream)
+          + records(batch("phc_b", "b1"), "1.1.1.1", now, upstream)
+          + records(batch("phc_a", "a3"), "2.2.2.2", now, upstream)
+          + records(batch("phc_a", "a4"), "1.1.1.1", now, upstream)
+          + records(batch("phc_a", "h1", historical=True), "1.1.1.1", now, upstream))
     posts = upstream_posts(rs)
     summary = [(p.path, p.client_ip, orjson.loads(gzip.decompress(p.body))) for p in posts]
     assert [(path, ip, body["api_key"], [e["event"] for e in body["batch"]], body.get("historical_migration"))
@@ -167,6 +170,49 @@ def test_rebatching_groups_by_token_ip_and_historical_in_order() -> None:
         ("/batch/", "2.2.2.2", "phc_a", ["a3"], None),
         ("/batch/", "1.1.1.1", "phc_a", ["h1"], True),
     ]
+
+
+UPSTREAM_SHAPES = [
+    {"api_key": "phc_\"q\\", "sent_at": "2025-12-31T23:59:00Z", "batch": [
+        {"event": "$pageview", "distinct_id": "d\u00e9", "properties": {"$current_url": "/x", "n": 1.5e300},
+         "timestamp": "2025-12-31T23:58:30.123Z", "uuid": "00000000-0000-4000-8000-000000000001"},
+        {"event": "offset", "distinct_id": 7, "properties": {"capture_internal": True}, "offset": 1500,
+         "$set": {"a": [1, None]}, "uuid": "00000000-0000-4000-8000-000000000002"},
+        {"event": "old", "properties": {"distinct_id": "p"}, "timestamp": "2020-01-01T00:00:00Z",
+         "uuid": "00000000-0000-4000-8000-000000000003"},
+        {"event": "$exception", "distinct_id": "d", "properties": {"$cookieless_mode": True},
+         "uuid": "00000000-0000-4000-8000-000000000004"},
+    ]},
+    {"api_key": "phc_h", "historical_migration": True, "batch": [
+        {"event": "h", "distinct_id": "d", "properties": {}, "uuid": "00000000-0000-4000-8000-000000000005"},
+        {"event": "$$heatmap", "distinct_id": "d", "uuid": "00000000-0000-4000-8000-000000000006"},
+    ]},
+]
+
+
+@pytest.mark.parametrize("body", UPSTREAM_SHAPES)
+def test_upstream_records_give_the_bodies_kafka_records_give(body: dict) -> None:
+    """Forward mode encodes each event once; the upstream must get exactly what decoding Kafka records gave."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    options = {"historical_rerouting_after": timedelta(days=365)}
+    kafka, upstream = (upstream_posts(records(body, "1.2.3.4", now, shape, **options)) for shape in (False, True))
+    assert len(upstream) > 1  # the shapes above need several requests (historical, internal IP)
+    assert [(p.path, p.client_ip, p.events, gzip.decompress(p.body)) for p in upstream] == [
+        (p.path, p.client_ip, p.events, gzip.decompress(p.body)) for p in kafka
+    ]
+
+
+def test_spooled_kafka_records_and_upstream_records_share_a_batch_in_order() -> None:
+    """A spool written by an older gateway (Kafka records) replays next to the new upstream records."""
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def body(*names: str) -> dict:
+        return {"api_key": "phc_a", "batch": [{"event": n, "distinct_id": "d", "properties": {}} for n in names]}
+
+    rs = records(body("k1"), "1.1.1.1", now) + records(body("u1", "u2"), "1.1.1.1", now, True)
+    rs += records(body("k2"), "1.1.1.1", now)
+    (post,) = upstream_posts(rs)
+    assert [e["event"] for e in orjson.loads(gzip.decompress(post.body))["batch"]] == ["k1", "u1", "u2", "k2"]
 
 
 def test_passthrough_record_round_trip() -> None:
