@@ -24,6 +24,14 @@ from tests.sinkworker.helpers import TOKEN, captured_value, record
 HUGE = {f"key_{i}": "value " * 20 for i in range(8000)}  # ~1.2 MB of properties
 
 
+def around(data: str, number: int = 0, **fields: Any) -> bytes:
+    """A value in capture's key order around a `data` text given verbatim (it may be malformed)."""
+    value = {"uuid": f"0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e{number:04x}", "distinct_id": "d", "ip": "203.0.113.7",
+             "data": data, "now": "2023-09-15T09:15:02.328551+00:00", "token": TOKEN, "event": "e",
+             "timestamp": "2023-09-15T09:15:02.325Z", **fields}  # fmt: skip
+    return orjson.dumps(value)
+
+
 def varied_values() -> list[bytes]:
     """Valid messages of many shapes (each becomes a row)."""
     web = {
@@ -72,6 +80,14 @@ def varied_values() -> list[bytes]:
         captured_value(32, event="", data_extra={"event": "named in data"}),
         captured_value(33, uuid="", data_extra={"uuid": "0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e4f5b"}),
         captured_value(34, distinct_id=["list"], token="phc_third"),
+        # Shapes that trip a parser of JSON text by position (visitParam*-like): exact rows either way.
+        around('{"context":{"properties":{"x":1}},"properties":{"y":2}}', 1),
+        around('{"context":{"properties":{"x":1}}}', 2),
+        around('{"properties":{"$elements_chain":"a","$elements_chain":"b"}}', 3),
+        around('{"properties":{"n":{"$elements_chain":"x"},"$elements_chain":"y"}}', 4),
+        around('{"properties":{"n":{"$process_person_profile":false}}}', 5),
+        around('{"properties": {"a": 1.50, "b": 1E5, "c": "\\u00e9"}}', 6),
+        around('{"properties":{}}', 7, timestamp="2023-02-30T00:00:00Z"),
         orjson.dumps(
             {
                 "uuid": "00000000-0000-0000-0000-00000000001a",
@@ -103,6 +119,15 @@ BAD_VALUES = [
     (captured_value(0, uuid="0190c6b2 7d1e 7a4c 9f3e 4b1c2d3e4f50"), "invalid_uuid"),
     (captured_value(0, uuid="0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e4f5"), "invalid_uuid"),
     (orjson.dumps({"uuid": "x", "data": '{"properties": {"a": 1e400}}'}), "invalid_data"),
+    # Malformed inside a well-formed envelope in capture's key order (what a text-slicing path would pass).
+    (around('{"properties":{"a":tru}}'), "invalid_data"),
+    (around('{"properties":{"a":1,}}'), "invalid_data"),
+    (around('{"properties":{"a":[1}}'), "invalid_data"),
+    (around('{"properties":{"a":1}'), "invalid_data"),
+    (around('{"properties":{"a":"x"}}garbage'), "invalid_data"),
+    (around('{"properties":{"a":1e400}}'), "invalid_data"),
+    (around('{"properties":{}}').replace(b'"d"', b'"d\x01"'), "invalid_json"),  # a raw control character
+    (around('{"properties":{}}').replace(b'"d"', b'"d\xff"'), "invalid_json"),  # not UTF-8
 ]
 
 
