@@ -6,5 +6,6 @@ from __future__ import annotations
 from prometheus_client import Gauge
 
 CLICKHOUSE_REPLICA_UP = Gauge(
-    "gateway_sink_clickhouse_replica_up", "1 while a ClickHouse replica answers, 0 after it failed", ["replica"]
+    "gateway_sink_clickhouse_replica_up", "1 while a ClickHouse replica answers, 0 after it failed", ["replica"],
+    multiprocess_mode="livemin",  # across processes: 0 if any live one saw the replica fail
 )

@@ -3,12 +3,12 @@ operators alert on.
 
 With `--workers` above 1, `gateway serve` runs prometheus-client in multiprocess mode
 (gateway/metrics/multiproc.py, gateway/metrics/export.py) so a scrape of any worker shows the whole
-process group: counters and histograms are summed over workers; a gauge
-with a `multiprocess_mode` combines as declared, one without (mode "all") has a series per worker,
-labelled `pid`. No gauge uses `set_function` (invisible to other processes): per-worker values are
-sampled by `export.GaugeSampler`, spool disk usage is read at scrape time by
-`gateway.spool.collector.SpoolCollector`. Hot paths precompute `.labels()` or count locally
-(`export.LocalCounter`, `LocalHistogram`, folded in about once a second).
+process group: counters and histograms are summed over workers, gauges over live workers (`livesum`)
+or their maximum (`livemax`, for states), so no series outlives the worker that set it. No gauge uses
+`set_function` (invisible to other processes): per-worker values are sampled by
+`export.GaugeSampler`, spool disk usage is read at scrape time by `gateway.spool.collector.SpoolCollector`.
+Hot paths precompute `.labels()` or count locally (`export.LocalCounter`, `LocalHistogram`, folded in
+about once a second).
 """
 
 from __future__ import annotations
@@ -127,18 +127,23 @@ UPSTREAM_ERRORS = Counter(
 UPSTREAM_CIRCUIT_STATE = Gauge(
     "gateway_upstream_circuit_state", "Circuit breaker per upstream host: 0 closed, 1 open, 2 half-open",
     ["upstream"],
+    multiprocess_mode="livemax",
 )
 PROXY_CACHE = Counter(
     "gateway_proxy_cache", "Asset/remote-config cache lookups by result (hit, miss, stale, revalidated)",
     ["result"],
 )
-PROXY_CACHE_BYTES = Gauge("gateway_proxy_cache_bytes", "Bytes held by the asset/remote-config cache")
+PROXY_CACHE_BYTES = Gauge(
+    "gateway_proxy_cache_bytes", "Bytes held by the asset/remote-config caches of all workers",
+    multiprocess_mode="livesum",
+)
 UPSTREAM_FORWARDED_EVENTS = Counter(
     "gateway_upstream_forwarded_events", "Events (or pass-through requests) acknowledged by the upstream",
     ["kind"],
 )
 UPSTREAM_SPOOLING = Gauge(
-    "gateway_upstream_spooling", "1 while captured events go to the local spool instead of the upstream"
+    "gateway_upstream_spooling", "1 while captured events go to the local spool instead of the upstream",
+    multiprocess_mode="livemax",
 )
 UPSTREAM_SPOOLED_RECORDS = Counter(
     "gateway_upstream_spooled_records", "Records spooled because the upstream was unavailable or slow"
