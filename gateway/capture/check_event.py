@@ -35,9 +35,18 @@ class CheckEvents:
         if not any(event["event"] == CHECK_EVENT for event in events):
             return records
         kept = [record for event, record in zip(events, records, strict=True) if event["event"] != CHECK_EVENT]
+        return self._counted(kept, len(records))
+
+    def remove_events(self, events: list[RawEvent]) -> list[RawEvent]:
+        """`events` without the check events (when records are built later, from what is kept)."""
+        if not any(event["event"] == CHECK_EVENT for event in events):
+            return events
+        return self._counted([event for event in events if event["event"] != CHECK_EVENT], len(events))
+
+    def _counted(self, kept: list, total: int) -> list:
         if not kept:  # nothing to deliver: answer what delivering would have answered
             readiness = self._readiness()
             if not readiness.ready:
                 raise ServiceUnavailable(f"events cannot be stored now: {readiness.detail}")
-        self._dropped.inc(len(records) - len(kept))
+        self._dropped.inc(total - len(kept))
         return kept

@@ -114,17 +114,7 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
     token, sent_at, now, client_ip = parsed.token, parsed.sent_at, context.now, context.client_ip
     records = []
     for event in parsed.events:
-        name = event["event"]
-        if not name:
-            raise MissingEventName("missing event name")
-        properties = event["properties"]
-        distinct_id = extract_distinct_id(event)
-        cookieless = properties.get("$cookieless_mode", False)
-        if cookieless is not False and cookieless is not True:
-            raise InvalidCookielessMode("$cookieless_mode must be a boolean")
-        uuid = event["uuid"]
-        if uuid is None:
-            uuid = event["uuid"] = str(uuid_utils.uuid7())
+        name, properties, distinct_id, cookieless, uuid = _checked(event)
         timestamp = event_timestamp(event, sent_at, now)
         topic = special_topics.get(name)
         historical = topic is None and historical_request
@@ -141,6 +131,32 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
                     name, timestamp, cookieless, historical)
         )
     return records
+
+
+def check_events(parsed: ParsedRequest) -> None:
+    """Refuse what `analytics_records` would refuse, and give every event its uuid, without building records.
+
+    After this, `analytics_records` cannot fail on the request: the spool may then hold the request
+    and leave building its records to the reader (gateway/capture/spooled.py).
+    """
+    for event in parsed.events:
+        _checked(event)
+
+
+def _checked(event: RawEvent) -> tuple[str, dict[str, Any], str, bool, str]:
+    """An event's name, properties, distinct_id, cookieless flag and uuid (assigned when missing)."""
+    name = event["event"]
+    if not name:
+        raise MissingEventName("missing event name")
+    properties = event["properties"]
+    distinct_id = extract_distinct_id(event)
+    cookieless = properties.get("$cookieless_mode", False)
+    if cookieless is not False and cookieless is not True:
+        raise InvalidCookielessMode("$cookieless_mode must be a boolean")
+    uuid = event["uuid"]
+    if uuid is None:
+        uuid = event["uuid"] = str(uuid_utils.uuid7())
+    return name, properties, distinct_id, cookieless, uuid
 
 
 def replay_record(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> Record:

@@ -25,7 +25,10 @@ def parse_timestamp(value: str) -> datetime | None:
             return None
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 lies before year 1 in UTC: unusable, as above
+        return None
 
 
 def _parse_other(value: str) -> datetime | None:

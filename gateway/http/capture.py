@@ -8,12 +8,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+import orjson
 from aiohttp import web
 
 from gateway.capture.check_event import CheckEvents
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
-from gateway.capture.events import RecordOptions, RequestContext, analytics_records, replay_record
-from gateway.capture.parse import parse_request
+from gateway.capture.events import (
+    RecordOptions,
+    RequestContext,
+    analytics_records,
+    check_events,
+    replay_record,
+)
+from gateway.capture.parse import ParsedRequest, parse_request
+from gateway.capture.spooled import request_content
 from gateway.capture.timestamps import sent_at_from_query
 from gateway.core.errors import GatewayError
 from gateway.core.record import Record
@@ -24,9 +32,22 @@ from gateway.metrics import serve as metrics
 from gateway.metrics.export import LocalCounter, LocalHistogram
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
+from gateway.sinks.spool import SpoolSink
+from gateway.spool import layout
 
 # Bodies above this are decoded and parsed in a worker thread so the event loop keeps serving.
 OFFLOAD_THRESHOLD = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledRequest:
+    """A request whose records the spool reader builds (gateway/capture/spooled.py)."""
+
+    content: bytes
+    records: int
+
+    def __len__(self) -> int:
+        return self.records
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +81,9 @@ class CaptureHandler:
         self.clock = clock
         self.privacy = privacy
         self.checks = CheckEvents(sink.readiness, metrics.EVENTS_DROPPED.labels("gateway_check"))
+        # Embedded mode: the spool holds each analytics request as one frame, and its readers build the
+        # records; with Kafka or an upstream the records are built here.
+        self.request_spool = sink if isinstance(sink, SpoolSink) and sink.kind == layout.MAIN else None
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
         # Counted locally, folded into the exported metrics about once a second (gateway/metrics/export.py).
@@ -83,7 +107,11 @@ class CaptureHandler:
                 if records:
                     received.inc(len(records))
                     batch_size.observe(len(records))
-                    await self.sink.deliver(records)
+                    if isinstance(records, SpooledRequest):
+                        assert self.request_spool is not None
+                        await self.request_spool.deliver_request(records.content, records.records)
+                    else:
+                        await self.sink.deliver(records)
                     ingested.inc(len(records))
             except GatewayError as error:
                 return error_response(request, spec.name, error)
@@ -94,7 +122,9 @@ class CaptureHandler:
 
         return handle
 
-    async def _records(self, request: web.Request, spec: RouteSpec, body: bytes) -> list[Record]:
+    async def _records(
+        self, request: web.Request, spec: RouteSpec, body: bytes
+    ) -> list[Record] | SpooledRequest:
         context = RequestContext(
             client_ip=self.client_ip(request),
             now=self.clock(),
@@ -124,7 +154,7 @@ class CaptureHandler:
         spec: RouteSpec,
         context: RequestContext,
         opted_out: bool = False,
-    ) -> list[Record]:
+    ) -> list[Record] | SpooledRequest:
         payload = decode_payload(
             body, query, content_type, content_encoding, is_legacy_path(path), self.limits
         )
@@ -145,4 +175,20 @@ class CaptureHandler:
                 return []
         if spec.replay:
             return [replay_record(parsed, context, self.options)]
+        if self.request_spool is not None:
+            return self._spooled(parsed, context)
         return self.checks.remove(parsed.events, analytics_records(parsed, context, self.options))
+
+    def _spooled(self, parsed: ParsedRequest, context: RequestContext) -> SpooledRequest | list[Record]:
+        """The request for the spool to hold whole, or its records when its events cannot be written as
+        one JSON array (nesting at orjson's limit)."""
+        check_events(parsed)  # every event, check events too, as analytics_records does
+        events = self.checks.remove_events(parsed.events)
+        if not events:
+            return []
+        if events is not parsed.events:
+            parsed = ParsedRequest(events, parsed.token, parsed.sent_at, parsed.historical_migration)
+        try:
+            return SpooledRequest(request_content(parsed, context, self.options), len(events))
+        except orjson.JSONEncodeError:
+            return analytics_records(parsed, context, self.options)

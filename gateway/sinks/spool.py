@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.core.errors import ServiceUnavailable
 from gateway.core.readiness import Readiness
@@ -72,9 +73,20 @@ class SpoolSink:
         try:
             await self.spool.append(records)
         except SpoolError as exc:
-            metrics.SPOOL_ERRORS.labels(self.kind, exc.reason).inc()
-            message = _MESSAGES.get(exc.reason, "local spool: write failed")
-            raise ServiceUnavailable(message, retry_after=SPOOL_RETRY_AFTER) from exc
+            self._unavailable(exc)
+
+    async def deliver_request(self, content: bytes, records: int) -> None:
+        """Like `deliver` for a whole capture request of `records` records (gateway/capture/spooled.py):
+        one frame; readers of the spool get the records."""
+        try:
+            await self.spool.append_request(content, records)
+        except SpoolError as exc:
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: SpoolError) -> NoReturn:
+        metrics.SPOOL_ERRORS.labels(self.kind, exc.reason).inc()
+        message = _MESSAGES.get(exc.reason, "local spool: write failed")
+        raise ServiceUnavailable(message, retry_after=SPOOL_RETRY_AFTER) from exc
 
     async def close(self) -> None:
         await self.spool.close()

@@ -7,6 +7,11 @@ number 0, so its partition is the plain segment number). Every worker's spool st
 so without the spool in it two spools would share positions, and the replay guard and insert dedup
 tokens would take one spool's rows for the other's. Positions are unique, increase in read order
 within a spool, survive restarts, and `offset + 1` is where the next frame starts.
+
+A frame holding a spooled request yields its N records at the positions of the frame's last N bytes
+(a frame is always longer than N bytes), so the last record's `offset + 1` is again where the next
+frame starts. A commit inside such a frame persists the frame's start: after a restart its records
+are read again, and the worker's replay guard skips those already stored.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,8 +33,8 @@ from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
 from gateway.sinkworker.rows import SourceMessage
 from gateway.spool import SpoolPosition, SpoolReader
-from gateway.spool.crypto import OVERHEAD, Keyring
-from gateway.spool.format import HEADER_SIZE, encode_record
+from gateway.spool.crypto import Keyring
+from gateway.spool.format import HEADER_SIZE
 from gateway.spool.layout import MAIN, SpoolId, identify, spools
 from gateway.spool.reader import lag_bytes
 from gateway.spool.segment import Scan, Stop, list_segments, scan_segment, segment_name
@@ -219,6 +226,8 @@ class SpoolSource:
         self._reader: SpoolReader | None = None
         self._position: SpoolPosition | None = None
         self._paused = False
+        # (segment, start, end) of frames read that hold several records, oldest first, until committed past.
+        self._multi: deque[tuple[int, int, int]] = deque()
 
     async def start(self, listener: AssignmentListener) -> None:
         self._reader = await asyncio.to_thread(SpoolReader, self._directory, self._name, self._keyring)
@@ -252,6 +261,7 @@ class SpoolSource:
             if scan.stop is Stop.MISSING:
                 continue
             messages += self._messages(position, scan, now_ms)
+            self._note_frames(position.segment, scan)
             self._position = SpoolPosition(position.segment, scan.end)
             if scan.stop is Stop.LIMIT or position.segment == segments[-1]:
                 break
@@ -266,17 +276,22 @@ class SpoolSource:
         return messages
 
     def _messages(self, position: SpoolPosition, scan: Scan, now_ms: int) -> list[SpoolMessage]:
-        """The scanned records as messages; each one's offset is the position of its frame's last byte."""
-        end = max(position.offset, HEADER_SIZE)
+        """The scanned records as messages, at the positions of their frame's last bytes (module doc)."""
         partition = spool_partition(self.spool, position.segment)
-        overhead = OVERHEAD if scan.key_id else 0
         messages = []
-        for record in scan.records:
-            end += len(encode_record(record)) + overhead
+        for record, offset in zip(scan.records, _record_offsets(scan), strict=True):
             messages.append(
-                SpoolMessage(record.topic, partition, end - 1, now_ms, record.key, record.value, record.headers)
+                SpoolMessage(record.topic, partition, offset, now_ms, record.key, record.value, record.headers)
             )
         return messages
+
+    def _note_frames(self, segment: int, scan: Scan) -> None:
+        """Remember where frames of several records lie, so a commit inside one can go back to its start."""
+        start = scan.end - scan.size
+        for end, count in _frames(scan.ends):
+            if count > 1:
+                self._multi.append((segment, start, end))
+            start = end
 
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await asyncio.to_thread(self._message_at, where)
@@ -309,6 +324,11 @@ class SpoolSource:
             spool, segment = split_partition(partition)
             if spool != self.spool:
                 raise ValueError(f"commit for spool {spool.name} sent to {self.spool.name}")
+            multi = self._multi
+            while multi and (multi[0][0], multi[0][2]) <= (segment, offset):
+                multi.popleft()
+            if multi and multi[0][0] == segment and multi[0][1] < offset:
+                offset = multi[0][1]  # inside a frame of several records: the cursor stays at its start
             await asyncio.to_thread(self._reader.commit, SpoolPosition(segment, offset))
 
     def lag(self) -> int:
@@ -323,6 +343,18 @@ class SpoolSource:
     async def stop(self) -> None:
         if self._reader is not None:
             await asyncio.to_thread(self._reader.close)
+
+
+def _frames(ends: list[int]) -> Iterator[tuple[int, int]]:
+    """(end, record count) of each frame, from the per-record frame ends of a scan."""
+    for end, records in groupby(ends):
+        yield end, sum(1 for _ in records)
+
+
+def _record_offsets(scan: Scan) -> Iterator[int]:
+    """Each scanned record's position: the last N bytes of its frame of N records, in order."""
+    for end, count in _frames(scan.ends):
+        yield from range(end - count, end)
 
 
 class DataDirSource:

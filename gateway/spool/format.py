@@ -8,6 +8,12 @@ A segment file is a 16-byte header followed by frames:
               | topic | key | (u16 name length | u32 value length | name | value) * count | value
 
 All integers are little-endian. The record value takes the rest of the payload, so it needs no length.
+
+A payload may instead hold a whole capture request (embedded mode, gateway/capture/spooled.py):
+
+    payload = u16 0xFFFF (no topic is that long) | u16 kind (1) | content
+
+and stands for the records `request_records(content)` builds, in order.
 Version 1: plaintext, key id 0. Version 2: encrypted; every frame payload is sealed (crypto.py) with
 the key whose id the header records, and the CRC covers the sealed bytes.
 """
@@ -19,6 +25,7 @@ import zlib
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from gateway.capture.spooled import request_records
 from gateway.core.record import Record
 
 if TYPE_CHECKING:
@@ -35,6 +42,10 @@ _FIXED = struct.Struct("<HiH")
 # Other lengths can only come from damage (e.g. zeros after a crash); writes refuse larger payloads.
 MAX_PAYLOAD = 1 << 28
 _HEADER_ITEM = struct.Struct("<HI")
+_REQUEST = struct.Struct("<HH")
+_REQUEST_MARK = 0xFFFF
+_REQUEST_KIND = 1
+_REQUEST_PREFIX = _REQUEST.pack(_REQUEST_MARK, _REQUEST_KIND)
 _crc32 = zlib.crc32
 # The header names capture writes, encoded once.
 _NAME_BYTES = {name: name.encode() for name in ("token", "distinct_id", "timestamp", "event", "uuid", "now",
@@ -89,6 +100,15 @@ def encode_record(record: Record, sealer: SpoolKey | None = None) -> bytes:
         payload = b"".join(parts)
     except struct.error as exc:
         raise ValueError(f"record cannot be spooled: {exc}") from exc
+    return _frame(payload, sealer)
+
+
+def encode_request(content: bytes, sealer: SpoolKey | None = None) -> bytes:
+    """Frame a whole capture request (`content` from gateway.capture.spooled.request_content)."""
+    return _frame(_REQUEST_PREFIX + content, sealer)
+
+
+def _frame(payload: bytes, sealer: SpoolKey | None) -> bytes:
     if len(payload) > MAX_PAYLOAD:
         raise ValueError(f"record of {len(payload)} bytes exceeds the spool limit of {MAX_PAYLOAD}")
     if sealer is not None:
@@ -111,10 +131,16 @@ def check_frame(view: memoryview, pos: int) -> tuple[FrameStatus, int]:
     return FrameStatus.OK, end
 
 
-def decode_record(data: bytes, start: int, end: int) -> Record:
-    """Decode the payload `data[start:end]` of a frame `check_frame` accepted (ValueError if malformed)."""
+def decode_records(data: bytes, start: int, end: int) -> list[Record]:
+    """The records of the payload `data[start:end]` of a frame `check_frame` accepted: one, or those of
+    a spooled request (ValueError if malformed)."""
     try:
-        return _decode(data, start, end)
+        if _FIXED.unpack_from(data, start)[0] == _REQUEST_MARK:
+            kind = _REQUEST.unpack_from(data, start)[1]
+            if kind != _REQUEST_KIND:
+                raise ValueError(f"unknown spool frame kind {kind}")
+            return request_records(memoryview(data)[start + _REQUEST.size : end])
+        return [_decode(data, start, end)]
     except struct.error as exc:
         raise ValueError(f"malformed record payload: {exc}") from exc
 

@@ -7,10 +7,11 @@ The spool is append-only for the writer and readers, so a purge is a maintenance
 - a running writer may stay: it only appends to the newest segment, which is then left alone (its
   matches are reported as `skipped`; run again once the gateway has stopped or rolled the segment);
   without a writer the purge holds the write lock, so none starts, and rewrites every segment.
-A segment is rewritten as a filtered copy (kept frames re-encoded byte-for-byte, fsynced; in an
-encrypted segment re-sealed with the same key and fresh nonces, so frame sizes do not change) renamed
-over the original. Cursors inside a rewritten segment are moved to the same logical position (the
-offset after the same kept records), so readers neither skip nor repeat anything. The rename and
+A segment is rewritten as a filtered copy (kept records re-encoded byte-for-byte, fsynced; in an
+encrypted segment re-sealed with the same key and fresh nonces; a spooled request's kept records
+become one frame each) renamed over the original. Cursors inside a rewritten segment are moved to the
+same logical position (the offset after the same kept records), so readers neither skip nor repeat
+anything. The rename and
 the cursor updates are made crash-safe by a journal: while `purge.journal` exists readers refuse to
 open, and the next purge finishes the interrupted one first.
 """
@@ -88,13 +89,15 @@ def _purge(
             continue
         key = key_for(scan.key_id, f"spool segment {number}", keyring) if scan.key_id else None
         frames = [encode_record(record, key) for record in scan.records]
-        _rewrite(directory, number, frames, keep, scan.key_id)
+        _rewrite(directory, number, frames, keep, scan.ends, scan.key_id)
         result.removed += keep.count(False)
         result.segments_rewritten += 1
     return result
 
 
-def _rewrite(directory: Path, number: int, frames: list[bytes], keep: list[bool], key_id: int) -> None:
+def _rewrite(
+    directory: Path, number: int, frames: list[bytes], keep: list[bool], ends: list[int], key_id: int
+) -> None:
     """Replace segment `number` by its kept frames and move cursors inside it, crash-safely."""
     path = directory / segment_name(number)
     tmp = path.with_name(path.name + _TMP_SUFFIX)
@@ -102,20 +105,20 @@ def _rewrite(directory: Path, number: int, frames: list[bytes], keep: list[bool]
     cursors = {}
     for name, position in load_cursors(directory).items():
         if position.segment == number:
-            cursors[name] = _translate(position.offset, frames, keep)
+            cursors[name] = _translate(position.offset, frames, keep, ends)
     journal = {"segment": number, "tmp": tmp.name, "cursors": cursors}
     _write_synced(directory / PURGE_JOURNAL, json.dumps(journal).encode())
     fsync_directory(directory)
     _apply(directory, journal)
 
 
-def _translate(offset: int, frames: list[bytes], keep: list[bool]) -> int:
-    """Offset in the filtered segment that follows the same kept records as `offset` in the original."""
-    old = new = HEADER_SIZE
-    for frame, kept in zip(frames, keep, strict=True):
-        if old >= offset:
+def _translate(offset: int, frames: list[bytes], keep: list[bool], ends: list[int]) -> int:
+    """Offset in the filtered segment that follows the same kept records as `offset` in the original
+    (`ends[i]`: where the original frame of record i ended; cursors stand between frames)."""
+    new = HEADER_SIZE
+    for frame, kept, end in zip(frames, keep, ends, strict=True):
+        if end > offset:
             break
-        old += len(frame)
         if kept:
             new += len(frame)
     return new

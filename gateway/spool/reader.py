@@ -107,7 +107,7 @@ def _read(
         )
         result.records += scan.records
         result.size += scan.size
-        result.count += scan.count
+        result.count += len(scan.records) if decode else scan.count
         if scan.stop is Stop.MISSING:
             continue
         position = SpoolPosition(position.segment, scan.end)

@@ -17,7 +17,7 @@ from gateway.spool.format import (
     HEADER_SIZE,
     FrameStatus,
     check_frame,
-    decode_record,
+    decode_records,
     header_key_id,
 )
 
@@ -64,13 +64,18 @@ class Stop(Enum):
 
 @dataclass(slots=True)
 class Scan:
-    """Result of `scan_segment`: records (if decoded), how many, and the offset after the last good frame."""
+    """Result of `scan_segment`: records (if decoded), how many frames, and the offset after the last good frame.
+
+    A frame holds one record, or all the records of a spooled capture request; `ends[i]` is the offset
+    right after the frame that `records[i]` came from.
+    """
 
     end: int
     stop: Stop
     count: int = 0
     size: int = 0
     records: list[Record] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
     key_id: int = 0  # nonzero: the segment is encrypted with that key (crypto.py)
 
 
@@ -85,8 +90,9 @@ def scan_segment(
 ) -> Scan:
     """Read valid frames of one segment from `offset` until a limit, the end, or the first bad frame.
 
-    `max_bytes` counts frame bytes and is checked after each frame, so one frame is always returned
-    even when it alone is larger. With `decode=False` frames are only validated and counted.
+    `max_records` counts records when decoding, else frames; `max_bytes` counts frame bytes. Both are
+    checked after each frame, so one frame is always returned even when it alone is over a limit.
+    With `decode=False` frames are only validated and counted.
     Decoding an encrypted segment needs its key in `keyring`: a missing or wrong key raises
     SpoolKeyError; validating and counting need no key.
     """
@@ -106,8 +112,9 @@ def scan_segment(
         data = file.read(chunk)
         view = memoryview(data)
         pos = 0
+        records = result.records
         while True:
-            if (max_records is not None and result.count >= max_records) or (
+            if (max_records is not None and (len(records) if decode else result.count) >= max_records) or (
                 max_bytes is not None and result.size >= max_bytes
             ):
                 result.stop = Stop.LIMIT
@@ -129,13 +136,15 @@ def scan_segment(
             if decode:
                 try:
                     if key is None:
-                        result.records.append(decode_record(data, pos + FRAME_SIZE, end))
+                        decoded = decode_records(data, pos + FRAME_SIZE, end)
                     else:
                         plain = key.open(view[pos + FRAME_SIZE : end], f"spool segment {path} at {result.end}")
-                        result.records.append(decode_record(plain, 0, len(plain)))
+                        decoded = decode_records(plain, 0, len(plain))
                 except ValueError:
                     result.stop = Stop.CORRUPT
                     break
+                records += decoded
+                result.ends += [result.end + end - pos] * len(decoded)
             result.count += 1
             result.size += end - pos
             result.end += end - pos

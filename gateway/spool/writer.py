@@ -29,7 +29,14 @@ from pathlib import Path
 from gateway.core.record import Record
 from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.errors import SpoolClosed, SpoolFull, SpoolWriteError
-from gateway.spool.format import HEADER_SIZE, encode_record, header_is_valid, header_key_id, segment_header
+from gateway.spool.format import (
+    HEADER_SIZE,
+    encode_record,
+    encode_request,
+    header_is_valid,
+    header_key_id,
+    segment_header,
+)
 from gateway.spool.locks import WRITE_LOCK, FileLock
 from gateway.spool.segment import (
     Stop,
@@ -155,7 +162,16 @@ class Spool:
         if not records:
             return
         key = self._key
-        frames = [encode_record(record, key) for record in records]
+        await self._append([encode_record(record, key) for record in records], len(records))
+
+    async def append_request(self, content: bytes, records: int) -> None:
+        """Append a spooled capture request (gateway/capture/spooled.py) holding `records` records as
+        one frame, like `append`."""
+        if self._task is None or self._closing:
+            raise SpoolClosed("spool is not open")
+        await self._append([encode_request(content, self._key)], records)
+
+    async def _append(self, frames: list[bytes], records: int) -> None:
         size = sum(map(len, frames))
         if self.used_bytes + size > self.max_bytes:
             await self._make_room(size)
@@ -163,7 +179,7 @@ class Spool:
             raise SpoolClosed("spool is closing")
         self._pending += frames
         self._pending_bytes += size
-        self._pending_records += len(frames)
+        self._pending_records += records
         group = self._group
         if group is None:
             assert self._loop is not None

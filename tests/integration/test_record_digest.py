@@ -3,8 +3,10 @@ byte-identical to what the gateway produced before its hot path was optimised.
 
 Requests of the five SDK shapes (posthog-js gzip batches to /e/, posthog-node gzip /batch/, posthog-python
 /batch/, single events and beacons, /engage, /s replay) with the fields and timestamp spellings that
-steer record building, sent over HTTP into the spool with a fixed clock and uuid source. The digests
-were computed with the code before the optimisation; any change to the Kafka/spool output fails here.
+steer record building, sent over HTTP into the spool with a fixed clock and uuid source. The record
+digests were computed with the code before the optimisation; any change to the Kafka output fails here.
+The frame digests are those of the spool holding one frame per analytics request (its reader builds the
+records, which must still match the record digests).
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from tests.support.inprocess import InProcessGateway, settings_for
 # settings → (records, spool segments)
 DIGESTS = {
     (): ("36e5754b655e91560d782e81023391bbdd08178fa39af0277452cd3005e8466b",
-         "843801c6b1b3792eff26462025034177c616060217f62354f5c86a7eb7af059c"),
+         "3505ae67baaf1cbf065e4f0dfae5c3d8b063faeb550fad52a724c78b0d8ed90e"),
     (("historical_rerouting_days", 1),): ("c4a99e61dfd7962ab13d318240873925436e2153d60b3e6f4cc0987adf246a27",
-                                         "8407e50a9f26b9eaba867219fcc9e0c7830f050054787305dad77a5deadc5cee"),
+                                         "7087bf10a3582835ca9a03849a7f406b42d8b51873fda12bdde1e46cc6df5b3a"),
 }
 REQUESTS = 300
 TOKEN = "phc_digest_token"

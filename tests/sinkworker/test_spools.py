@@ -29,7 +29,7 @@ from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import Spool
 from tests.sinkworker.helpers import TOPIC, captured_value
-from tests.support.spools import Draining, fill_worker_spools
+from tests.support.spools import Draining, fill_worker_spools, spooled_request
 
 PER_SPOOL = 120
 WORKERS = 2
@@ -153,5 +153,45 @@ def test_spool_source_reads_a_message_again_by_its_coordinates(tmp_path: Path) -
             assert await source.refetch(where) == message
         assert await source.refetch(Coordinates(TOPIC, messages[5].partition, messages[5].offset - 1, 0)) is None
         await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_spool_source_positions_inside_request_frames(tmp_path: Path) -> None:
+    """A request frame of N records yields them at its last N byte positions; a commit inside it keeps the
+    cursor at its start, so a restart reads the frame again at the same positions (the replay guard skips
+    what was stored)."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+
+    async def scenario() -> None:
+        spool = Spool(spool_dir)
+        await spool.open()
+        await spool.append([Record(TOPIC, b"k", (), captured_value(0))])
+        await spool.append_request(spooled_request(range(1, 8)), 7)
+        await spool.append_request(spooled_request(range(8, 11)), 3)
+        await spool.close()
+        source = SpoolSource(spool_dir)
+        await source.start(None)  # type: ignore[arg-type]  # a spool has no assignment
+        messages = await source.read(2)  # frames are never split: the first request comes whole
+        assert len(messages) == 8
+        offsets = [m.offset for m in messages]
+        assert offsets == sorted(set(offsets)) and offsets[1:] == list(range(offsets[-1] - 6, offsets[-1] + 1))
+        rest = await source.read(100)
+        assert len(rest) == 3 and rest[0].offset > offsets[-1]
+        where = Coordinates(rest[1].topic, rest[1].partition, rest[1].offset, rest[1].timestamp)
+        assert await source.refetch(where) == rest[1]
+        partition = messages[0].partition
+        await source.commit({(TOPIC, partition): messages[3].offset + 1})  # after 3 of the request's 7 records
+        await source.stop()
+        again = SpoolSource(spool_dir)
+        await again.start(None)  # type: ignore[arg-type]
+        assert [m.offset for m in await again.read(100)] == offsets[1:] + [m.offset for m in rest]
+        await again.commit({(TOPIC, partition): offsets[-1] + 1})  # the request's end: a frame boundary
+        await again.stop()
+        last = SpoolSource(spool_dir)
+        await last.start(None)  # type: ignore[arg-type]
+        assert [(m.offset, m.value) for m in await last.read(100)] == [(m.offset, m.value) for m in rest]
+        await last.stop()
 
     asyncio.run(scenario())
