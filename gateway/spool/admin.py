@@ -12,7 +12,7 @@ from gateway.core.record import Record
 from gateway.spool.crypto import Keyring
 from gateway.spool.format import HEADER_SIZE, header_key_id
 from gateway.spool.locks import WRITE_LOCK, is_locked
-from gateway.spool.reader import count_records, lag_bytes, load_cursors
+from gateway.spool.reader import count_frames, lag_bytes, load_cursors
 from gateway.spool.segment import list_segments, segment_name, segment_sizes
 
 
@@ -40,7 +40,7 @@ def segment_keys(directory: Path, keyring: Keyring | None = None) -> dict[str, i
 
 
 def spool_stats(directory: Path, keyring: Keyring | None = None) -> dict[str, Any]:
-    """Segments, bytes, record count (validates every frame: reads all data), segments per encryption
+    """Segments, bytes, frame count (validates every frame: reads all data), segments per encryption
     key (no key needed) and each cursor's lag."""
     directory = Path(directory)
     sizes = segment_sizes(directory)
@@ -51,7 +51,7 @@ def spool_stats(directory: Path, keyring: Keyring | None = None) -> dict[str, An
         "oldest_segment": min(sizes, default=None),
         "newest_segment": max(sizes, default=None),
         "bytes": sum(sizes.values()),
-        "records": count_records(directory),
+        "frames": count_frames(directory),  # a record each, or a request of records in embedded mode
         "keys": segment_keys(directory, keyring),
         "cursors": {
             name: {

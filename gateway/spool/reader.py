@@ -138,8 +138,8 @@ def iter_records(
         yield from result.records
 
 
-def count_records(directory: Path) -> int:
-    """Validate and count every retained record (reads all the data, decodes none)."""
+def count_frames(directory: Path) -> int:
+    """Validate and count every retained frame (reads all the data, decodes none)."""
     result, _ = _read(Path(directory), None, max_records=1 << 62, max_bytes=1 << 62, decode=False)
     return result.count
 

@@ -363,7 +363,7 @@ def test_corruption_in_a_sealed_segment_skips_only_the_damaged_rest(tmp_path: Pa
     data[HEADER_SIZE + frame + FRAME_SIZE + 10] ^= 0xFF  # damage the second record's payload
     first.write_bytes(bytes(data))
     assert seqs(read_all(tmp_path)) == [0, *range(4, 12)]
-    assert spool_stats(tmp_path)["records"] == 9
+    assert spool_stats(tmp_path)["frames"] == 9
 
 
 def test_segment_with_a_bad_header_is_set_aside(tmp_path: Path) -> None:
@@ -412,7 +412,7 @@ def test_commit_deletes_segments_every_cursor_passed_but_never_the_active_one(tm
         assert list_segments(tmp_path) == [kept[-1]]  # only the active segment is left
         assert seqs(fast.read_batch().records) == []
     stats = spool_stats(tmp_path)
-    assert stats["segments"] == 1 and stats["records"] == len(read_all(tmp_path)) > 0
+    assert stats["segments"] == 1 and stats["frames"] == len(read_all(tmp_path)) > 0
     assert stats["cursors"]["slow"]["lag_bytes"] == 0
     asyncio.run(write(tmp_path, [[rec(40)]]))  # a new writer session continues after the kept segment
     with SpoolReader(tmp_path, "slow") as slow:
@@ -426,7 +426,7 @@ def test_spool_stats_on_a_directory_being_written(tmp_path: Path) -> None:
         await spool.open()
         await spool.append([rec(i) for i in range(50)])
         stats = spool_stats(tmp_path)
-        assert stats["writer_active"] and stats["records"] == 50
+        assert stats["writer_active"] and stats["frames"] == 50
         assert stats["bytes"] == spool.stats().bytes
         await spool.close()
 

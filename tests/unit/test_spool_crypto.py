@@ -62,7 +62,7 @@ def test_no_plaintext_on_disk_and_round_trip(tmp_path: Path) -> None:
     # Constant overhead per frame: nonce + tag.
     assert len(data) == HEADER_SIZE + sum(len(encode_record(rec(n))) + OVERHEAD for n in range(50))
     # Validating and counting need no key.
-    assert spool_stats(tmp_path)["records"] == 50
+    assert spool_stats(tmp_path)["frames"] == 50
 
 
 def test_rotation_keeps_old_segments_readable(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_wrong_or_missing_key_fails_loudly_and_drops_nothing(tmp_path: Path) -> 
         list(iter_records(tmp_path, keyring=keyring(KEY_B)))
     # A writer opening after that neither truncates nor sets anything aside: recovery needs no key.
     asyncio.run(write(tmp_path, [[rec(9)]], keyring(KEY_B)))
-    assert spool_stats(tmp_path)["records"] == 6
+    assert spool_stats(tmp_path)["frames"] == 6
 
 
 def test_torn_tail_of_encrypted_segment_is_recovered_without_keys(tmp_path: Path) -> None:
