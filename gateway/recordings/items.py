@@ -48,12 +48,12 @@ def parse_message(message: SourceMessage) -> SnapshotBatch:
         raise Rejected("invalid_snapshot", "$snapshot_items is not a list")
     events: list[dict[str, Any]] = []
     rejected: list[tuple[Any, str]] = []
-    for item in items:
-        problem = rrweb_problem(item)
-        if problem is None:
+    for item in items:  # the common case inline (exact types: a bool is not an rrweb type or timestamp)
+        if (type(item) is dict and type(kind := item.get("type")) is int and 0 <= kind <= 6
+                and type(timestamp := item.get("timestamp")) in _NUMBERS and timestamp > 0):
             events.append(item)
         else:
-            rejected.append((item, problem))
+            rejected.append((item, rrweb_problem(item) or "not an rrweb event"))
     distinct_id = properties.get("distinct_id") or value.get("distinct_id") or ""
     window_id = properties.get("$window_id") or session_id
     return SnapshotBatch(
@@ -65,6 +65,9 @@ def parse_message(message: SourceMessage) -> SnapshotBatch:
         events=events,
         rejected=rejected,
     )
+
+
+_NUMBERS = (int, float)
 
 
 def rrweb_problem(item: Any) -> str | None:
