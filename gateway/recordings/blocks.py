@@ -19,6 +19,8 @@ from typing import Any
 import cramjam
 import orjson
 
+from gateway.recordings.items import EventData, RrwebEvent, SnapshotBatch
+
 # rrweb event types and incremental-snapshot sources
 FULL_SNAPSHOT, INCREMENTAL, META, PLUGIN = 2, 3, 4, 6
 MOUSE_MOVE, MOUSE_INTERACTION, SCROLL, VIEWPORT_RESIZE, INPUT, TOUCH_MOVE, MEDIA, DRAG = 1, 2, 3, 4, 5, 6, 7, 12
@@ -66,27 +68,27 @@ class BlockStats:
     event_count: int = 0
     _last_active: float | None = None
 
-    def add(self, events: list[dict[str, Any]]) -> None:
+    def add(self, events: list[RrwebEvent]) -> None:
         """Count rrweb events (already validated: integer `type`, positive numeric `timestamp`)."""
         first, last = self.first_timestamp, self.last_timestamp
         for event in events:
-            timestamp = event["timestamp"]
+            timestamp = event.timestamp
             if timestamp < first or not first:
                 first = timestamp
             if timestamp > last:
                 last = timestamp
-            kind = event["type"]
-            if kind in COUNTED_TYPES:
-                data = event.get("data")
-                if type(data) is dict:
-                    self._count(kind, data, timestamp)
+            kind = event.type
+            if kind in COUNTED_TYPES and type(data := event.data) is EventData:
+                self._count(kind, data, timestamp)
         self.first_timestamp, self.last_timestamp = first, last
         self.event_count += len(events)
 
-    def _count(self, kind: int, data: dict[str, Any], timestamp: float) -> None:
+    def _count(self, kind: int, data: EventData, timestamp: float) -> None:
         if kind == INCREMENTAL:
-            source = data.get("source")
-            if source == MOUSE_INTERACTION and data.get("type") in CLICK_TYPES:
+            source = data.source
+            if type(source) is not int:
+                return
+            if source == MOUSE_INTERACTION and type(data.type) is int and data.type in CLICK_TYPES:
                 self.click_count += 1
             elif source == INPUT:
                 self.keypress_count += 1
@@ -95,11 +97,12 @@ class BlockStats:
             if source in ACTIVE_SOURCES:
                 self._active_at(timestamp)
         elif kind == META:
-            if self.first_url is None and isinstance(data.get("href"), str):
-                self.first_url = data["href"]
-        elif data.get("plugin") == CONSOLE_PLUGIN:
-            payload = data.get("payload")
-            level = CONSOLE_LEVELS.get(payload.get("level")) if isinstance(payload, dict) else None
+            if self.first_url is None and isinstance(data.href, str):
+                self.first_url = data.href
+        elif data.plugin == CONSOLE_PLUGIN and data.payload:
+            payload = orjson.loads(bytes(data.payload))
+            level = payload.get("level") if isinstance(payload, dict) else None
+            level = CONSOLE_LEVELS.get(level) if isinstance(level, str) else None
             if level is not None:
                 name = f"console_{level}_count"
                 setattr(self, name, getattr(self, name) + 1)
@@ -131,11 +134,15 @@ class SessionBuffer:
     def size(self) -> int:
         return self.stats.size
 
-    def add(self, offset: int, window_id: str, events: list[dict[str, Any]]) -> None:
-        dumps, option = orjson.dumps, orjson.OPT_APPEND_NEWLINE
-        chunk = b"".join([dumps((window_id, event), option=option) for event in events])
+    def add(self, offset: int, batch: SnapshotBatch) -> None:
+        """Append a message's events as lines `[window_id, event]`, each event's JSON as received."""
+        head = b"[" + orjson.dumps(batch.window_id) + b","
+        body = b"]\n" + head
+        chunk = head + body.join(batch.texts) + b"]\n"
+        if chunk.count(b"\n") != len(batch.texts) or b"\r" in chunk:  # line breaks between JSON tokens
+            chunk = b"".join([head + orjson.dumps(orjson.loads(bytes(text))) + b"]\n" for text in batch.texts])
         self.chunks.append(chunk)
-        self.stats.add(events)
+        self.stats.add(batch.events)
         self.stats.size += len(chunk)
         self.stats.message_count += 1
         self.last_offset = offset

@@ -16,11 +16,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,8 +137,7 @@ class RecordingsSink:
         self, message: Any, start: int, dead: list[tuple[Any, Rejected]], stop: asyncio.Event | None
     ) -> None:
         try:
-            with _gc_paused():
-                batch = parse_message(message)
+            batch = parse_message(message)
             token = message_token(message, batch.token)
             team_id = self._teams.team_id(token)
         except Rejected as rejected:
@@ -165,8 +162,7 @@ class RecordingsSink:
                 message.partition, message.offset)
             self._resume[key] = start
         before = buffer.size
-        with _gc_paused():
-            buffer.add(message.offset, batch.window_id, batch.events)
+        buffer.add(message.offset, batch)
         self._buffered += buffer.size - before
         if buffer.size >= self._config.block_max_bytes:
             await self._flush([key], stop)
@@ -265,20 +261,6 @@ class RecordingsSink:
             self.health = Health()
             READY.set(1)
         return result
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """No cyclic GC while a message's JSON is decoded and encoded: its thousands of fresh, acyclic
-    objects would otherwise trigger full collections over every live object (half the parse time)."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def message_token(message: Any, fallback: str) -> str:
