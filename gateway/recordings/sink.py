@@ -194,7 +194,7 @@ class RecordingsSink:
         succeeds)."""
         buffers = [self._buffers[key] for key in keys]
         for start in range(0, len(buffers), PUTS_IN_FLIGHT):
-            await asyncio.gather(*(self._store_block(buffer, stop) for buffer in buffers[start:start + PUTS_IN_FLIGHT]))
+            await self._store_blocks(buffers[start:start + PUTS_IN_FLIGHT], stop)
         for start in range(0, len(buffers), ROWS_PER_INSERT):
             rows = buffers[start:start + ROWS_PER_INSERT]
             await self._retrying("metadata", lambda rows=rows: self._events.insert(rows), stop)  # type: ignore[misc]
@@ -207,11 +207,14 @@ class RecordingsSink:
             self.items_stored += buffer.stats.event_count
         BUFFERED_BYTES.set(self._buffered)
 
-    async def _store_block(self, buffer: SessionBuffer, stop: asyncio.Event | None) -> None:
-        data = await asyncio.to_thread(encode_block, buffer.chunks)  # zstd releases the GIL
-        await self._retrying("storage", lambda: self._store.put(buffer.key, data), stop)
-        BLOCKS_STORED.inc()
-        BLOCK_BYTES.inc(len(data))
+    async def _store_blocks(self, buffers: list[SessionBuffer], stop: asyncio.Event | None) -> None:
+        """Compress (in threads: cramjam releases the GIL) and put a few blocks at once; on a failure all
+        of them are put again (a put overwrites)."""
+        blocks = await asyncio.gather(*(asyncio.to_thread(encode_block, buffer.chunks) for buffer in buffers))
+        await self._retrying("storage", lambda: asyncio.gather(
+            *(self._store.put(buffer.key, data) for buffer, data in zip(buffers, blocks, strict=True))), stop)
+        BLOCKS_STORED.inc(len(blocks))
+        BLOCK_BYTES.inc(sum(map(len, blocks)))
 
     async def _commit(self) -> None:
         """Per stream: up to the first unstored buffer, else past the last message consumed."""
