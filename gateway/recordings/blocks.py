@@ -136,6 +136,8 @@ class SessionBuffer:
 
     def add(self, offset: int, batch: SnapshotBatch) -> None:
         """Append a message's events as lines `[window_id, event]`, each event's JSON as received."""
+        if not batch.texts:
+            return
         head = b"[" + orjson.dumps(batch.window_id) + b","
         body = b"]\n" + head
         chunk = head + body.join(batch.texts) + b"]\n"
