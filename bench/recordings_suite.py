@@ -106,7 +106,7 @@ def _drain(workdir: Path, command: list[str] | None, expected: int) -> tuple[int
             time.sleep(0.2)
             try:
                 metrics = requests.get(f"{sink.url}/metrics", timeout=5).content
-            except requests.Timeout:  # its event loop is busy for seconds at a time while it drains a backlog
+            except requests.Timeout:  # (a sink before 2026-12-07 kept its event loop busy for seconds in a backlog)
                 continue
             now_stored = float(STORED.search(metrics)[1])  # type: ignore[index]
             buffered = float(BUFFERED.search(metrics)[1])  # type: ignore[index]

@@ -32,6 +32,7 @@ MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
 UPSTREAM_EVENT_TOPIC = "upstream-event"  # marks an upstream record (see the module doc); never a Kafka topic
+SNAPSHOT_ITEMS_EVENT = "$snapshot_items"  # a replay record: all `$snapshot` events of one `/s/` request
 
 
 @dataclass(slots=True, frozen=True)
@@ -187,7 +188,7 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
         lib = context.user_agent.split("/")[0] if "posthog" in context.user_agent.lower() else "web"
     window_id = properties.get("$window_id") or session_id
     data = {
-        "event": "$snapshot_items",
+        "event": SNAPSHOT_ITEMS_EVENT,
         "properties": {
             "distinct_id": distinct_id,
             "$session_id": session_id,
@@ -200,7 +201,7 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
     timestamp = event_timestamp(first, parsed.sent_at, context.now)
     uuid = first["uuid"] or str(uuid_utils.uuid7())
     return _record(options.topics.replay, session_id, uuid, distinct_id, context.client_ip, data,
-                   _RequestFields.of(parsed, context), "$snapshot_items", timestamp, False, False)
+                   _RequestFields.of(parsed, context), SNAPSHOT_ITEMS_EVENT, timestamp, False, False)
 
 
 def _record(

@@ -19,9 +19,12 @@ from typing import Any
 import cramjam
 import orjson
 
+from gateway.recordings.items import EventData, RrwebEvent, SnapshotBatch
+
 # rrweb event types and incremental-snapshot sources
 FULL_SNAPSHOT, INCREMENTAL, META, PLUGIN = 2, 3, 4, 6
 MOUSE_MOVE, MOUSE_INTERACTION, SCROLL, VIEWPORT_RESIZE, INPUT, TOUCH_MOVE, MEDIA, DRAG = 1, 2, 3, 4, 5, 6, 7, 12
+COUNTED_TYPES = frozenset({INCREMENTAL, META, PLUGIN})  # the types whose data the figures read
 CLICK_TYPES = frozenset({2, 4, 9})  # Click, DblClick, TouchEnd
 MOUSE_ACTIVITY = frozenset({MOUSE_MOVE, MOUSE_INTERACTION, TOUCH_MOVE})
 ACTIVE_SOURCES = frozenset({MOUSE_MOVE, MOUSE_INTERACTION, SCROLL, VIEWPORT_RESIZE, INPUT, TOUCH_MOVE, MEDIA, DRAG})
@@ -36,8 +39,8 @@ def block_key(team_id: int, session_id: str, topic: str, partition: int, first_o
     return f"sessions/{team_id}/{session_id}/{topic}-{partition}-{first_offset:020d}{SUFFIX}"
 
 
-def encode_block(lines: list[bytes]) -> bytes:
-    return bytes(cramjam.zstd.compress(b"".join(lines), level=3))
+def encode_block(chunks: list[bytes]) -> bytes:
+    return bytes(cramjam.zstd.compress(b"".join(chunks), level=3))
 
 
 def decode_block(data: bytes) -> list[tuple[str, dict[str, Any]]]:
@@ -65,19 +68,27 @@ class BlockStats:
     event_count: int = 0
     _last_active: float | None = None
 
-    def add(self, event: dict[str, Any], size: int) -> None:
-        timestamp = event["timestamp"]
-        self.first_timestamp = min(self.first_timestamp or timestamp, timestamp)
-        self.last_timestamp = max(self.last_timestamp, timestamp)
-        self.size += size
-        self.event_count += 1
-        kind = event["type"]
-        data = event.get("data")
-        if not isinstance(data, dict):
-            return
+    def add(self, events: list[RrwebEvent]) -> None:
+        """Count rrweb events (already validated: integer `type`, positive numeric `timestamp`)."""
+        first, last = self.first_timestamp, self.last_timestamp
+        for event in events:
+            timestamp = event.timestamp
+            if timestamp < first or not first:
+                first = timestamp
+            if timestamp > last:
+                last = timestamp
+            kind = event.type
+            if kind in COUNTED_TYPES and type(data := event.data) is EventData:
+                self._count(kind, data, timestamp)
+        self.first_timestamp, self.last_timestamp = first, last
+        self.event_count += len(events)
+
+    def _count(self, kind: int, data: EventData, timestamp: float) -> None:
         if kind == INCREMENTAL:
-            source = data.get("source")
-            if source == MOUSE_INTERACTION and data.get("type") in CLICK_TYPES:
+            source = data.source
+            if type(source) is not int:
+                return
+            if source == MOUSE_INTERACTION and type(data.type) is int and data.type in CLICK_TYPES:
                 self.click_count += 1
             elif source == INPUT:
                 self.keypress_count += 1
@@ -85,11 +96,13 @@ class BlockStats:
                 self.mouse_activity_count += 1
             if source in ACTIVE_SOURCES:
                 self._active_at(timestamp)
-        elif kind == META and self.first_url is None and isinstance(data.get("href"), str):
-            self.first_url = data["href"]
-        elif kind == PLUGIN and data.get("plugin") == CONSOLE_PLUGIN:
-            payload = data.get("payload")
-            level = CONSOLE_LEVELS.get(payload.get("level")) if isinstance(payload, dict) else None
+        elif kind == META:
+            if self.first_url is None and isinstance(data.href, str):
+                self.first_url = data.href
+        elif data.plugin == CONSOLE_PLUGIN and data.payload:
+            payload = orjson.loads(bytes(data.payload))
+            level = payload.get("level") if isinstance(payload, dict) else None
+            level = CONSOLE_LEVELS.get(level) if isinstance(level, str) else None
             if level is not None:
                 name = f"console_{level}_count"
                 setattr(self, name, getattr(self, name) + 1)
@@ -113,7 +126,7 @@ class SessionBuffer:
     partition: int
     first_offset: int
     last_offset: int = -1
-    lines: list[bytes] = field(default_factory=list)
+    chunks: list[bytes] = field(default_factory=list)  # JSON lines, one chunk per message
     stats: BlockStats = field(default_factory=BlockStats)
     started: float = field(default_factory=time.monotonic)
 
@@ -121,12 +134,18 @@ class SessionBuffer:
     def size(self) -> int:
         return self.stats.size
 
-    def add(self, offset: int, window_id: str, events: list[dict[str, Any]]) -> None:
-        prefix = orjson.dumps(window_id)
-        for event in events:
-            line = b"[" + prefix + b"," + orjson.dumps(event) + b"]\n"
-            self.lines.append(line)
-            self.stats.add(event, len(line))
+    def add(self, offset: int, batch: SnapshotBatch) -> None:
+        """Append a message's events as lines `[window_id, event]`, each event's JSON as received."""
+        if not batch.texts:
+            return
+        head = b"[" + orjson.dumps(batch.window_id) + b","
+        body = b"]\n" + head
+        chunk = head + body.join(batch.texts) + b"]\n"
+        if chunk.count(b"\n") != len(batch.texts) or b"\r" in chunk:  # line breaks between JSON tokens
+            chunk = b"".join([head + orjson.dumps(orjson.loads(bytes(text))) + b"]\n" for text in batch.texts])
+        self.chunks.append(chunk)
+        self.stats.add(batch.events)
+        self.stats.size += len(chunk)
         self.stats.message_count += 1
         self.last_offset = offset
 

@@ -12,6 +12,7 @@ and chdb alike.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,8 +94,11 @@ class ReplayEvents:
         }
         return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
-    async def insert(self, buffer: SessionBuffer) -> None:
-        await self.writer.insert(self.name, self.row(buffer), f"{buffer.key}:{buffer.last_offset}")
+    async def insert(self, buffers: Sequence[SessionBuffer]) -> None:
+        """The rows of several stored blocks in one INSERT (each INSERT is a part for ClickHouse to merge)."""
+        names = "\n".join(f"{buffer.key}:{buffer.last_offset}" for buffer in buffers)
+        token = hashlib.sha1(names.encode(), usedforsecurity=False).hexdigest()
+        await self.writer.insert(self.name, b"".join(map(self.row, buffers)), token)
 
     async def stored_offsets(self, topic: str, partition: int, since: int) -> dict[str, int]:
         """Per session, the last offset already stored in a block of this partition at or after `since`."""

@@ -46,6 +46,8 @@ from gateway.spool.format import HEADER_SIZE
 
 log = logging.getLogger(__name__)
 SPOOL_STREAM_BITS = 40  # a spool record's partition is spool << 40 | segment (sinkworker/sources.py)
+PUTS_IN_FLIGHT = 8  # blocks compressed and stored at once (S3 puts are latency-bound)
+ROWS_PER_INSERT = 10_000  # metadata rows (blocks) per INSERT
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +95,7 @@ class RecordingsSink:
 
     async def revoked(self, partitions: set[tuple[str, int]]) -> None:
         gone = {partition for _, partition in partitions}
-        for key in [key for key in self._buffers if key[0] in gone]:
-            await self._flush(key, None)
+        await self._flush([key for key in self._buffers if key[0] in gone], None)
         await self._commit()
         for partition in gone:
             self._guard.pop(partition, None)
@@ -111,8 +112,7 @@ class RecordingsSink:
                 await self._flush_due(stop)
                 await self._commit()
             try:  # one attempt each: on SIGTERM during an outage, exit and re-read them next time
-                for key in list(self._buffers):
-                    await self._flush(key, stop)
+                await self._flush(list(self._buffers), stop)
                 await self._commit()
             except (StorageError, WriteError, OSError) as exc:
                 log.warning("recordings sink stopped with %d sessions unstored (re-read on restart): %s",
@@ -129,6 +129,7 @@ class RecordingsSink:
             self._last[stream] = (message.partition, message.offset)
             if message.topic == self._config.topic:  # a spool holds every topic; only replay records count
                 await self._add(message, start, dead, stop)
+                await asyncio.sleep(0)  # through a backlog, a message at a time: /metrics and /ready stay live
         if dead:
             await self._retrying("dead letters", lambda: self._dlq.send(dead), stop)
 
@@ -161,12 +162,12 @@ class RecordingsSink:
                 message.partition, message.offset)
             self._resume[key] = start
         before = buffer.size
-        buffer.add(message.offset, batch.window_id, batch.events)
+        buffer.add(message.offset, batch)
         self._buffered += buffer.size - before
         if buffer.size >= self._config.block_max_bytes:
-            await self._flush(key, stop)
+            await self._flush([key], stop)
         while self._buffered > self._config.buffer_max_bytes and self._buffers:
-            await self._flush(max(self._buffers, key=lambda k: self._buffers[k].size), stop)
+            await self._flush([max(self._buffers, key=lambda k: self._buffers[k].size)], stop)
         BUFFERED_BYTES.set(self._buffered)
 
     def _start_of(self, message: Any, previous: tuple[int, int] | None) -> int:
@@ -185,24 +186,35 @@ class RecordingsSink:
 
     async def _flush_due(self, stop: asyncio.Event) -> None:
         now = time.monotonic()
-        for key in [k for k, b in self._buffers.items() if now - b.started >= self._config.block_max_age_s]:
-            await self._flush(key, stop)
+        await self._flush([k for k, b in self._buffers.items() if now - b.started >= self._config.block_max_age_s],
+                          stop)
 
-    async def _flush(self, key: tuple[int, str], stop: asyncio.Event | None) -> None:
-        """Store the buffer as a block, then its metadata row (each retried until it succeeds)."""
-        buffer = self._buffers[key]
-        data = await asyncio.to_thread(encode_block, buffer.lines)
-        await self._retrying("storage", lambda: self._store.put(buffer.key, data), stop)
-        await self._retrying("metadata", lambda: self._events.insert(buffer), stop)
-        del self._buffers[key]
-        del self._resume[key]
-        self._buffered -= buffer.size
-        self._guard.setdefault(key[0], {})[buffer.session_id] = buffer.last_offset
-        BLOCKS_STORED.inc()
-        BLOCK_BYTES.inc(len(data))
-        ITEMS_STORED.inc(buffer.stats.event_count)
-        self.items_stored += buffer.stats.event_count
+    async def _flush(self, keys: list[tuple[int, str]], stop: asyncio.Event | None) -> None:
+        """Store the buffers as blocks, then their metadata rows in one INSERT (each retried until it
+        succeeds)."""
+        buffers = [self._buffers[key] for key in keys]
+        for start in range(0, len(buffers), PUTS_IN_FLIGHT):
+            await self._store_blocks(buffers[start:start + PUTS_IN_FLIGHT], stop)
+        for start in range(0, len(buffers), ROWS_PER_INSERT):
+            rows = buffers[start:start + ROWS_PER_INSERT]
+            await self._retrying("metadata", lambda rows=rows: self._events.insert(rows), stop)  # type: ignore[misc]
+        for key, buffer in zip(keys, buffers, strict=True):
+            del self._buffers[key]
+            del self._resume[key]
+            self._buffered -= buffer.size
+            self._guard.setdefault(key[0], {})[buffer.session_id] = buffer.last_offset
+            ITEMS_STORED.inc(buffer.stats.event_count)
+            self.items_stored += buffer.stats.event_count
         BUFFERED_BYTES.set(self._buffered)
+
+    async def _store_blocks(self, buffers: list[SessionBuffer], stop: asyncio.Event | None) -> None:
+        """Compress (in threads: cramjam releases the GIL) and put a few blocks at once; on a failure all
+        of them are put again (a put overwrites)."""
+        blocks = await asyncio.gather(*(asyncio.to_thread(encode_block, buffer.chunks) for buffer in buffers))
+        await self._retrying("storage", lambda: asyncio.gather(
+            *(self._store.put(buffer.key, data) for buffer, data in zip(buffers, blocks, strict=True))), stop)
+        BLOCKS_STORED.inc(len(blocks))
+        BLOCK_BYTES.inc(sum(map(len, blocks)))
 
     async def _commit(self) -> None:
         """Per stream: up to the first unstored buffer, else past the last message consumed."""

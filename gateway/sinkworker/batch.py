@@ -17,7 +17,7 @@ from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from gateway.sinkworker.rows import Rejected, SourceMessage
+from gateway.sinkworker.rows import Elsewhere, Rejected, SourceMessage
 
 TopicPartition = tuple[str, int]
 
@@ -52,6 +52,7 @@ class Batch:
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     skipped: list[tuple[str, int, int]] = field(default_factory=list)
     size: int = 0
+    elsewhere: int = 0  # messages skipped as another sink's (session recordings)
 
     def add_run(
         self,
@@ -60,8 +61,9 @@ class Batch:
         stored: Container[int] = (),
     ) -> tuple[int, int]:
         """Encode a run of consecutive messages of one partition into rows and rejects, skipping offsets
-        in `stored` (rows already in the table: replay after a crash) and check events (encoded as
-        None); returns how many of each were skipped."""
+        in `stored` (rows already in the table: replay after a crash), check events (encoded as
+        None) and other sinks' messages (`Elsewhere`, counted in `elsewhere`); returns how many
+        replayed and check messages were skipped."""
         rows, kept, rejects, skipped = self.rows, self.sources, self.rejects, self.skipped
         count = len(rows)
         replayed = checks = 0
@@ -74,6 +76,10 @@ class Batch:
                 row = encode(message)
             except Rejected as error:
                 rejects.append((message, error))
+                continue
+            except Elsewhere:
+                skipped.append((message.topic, message.partition, message.offset))
+                self.elsewhere += 1
                 continue
             if row is None:
                 skipped.append((message.topic, message.partition, message.offset))

@@ -3,6 +3,8 @@
 The row is a JSONEachRow line. Messages that cannot become a row raise `Rejected` with a reason
 from `REJECT_REASONS`; the worker sends them to the dead-letter queue. `gateway check`'s event is no
 row at all (None): the gateway never writes it, and if one arrives anyway it is dropped here.
+Session recordings (`$snapshot_items`, in a spool next to the events) raise `Elsewhere`: they are
+`gateway recordings sink`'s, which reads them under its own cursor.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.capture.check_event import CHECK_EVENT
+from gateway.capture.events import SNAPSHOT_ITEMS_EVENT
 from gateway.capture.timestamps import EPOCH, event_timestamp, parse_timestamp
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
 from gateway.sinkworker.timestamps import format_clickhouse
@@ -60,6 +63,10 @@ class SourceMessage(Protocol):
     key: bytes | None
     value: bytes | None
     headers: Sequence[tuple[str, bytes]]
+
+
+class Elsewhere(Exception):
+    """A message that is not for the events table: session recordings (`$snapshot_items`)."""
 
 
 class Rejected(Exception):
@@ -143,6 +150,8 @@ class RowEncoder:
         try:
             envelope = orjson.loads(message.value)  # type: ignore[arg-type]
             event, distinct_id, token = envelope["event"], envelope["distinct_id"], envelope["token"]
+            if event == SNAPSHOT_ITEMS_EVENT:
+                raise Elsewhere(event)
             digits = envelope["uuid"].replace("-", "")
             raw_uuid = bytes.fromhex(digits)
             timestamp = datetime.fromisoformat(envelope["timestamp"])
@@ -253,6 +262,8 @@ class RowEncoder:
             raise Rejected("missing_event")
         if event == CHECK_EVENT:
             return None
+        if event == SNAPSHOT_ITEMS_EVENT:
+            raise Elsewhere(event)
         distinct_id = envelope.get("distinct_id")
         if distinct_id is None or distinct_id == "":
             raise Rejected("missing_distinct_id")

@@ -34,6 +34,7 @@ from gateway.metrics.sink import (
     INSERT_SECONDS,
     INSERTS_IN_FLIGHT,
     MESSAGES_CONSUMED,
+    RECORDINGS_SKIPPED,
     ROWS_INSERTED,
     ROWS_SKIPPED_REPLAY,
 )
@@ -150,6 +151,7 @@ class SinkWorker:
         batch = self._batch  # taken after the await: a revocation may have flushed the previous one
         topics: Counter[str] = Counter()
         encode = self._encoder.encode_binary
+        elsewhere = batch.elsewhere
         for run in runs:
             tp = _partition_of(run[0])
             if assigned is not None and tp not in assigned:
@@ -162,6 +164,8 @@ class SinkWorker:
                 CHECK_EVENTS_DROPPED.inc(checks)
         for topic, count in topics.items():
             MESSAGES_CONSUMED.labels(topic).inc(count)
+        if batch.elsewhere > elsewhere:
+            RECORDINGS_SKIPPED.inc(batch.elsewhere - elsewhere)
 
     def _flush(self) -> None:
         """Hand the current batch to a store task (which waits for an insert slot)."""

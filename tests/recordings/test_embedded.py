@@ -1,5 +1,6 @@
 """Embedded mode end to end: `gateway serve` (spool) → `gateway recordings sink` (chdb + a directory) →
-export, DLQ, a large session split into blocks, `gateway gdpr export|delete` and retention."""
+export, DLQ, a large session split into blocks, `gateway gdpr export|delete` and retention; next to
+`gateway sink` on the same spool; and a large backlog drained with /metrics answering throughout."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+import requests
 
-from tests.recordings.replay import now_ms, post_snapshots, rrweb_session
+from tests.recordings.replay import TOKEN, now_ms, post_snapshots, rrweb_session
+from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env, run_gateway
 from tests.support.waiting import wait_for
 
@@ -89,3 +92,96 @@ def test_embedded_sink_split_dlq_export_erasure_and_retention(tmp_path: Path) ->
     assert orjson.loads(expired.stderr.splitlines()[-1])["blocks"] >= 1
     assert not list((data / "recordings" / "sessions").glob("*/session-old/*"))
     assert run_gateway("recordings", "export", "session-old", *common).returncode == 1
+
+
+def metric(url: str, name: str) -> float:
+    """A counter's value from /metrics, 0 while the process is not listening yet."""
+    try:
+        text = requests.get(url, timeout=5).text
+    except requests.ConnectionError:
+        return 0.0
+    found = [line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")]
+    return float(found[0]) if found else 0.0
+
+
+def test_events_sink_leaves_recordings_to_the_recordings_sink_on_the_same_spool(tmp_path: Path) -> None:
+    """`gateway sink` stores the analytics events and skips the `$snapshot_items` records, which the
+    recordings sink, reading the same spool at the same time under its own cursor, stores exactly once."""
+    data = tmp_path / "data"
+    session = rrweb_session(now_ms() - 60_000)
+    with GatewayProcess(data) as gateway:
+        post_snapshots(gateway.url, "session-dave", "dave", session)
+        batch = [{"event": f"viewed-{n}", "properties": {"distinct_id": "dave"}} for n in range(3)]
+        assert requests.post(f"{gateway.url}/batch/", json={"api_key": TOKEN, "batch": batch}, timeout=10).ok
+    requests_sent = -(-len(session) // 3)
+    port = free_port()
+    events_log = open(tmp_path / "events-sink.log", "ab")  # noqa: SIM115 (closed with the process)
+    events_sink = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "sink", "--data-dir", str(data), "--clickhouse",
+         f"chdb://{data}/chdb-events", "--metrics-port", str(port), "--log-format", "text"],
+        stdout=events_log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
+    recordings_sink = sink_process(data, "--block-max-age", "0.2", "--recordings-retention-interval", "0")
+    try:
+        metrics = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: metric(metrics, "gateway_sink_rows_inserted_total") == 3
+                 and metric(metrics, "gateway_sink_recordings_skipped_total") == requests_sent,
+                 timeout=90, what="the events sink to store 3 events and skip every replay record")
+        wait_for(lambda: list((data / "recordings" / "sessions").glob("*/session-dave/*")), timeout=60,
+                 what="a block of the session")
+        time.sleep(1)
+    finally:
+        events_sink.terminate()
+        recordings_sink.terminate()
+        assert events_sink.wait(30) == 0, (tmp_path / "events-sink.log").read_text()[-3000:]
+        assert recordings_sink.wait(30) == 0, (data.parent / "recordings-sink.log").read_text()[-3000:]
+    assert metric_rows_of(tmp_path, data, "dave") == ["viewed-0", "viewed-1", "viewed-2"]
+    out = tmp_path / "dave.json"
+    exported = run_gateway("recordings", "export", "session-dave", "--out", str(out), "--data-dir", str(data),
+                           "--clickhouse", f"chdb://{data}/chdb")
+    assert exported.returncode == 0, exported.stderr
+    assert orjson.loads(out.read_bytes()) == session
+
+
+def metric_rows_of(tmp_path: Path, data: Path, distinct_id: str) -> list[str]:
+    """The event names of the person's rows in the events table (`gateway gdpr export`)."""
+    exported = run_gateway("gdpr", "export", "--distinct-id", distinct_id, "--out", "-", "--clickhouse",
+                           f"chdb://{data}/chdb-events", "--recordings-storage", str(tmp_path / "no-recordings"),
+                           "--audit-log", str(tmp_path / "audit.jsonl"))
+    assert exported.returncode == 0, exported.stderr
+    rows = [orjson.loads(line) for line in exported.stdout.splitlines()]
+    return sorted(row["event"] for row in rows if "event" in row)
+
+
+def test_metrics_answer_within_a_second_while_a_large_backlog_is_drained(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    start = now_ms() - 60_000
+    sessions, repeats = 20, 1000
+    with GatewayProcess(data) as gateway:  # 240,000 small rrweb events: seconds of work for the sink
+        for n in range(sessions):
+            post_snapshots(gateway.url, f"session-{n}", f"user-{n}", rrweb_session(start) * repeats,
+                           per_request=500)
+    expected = sessions * len(rrweb_session(start)) * repeats
+    port = free_port()
+    sink = sink_process(data, "--recordings-http-port", str(port), "--recordings-retention-interval", "0")
+    slowest, stored = 0.0, 0.0
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_for(lambda: _answers(url), timeout=60, what="the recordings sink's /metrics")
+        deadline = time.monotonic() + 300
+        while stored < expected and time.monotonic() < deadline:
+            asked = time.monotonic()
+            stored = metric(url, "recordings_snapshot_items_stored_total")
+            slowest = max(slowest, time.monotonic() - asked)
+            time.sleep(0.1)
+    finally:
+        sink.terminate()
+        assert sink.wait(30) == 0, (data.parent / "recordings-sink.log").read_text()[-3000:]
+    assert stored == expected
+    assert slowest < 1.0, f"/metrics took {slowest:.2f} s to answer during the drain"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).ok
+    except requests.RequestException:
+        return False
