@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.core.readiness import Readiness
 from gateway.core.startup import listen_error
+from gateway.http.dispatch import install_dispatcher
 from gateway.settings import ServeSettings
 
 POLL_S = 0.05
@@ -79,6 +80,7 @@ async def serve_until_signalled(
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, **options)
     try:
         await runner.setup()
+        install_dispatcher(runner)
         site = web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context)
         try:
             await site.start()
