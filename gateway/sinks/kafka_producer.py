@@ -31,7 +31,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from gateway import metrics
 from gateway.core.record import Record
-from gateway.metrics_export import LocalHistogram
+from gateway.metrics_export import LocalGauge, LocalHistogram
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -101,6 +101,7 @@ class ReconnectingProducer:
         self._round_robin = random.randrange(1 << 16)  # workers start their keyless rounds apart
         self._senders: set[asyncio.Task] = set()
         self._latency = LocalHistogram(metrics.KAFKA_PRODUCE_LATENCY)
+        self._queued = LocalGauge(metrics.KAFKA_QUEUE_DEPTH)  # folded once a second (metrics_export)
 
     async def ping(self) -> bool:
         """Connect if needed; True when fresh metadata could be fetched from a broker."""
@@ -137,7 +138,7 @@ class ReconnectingProducer:
                         waiter.remaining += 1
                         last = batch
             finally:
-                metrics.KAFKA_QUEUE_DEPTH.inc(appended)
+                self._queued.inc(appended)
             await waiter.future
         self._latency.observe(time.perf_counter() - started)
 
@@ -190,7 +191,7 @@ class ReconnectingProducer:
                 await (await producer.send_batch(batch.builder, topic, partition=number))
             except BaseException as exc:  # handed to the waiting requests
                 error = exc
-            metrics.KAFKA_QUEUE_DEPTH.dec(batch.count)
+            self._queued.dec(batch.count)
             for waiter in batch.waiters:
                 waiter.batch_done(error)
             if error is not None:  # the requests spool their records: fail what is queued behind too
@@ -201,11 +202,10 @@ class ReconnectingProducer:
         if self._partitions.get(key) is partition:
             del self._partitions[key]
 
-    @staticmethod
-    def _fail_queued(partition: _Partition, error: BaseException) -> None:
+    def _fail_queued(self, partition: _Partition, error: BaseException) -> None:
         while partition.batches:
             batch = partition.batches.popleft()
-            metrics.KAFKA_QUEUE_DEPTH.dec(batch.count)
+            self._queued.dec(batch.count)
             for waiter in batch.waiters:
                 waiter.batch_done(error)
 
