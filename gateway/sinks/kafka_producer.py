@@ -47,6 +47,15 @@ def java_partitioner(key: bytes | None, all_partitions: list[int], available: li
     return all_partitions[_positive_murmur2(key) % len(all_partitions)]
 
 
+class AckTimeout(TimeoutError):
+    """Kafka did not acknowledge a request's records before its deadline."""
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(AckTimeout("Kafka did not acknowledge in time"))
+
+
 class _Waiter:
     """One request's wait for the batches holding its records."""
 
@@ -110,10 +119,16 @@ class ReconnectingProducer:
             return True
         return bool(await self._producer.client.force_metadata_update())
 
-    async def produce(self, records: Sequence[Record]) -> None:
-        producer = self._producer or await self._connect()
+    async def produce(self, records: Sequence[Record], deadline: float | None = None) -> None:
+        """Return once Kafka acknowledged every record; with `deadline` (event-loop time), raise
+        AckTimeout when it passes first (the records may still be delivered: at least once)."""
+        loop = asyncio.get_running_loop()
+        producer = self._producer
+        if producer is None:
+            async with asyncio.timeout_at(deadline):
+                producer = await self._connect()
         started = time.perf_counter()
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        waiter = _Waiter(loop.create_future())
         last: _OpenBatch | None = None
         appended = 0
         with self._reset_on_failure(producer):
@@ -123,7 +138,8 @@ class ReconnectingProducer:
                     partitions = self._partition_counts.get(topic)
                     known = producer.client.cluster.partitions_for_topic(topic)
                     if partitions is None or known is None or len(known) != len(partitions):
-                        partitions = self._partition_counts[topic] = sorted(await producer.partitions_for(topic))
+                        async with asyncio.timeout_at(deadline):  # a metadata fetch, rarely
+                            partitions = self._partition_counts[topic] = sorted(await producer.partitions_for(topic))
                     key = record.key
                     if key is None:
                         partition = self._keyless_partition(producer, topic, partitions)
@@ -139,7 +155,12 @@ class ReconnectingProducer:
                         last = batch
             finally:
                 self._queued.inc(appended)
-            await waiter.future
+            expiry = None if deadline is None else loop.call_at(deadline, _expire, waiter.future)
+            try:
+                await waiter.future
+            finally:
+                if expiry is not None:
+                    expiry.cancel()
         self._latency.observe(time.perf_counter() - started)
 
     def _keyless_partition(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> int:
@@ -229,10 +250,10 @@ class ReconnectingProducer:
 
     @contextlib.contextmanager
     def _reset_on_failure(self, producer: AIOKafkaProducer) -> Iterator[None]:
-        """Count a failed produce and retire its client (cancellation by a caller's timeout is not one)."""
+        """Count a failed produce and retire its client (a caller's timeout or cancellation is not one)."""
         try:
             yield
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, AckTimeout):
             raise
         except Exception:
             metrics.KAFKA_PRODUCE_ERRORS.inc()
