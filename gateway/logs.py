@@ -14,25 +14,14 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 import orjson
 import uuid_utils
-from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from gateway.metrics import serve as metrics
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class Draining(Protocol):
-    """The worker's drain state (gateway/http/lifecycle.py `Drain`)."""
-
-    active: bool
-
 
 REQUEST_ID_HEADER = "X-Request-Id"
 LEVELS = ("debug", "info", "warning", "error")
@@ -43,7 +32,6 @@ _SANE_ID = re.compile(r"[\w.:+/=-]{1,128}", re.ASCII)
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "rate_key", "request_id"}
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-log = logging.getLogger("gateway.request")
 
 
 class JsonFormatter(logging.Formatter):
@@ -129,32 +117,3 @@ def set_level(level: str) -> None:
 
 def incoming_or_new_id(value: str | None) -> str:
     return value if value is not None and _SANE_ID.fullmatch(value) else uuid_utils.uuid4().hex
-
-
-def request_context(route_of: Callable[[web.Request], str], drain: Draining) -> Middleware:
-    """Outermost middleware: request id (accepted or generated, echoed), unhandled errors → logged 500,
-    and `Connection: close` once the worker drains."""
-    error_body = b'{"status":500,"code":"internal_error","error":"internal server error"}'
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        rid = incoming_or_new_id(request.headers.get(REQUEST_ID_HEADER))
-        token = request_id.set(rid)
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            exc.headers[REQUEST_ID_HEADER] = rid
-            raise
-        except Exception:
-            route = route_of(request)
-            log.exception("unhandled error", extra={"route": route})
-            metrics.HTTP_REQUESTS.labels(route, "500").inc()
-            response = web.Response(status=500, body=error_body, content_type="application/json")
-        finally:
-            request_id.reset(token)
-        response.headers[REQUEST_ID_HEADER] = rid
-        if drain.active:
-            response.force_close()
-        return response
-
-    return middleware

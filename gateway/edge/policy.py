@@ -1,4 +1,6 @@
-"""The edge policy as one aiohttp middleware: a single fast path instead of one middleware per concern.
+"""The edge policy in one function (`EdgePolicy.serve`): a single fast path instead of one middleware per concern.
+
+gateway/http/dispatch.py calls it for every request of the app; `middleware` is for the admin listener.
 
 Order, cheapest rejection first: unknown route → 404, OPTIONS → local preflight, method → 405,
 management access → 403, in-flight bound → 503 + Retry-After, client-IP rate → 429 + Retry-After.
@@ -60,13 +62,18 @@ class EdgePolicy:
         self.finished = 0  # bounded requests answered (the drain reports them)
         self.routes: dict[AbstractRoute, RoutePolicy] = {}
 
-    def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, policy: RoutePolicy) -> None:
-        """Register `handler` for every method; the middleware enforces `policy.methods`."""
-        self.routes[router.add_route("*", path, handler)] = policy
+    def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, policy: RoutePolicy) -> AbstractRoute:
+        """Register `handler` for every method; `serve` enforces `policy.methods`."""
+        route = router.add_route("*", path, handler)
+        self.routes[route] = policy
+        return route
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        route = self.routes.get(request.match_info.route)
+        return await self.serve(request, self.routes.get(request.match_info.route), handler)
+
+    async def serve(self, request: web.Request, route: RoutePolicy | None, handler: Handler) -> web.StreamResponse:
+        """Answer `request` for the route family `route` (None: no such route) with `handler`."""
         if route is None:
             return self._refuse(request, "unknown", RouteNotFound(f"no route for {request.path[:200]}"))
         if route.alias is not None:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 
 from aiohttp import web
+from aiohttp.web import AbstractRoute
 
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
@@ -181,12 +182,15 @@ class Edge:
     def serves(self, route: str) -> bool:
         return route in self.methods
 
-    def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, route: str) -> None:
-        """A route family's path (and its --path-alias paths), with its methods and client-IP limit."""
+    def add_route(self, router: web.UrlDispatcher, path: str, handler: Handler, route: str) -> AbstractRoute:
+        """A route family's path (and its --path-alias paths), with its methods and client-IP limit.
+
+        Returns the route of `path` itself."""
         policy = RoutePolicy(route, self.methods[route], self.rate_limits.by_ip.get(route))
-        self.policy.add_route(router, path, handler, policy)
+        registered = self.policy.add_route(router, path, handler, policy)
         for alias_path, alias in aliased_paths(path, self.aliases):
             self.policy.add_route(router, alias_path, handler, dataclasses.replace(policy, alias=alias))
+        return registered
 
     def add_probe(self, router: web.UrlDispatcher, path: str, handler: Handler) -> None:
         """A health probe: GET/HEAD, open to load balancers, never rate limited."""

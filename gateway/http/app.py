@@ -16,9 +16,9 @@ from gateway.edge.setup import Edge
 from gateway.gdpr.http import GdprEndpoints
 from gateway.http.capture import CaptureHandler
 from gateway.http.components import Components, capture_routes
+from gateway.http.dispatch import FRONT_KEY, Front
 from gateway.http.health import liveness, metrics_handler, readiness_handler
 from gateway.http.lifecycle import Drain
-from gateway.logs import request_context
 from gateway.metrics import serve as metrics
 from gateway.metrics.export import GaugeSampler, MetricsExporter
 from gateway.proxy.passthrough import passthrough_handler
@@ -47,10 +47,11 @@ def build_app(
     specs = capture_routes(settings)
     edge = components.edge
     drain = Drain()  # set on SIGTERM by gateway.http.lifecycle
+    front = Front(edge.policy, drain)
     # Body limits are enforced per route by the capture handler; this only caps what aiohttp buffers.
     app = web.Application(
         client_max_size=max(settings.event_body_limit, settings.batch_body_limit, settings.replay_body_limit),
-        middlewares=[request_context(lambda r: _route_name(edge, r), drain), edge.policy.middleware],
+        middlewares=[front.middleware],
     )
     app.on_response_prepare.append(omit_server_header)
     app[SINK_KEY] = sink
@@ -76,9 +77,8 @@ def build_app(
                 )
             else:
                 handle = handler.handler_for(spec)
-            for path in spec.paths:
-                edge.add_route(app.router, prefix + path, handle, spec.name)
-                edge.add_route(app.router, prefix + path + "/", handle, spec.name)
+            for path in (f"{prefix}{path}{slash}" for path in spec.paths for slash in ("", "/")):
+                front.serve_directly(path, edge.add_route(app.router, path, handle, spec.name), handle)
     # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics/export.py) ---
     sampler = GaugeSampler()
     sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
@@ -91,6 +91,7 @@ def build_app(
     app.cleanup_ctx.append(sampler.lifecycle)
     app[EDGE_KEY] = edge
     app[DRAIN_KEY] = drain
+    app[FRONT_KEY] = front
     # --- end operations ---
     app.cleanup_ctx.append(_sink_lifecycle)
     app.cleanup_ctx.append(edge.lifecycle)
@@ -100,11 +101,6 @@ def build_app(
         proxy.add_routes(app, edge, ("", *settings.prefix))
         app.cleanup_ctx.append(proxy.lifecycle)
     return app
-
-
-def _route_name(edge: Edge, request: web.Request) -> str:
-    policy = edge.policy.routes.get(request.match_info.route)
-    return policy.name if policy is not None else "unknown"
 
 
 async def _settle_gc(app: web.Application) -> None:

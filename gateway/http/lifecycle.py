@@ -20,6 +20,7 @@ from aiohttp import web
 
 from gateway.core.readiness import Readiness
 from gateway.edge.listener import Listener
+from gateway.http.dispatch import install_dispatcher
 from gateway.settings import ServeSettings
 
 POLL_S = 0.05
@@ -88,6 +89,7 @@ async def serve_until_signalled(
     listener = Listener(runner, host, port, reuse_port=reuse_port)
     try:
         await runner.setup()
+        install_dispatcher(runner)
         await listener.start(served.ssl_context)
         served.listeners.append(listener)
         await listener.serve_with(served.ssl_context)  # in case a SIGHUP switched TLS while it bound

@@ -28,8 +28,12 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    if request.content.is_eof():  # already received with the headers: no wait, no timer
-        return await request.read()
+    content = request.content
+    if content.is_eof():  # already received with the headers: no wait, no timer, no copy loop
+        body = content.read_nowait()
+        if len(body) > limit:  # a chunked body (no Content-Length) received whole
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        return body
     try:
         async with asyncio.timeout(timeout):
             return await _read_streamed(request, limit)

@@ -39,6 +39,29 @@ class LocalCounter:
             self.target.inc(value)
 
 
+class LocalGauge:
+    """A gauge moved up and down on the hot path as a plain int, the change folded into it about once
+    a second (like LocalCounter)."""
+
+    __slots__ = ("__weakref__", "change", "target")
+
+    def __init__(self, target: Gauge) -> None:
+        self.target = target
+        self.change = 0
+        _LOCAL_METRICS.add(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.change += amount
+
+    def dec(self, amount: int = 1) -> None:
+        self.change -= amount
+
+    def fold(self) -> None:
+        if self.change:
+            change, self.change = self.change, 0
+            self.target.inc(change)
+
+
 class LocalHistogram:
     """A histogram child's observations kept in local buckets, folded into it about once a second.
 
@@ -70,7 +93,7 @@ class LocalHistogram:
         self.target._sum.inc(total)
 
 
-_LOCAL_METRICS: weakref.WeakSet[LocalCounter | LocalHistogram] = weakref.WeakSet()
+_LOCAL_METRICS: weakref.WeakSet[LocalCounter | LocalGauge | LocalHistogram] = weakref.WeakSet()
 
 
 def fold_local_metrics() -> None:

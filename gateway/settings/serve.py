@@ -222,8 +222,9 @@ class ServeSettings:
         },
     )
     kafka_linger_ms: int = field(
-        default=5,
-        metadata={"help": "how long the producer waits to fill a batch (concurrent requests share batches)"},
+        default=0,
+        metadata={"help": "how long an idle partition waits to fill a batch (0: the requests of one event-loop "
+                          "pass; under load, batches grow while the previous one is with Kafka)"},
     )
     kafka_max_batch_bytes: int = field(
         default=1 * MiB,

@@ -122,8 +122,7 @@ class FailoverSink:
     async def deliver(self, records: Sequence[Record]) -> None:
         if self.mode is Mode.DIRECT:
             try:
-                async with asyncio.timeout(self.ack_timeout):  # no task per request, unlike wait_for
-                    await self.remote.produce(records)
+                await self._produce(records)
                 return
             except Rejected as rejected:
                 self._rejected.inc(rejected.dropped)
@@ -133,6 +132,11 @@ class FailoverSink:
                 self.remote.reset()
                 self._set_mode(Mode.SPOOLING)
         await self._to_spool(records)
+
+    async def _produce(self, records: Sequence[Record]) -> None:
+        """Deliver to the remote within `ack_timeout` (TimeoutError after it)."""
+        async with asyncio.timeout(self.ack_timeout):  # no task per request, unlike wait_for
+            await self.remote.produce(records)
 
     async def _to_spool(self, records: Sequence[Record]) -> None:
         self._spool_appends += 1

@@ -3,8 +3,10 @@
 Requests' records are gathered into one batch per partition and handed to aiokafka's batch API
 (`create_batch`/`send_batch`: a third of the CPU of `send()` per record). A partition has at most one
 batch with aiokafka at a time; while it is on its way, the records of every concurrent request gather
-in the partition's next batch, which is sent as soon as the previous one is acknowledged (or after
-`linger` when the partition was idle). So batches grow with the load, per-key order is kept (one
+in the partition's next batch, which is sent as soon as the previous one is acknowledged. A partition
+that was idle sends its batch once the requests handled in the same event-loop pass have joined (or
+after `linger`, 0 by default: at a low load waiting only adds latency, and under load the batch
+with aiokafka already makes the next one grow). So batches grow with the load, per-key order is kept (one
 partition, one batch after the other) and each request waits for the batches holding its records.
 Partitions are chosen like the Java client's default partitioner, murmur2 of the key, so PostHog's
 consumers co-partition with us. Records without a key (the overflow topic) stick to one partition
@@ -29,7 +31,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 
 from gateway.core.record import Record
 from gateway.metrics import serve as metrics
-from gateway.metrics.export import LocalHistogram
+from gateway.metrics.export import LocalGauge, LocalHistogram
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -43,6 +45,15 @@ def java_partitioner(key: bytes | None, all_partitions: list[int], available: li
     if key is None:
         return random.choice(available or all_partitions)
     return all_partitions[_positive_murmur2(key) % len(all_partitions)]
+
+
+class AckTimeout(TimeoutError):
+    """Kafka did not acknowledge a request's records before its deadline."""
+
+
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_exception(AckTimeout("Kafka did not acknowledge in time"))
 
 
 class _Waiter:
@@ -87,7 +98,7 @@ class _Partition:
 
 
 class ReconnectingProducer:
-    def __init__(self, make_producer: Callable[[], AIOKafkaProducer], linger: float = 0.005) -> None:
+    def __init__(self, make_producer: Callable[[], AIOKafkaProducer], linger: float = 0.0) -> None:
         self._make_producer = make_producer
         self._linger = linger
         self._producer: AIOKafkaProducer | None = None  # created on the event loop, on first use
@@ -99,6 +110,7 @@ class ReconnectingProducer:
         self._round_robin = random.randrange(1 << 16)  # workers start their keyless rounds apart
         self._senders: set[asyncio.Task] = set()
         self._latency = LocalHistogram(metrics.KAFKA_PRODUCE_LATENCY)
+        self._queued = LocalGauge(metrics.KAFKA_QUEUE_DEPTH)  # folded once a second (gateway/metrics/export.py)
 
     async def ping(self) -> bool:
         """Connect if needed; True when fresh metadata could be fetched from a broker."""
@@ -107,10 +119,16 @@ class ReconnectingProducer:
             return True
         return bool(await self._producer.client.force_metadata_update())
 
-    async def produce(self, records: Sequence[Record]) -> None:
-        producer = self._producer or await self._connect()
+    async def produce(self, records: Sequence[Record], deadline: float | None = None) -> None:
+        """Return once Kafka acknowledged every record; with `deadline` (event-loop time), raise
+        AckTimeout when it passes first (the records may still be delivered: at least once)."""
+        loop = asyncio.get_running_loop()
+        producer = self._producer
+        if producer is None:
+            async with asyncio.timeout_at(deadline):
+                producer = await self._connect()
         started = time.perf_counter()
-        waiter = _Waiter(asyncio.get_running_loop().create_future())
+        waiter = _Waiter(loop.create_future())
         last: _OpenBatch | None = None
         appended = 0
         with self._reset_on_failure(producer):
@@ -120,7 +138,8 @@ class ReconnectingProducer:
                     partitions = self._partition_counts.get(topic)
                     known = producer.client.cluster.partitions_for_topic(topic)
                     if partitions is None or known is None or len(known) != len(partitions):
-                        partitions = self._partition_counts[topic] = sorted(await producer.partitions_for(topic))
+                        async with asyncio.timeout_at(deadline):  # a metadata fetch, rarely
+                            partitions = self._partition_counts[topic] = sorted(await producer.partitions_for(topic))
                     key = record.key
                     if key is None:
                         partition = self._keyless_partition(producer, topic, partitions)
@@ -135,8 +154,13 @@ class ReconnectingProducer:
                         waiter.remaining += 1
                         last = batch
             finally:
-                metrics.KAFKA_QUEUE_DEPTH.inc(appended)
-            await waiter.future
+                self._queued.inc(appended)
+            expiry = None if deadline is None else loop.call_at(deadline, _expire, waiter.future)
+            try:
+                await waiter.future
+            finally:
+                if expiry is not None:
+                    expiry.cancel()
         self._latency.observe(time.perf_counter() - started)
 
     def _keyless_partition(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> int:
@@ -178,7 +202,8 @@ class ReconnectingProducer:
     async def _send_batches(self, producer: AIOKafkaProducer, key: tuple[str, int], partition: _Partition) -> None:
         """Send the partition's batches one after the other, each once the previous one is acknowledged."""
         topic, number = key
-        await asyncio.sleep(self._linger)  # an idle partition waits for concurrent requests to join
+        if self._linger:  # an idle partition waits for concurrent requests to join
+            await asyncio.sleep(self._linger)
         batches = partition.batches
         while batches:
             batch = batches.popleft()
@@ -187,7 +212,7 @@ class ReconnectingProducer:
                 await (await producer.send_batch(batch.builder, topic, partition=number))
             except BaseException as exc:  # handed to the waiting requests
                 error = exc
-            metrics.KAFKA_QUEUE_DEPTH.dec(batch.count)
+            self._queued.dec(batch.count)
             for waiter in batch.waiters:
                 waiter.batch_done(error)
             if error is not None:  # the requests spool their records: fail what is queued behind too
@@ -198,11 +223,10 @@ class ReconnectingProducer:
         if self._partitions.get(key) is partition:
             del self._partitions[key]
 
-    @staticmethod
-    def _fail_queued(partition: _Partition, error: BaseException) -> None:
+    def _fail_queued(self, partition: _Partition, error: BaseException) -> None:
         while partition.batches:
             batch = partition.batches.popleft()
-            metrics.KAFKA_QUEUE_DEPTH.dec(batch.count)
+            self._queued.dec(batch.count)
             for waiter in batch.waiters:
                 waiter.batch_done(error)
 
@@ -226,10 +250,10 @@ class ReconnectingProducer:
 
     @contextlib.contextmanager
     def _reset_on_failure(self, producer: AIOKafkaProducer) -> Iterator[None]:
-        """Count a failed produce and retire its client (cancellation by a caller's timeout is not one)."""
+        """Count a failed produce and retire its client (a caller's timeout or cancellation is not one)."""
         try:
             yield
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, AckTimeout):
             raise
         except Exception:
             metrics.KAFKA_PRODUCE_ERRORS.inc()

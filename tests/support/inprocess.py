@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.http.app import EDGE_KEY, build_app, utc_now
 from gateway.http.components import build_components
+from gateway.http.dispatch import install_dispatcher
 from gateway.http.lifecycle import runner_options
 from gateway.settings import ServeSettings
 from gateway.sinks.base import Sink
@@ -68,6 +69,7 @@ class InProcessGateway:
         app = build_app(self.settings, self.components, self.sink, clock=self.clock)
         self._runner = web.AppRunner(app, **runner_options(self.settings))
         await self._runner.setup()
+        install_dispatcher(self._runner)  # as `gateway serve` runs it (gateway/http/lifecycle.py)
         self.edge = app[EDGE_KEY]  # its SSL context is the one SIGHUP reloads
         await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.edge.ssl_context).start()
 

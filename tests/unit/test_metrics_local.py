@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway.metrics.export import LocalCounter, LocalHistogram, fold_local_metrics
+from gateway.metrics.export import LocalCounter, LocalGauge, LocalHistogram, fold_local_metrics
 
 BUCKETS = (0.001, 0.01, 0.1, 1, 10)
 AMOUNTS = (0, 0.0005, 0.001, 0.0011, 0.01, 0.5, 1, 9.99, 10, 11, 1e9, -1)
@@ -26,6 +26,19 @@ def test_folded_histogram_and_counter_export_what_direct_updates_export() -> Non
         assert _without_created(generate_latest(local)) == _without_created(generate_latest(direct))
     fold_local_metrics()  # nothing new: nothing changes
     assert _without_created(generate_latest(local)) == _without_created(generate_latest(direct))
+
+
+def test_folded_gauge_exports_what_direct_updates_export() -> None:
+    direct, local = CollectorRegistry(), CollectorRegistry()
+    gauges = [Gauge("g", "g", registry=r) for r in (direct, local)]
+    local_gauge = LocalGauge(gauges[1])
+    for up, down in ((5, 2), (1, 4), (3, 3)):
+        gauges[0].inc(up)
+        gauges[0].dec(down)
+        local_gauge.inc(up)
+        local_gauge.dec(down)
+        fold_local_metrics()
+        assert generate_latest(local) == generate_latest(direct)
 
 
 def _without_created(text: bytes) -> list[bytes]:
