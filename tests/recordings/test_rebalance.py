@@ -108,7 +108,88 @@ async def _check_sink(tmp_path: Path, bootstrap: str, replay: ReplayEvents, topi
     assert len(stored) == len(blocks), stored
 
 
-async def _produce(bootstrap: str, topic: str, messages: list[tuple[str, list[dict]]]) -> None:
+class ObservedSink(RecordingsSink):
+    """Says when aiokafka revokes its partitions, and which it has."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.revoking = asyncio.Event()
+        self.partitions: set[int] = set()
+
+    def assigned(self, partitions: set[tuple[str, int]]) -> None:
+        self.partitions = {partition for _, partition in partitions}
+        super().assigned(partitions)
+
+    async def revoked(self, partitions: set[tuple[str, int]]) -> None:
+        if partitions:  # aiokafka's first join revokes nothing
+            self.revoking.set()
+        await super().revoked(partitions)
+
+
+def test_member_joining_during_a_flush(tmp_path: Path, kafka, clickhouse_http_url: str) -> None:
+    """A real rebalance: a second sink joins the group while the first holds a block put."""
+    database = f"joining_{tmp_path.name[-8:].replace('-', '_')}".lower()
+    requests.post(clickhouse_http_url, data=f"CREATE DATABASE {database}".encode(), timeout=10).raise_for_status()
+    topic, group = f"replay_{database}", f"g_{database}"
+    asyncio.run(kafka.create_topics([topic], partitions=2))
+    asyncio.run(_join_during_flush(tmp_path, kafka.bootstrap_servers, clickhouse_http_url, database, topic, group))
+
+
+async def _join_during_flush(tmp_path: Path, bootstrap: str, clickhouse: str, database: str, topic: str,
+                             group: str) -> None:
+    events = rrweb_session(now_ms() - 60_000)
+    first = [("session-a", events[:5]), ("session-b", events[:4]), ("session-a", events[5:])]
+    await _produce(bootstrap, topic, first, partition=0)
+    await _produce(bootstrap, topic, first, partition=1)
+    writer = await open_writer(clickhouse, max_in_flight=1, compression="none")
+    replay = ReplayEvents(writer, database)
+    await replay.create()
+    config = SinkConfig(topic=topic, block_max_age_s=0.3, retry_base_s=0.05)
+    held = HeldStore(tmp_path / "blocks")
+    sinks = [ObservedSink(ReplayTopicSource(bootstrap, topic, group), store, replay,
+                          FileDeadLetters(tmp_path / "dlq"), TeamResolver({}), config)
+             for store in (held, DirectoryStore(tmp_path / "blocks"))]
+    stop = asyncio.Event()
+    running = [asyncio.create_task(sinks[0].run(stop))]
+    expected = 2 * (len(events) + 4 + 2)
+    try:
+        await asyncio.wait_for(held.first_put.wait(), 60)  # the first member is storing a block
+        running.append(asyncio.create_task(sinks[1].run(stop)))  # the second joins: a rebalance
+        await asyncio.wait_for(sinks[0].revoking.wait(), 60)
+        await asyncio.sleep(0.2)
+        held.release.set()
+        for _ in range(1200):
+            if all(sink.partitions for sink in sinks) or any(task.done() for task in running):
+                break
+            await asyncio.sleep(0.05)
+        assert [len(sink.partitions) for sink in sinks] == [1, 1], "the rebalance did not complete"
+        # Both members consume after the rebalance: new messages on both partitions get stored.
+        await _produce(bootstrap, topic, [("session-c", events[:2])], partition=0)
+        await _produce(bootstrap, topic, [("session-c", events[:2])], partition=1)
+        for _ in range(1200):
+            if sum(sink.items_stored for sink in sinks) >= expected or any(task.done() for task in running):
+                break
+            await asyncio.sleep(0.05)
+        assert not any(task.done() for task in running), "a sink's loop died in the rebalance"
+        assert all(sink.items_stored for sink in sinks), "the second member stored nothing"
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*running), 60)  # raises what killed a loop, if anything
+    try:
+        assert sum(sink.items_stored for sink in sinks) == expected
+        for partition in (0, 1):
+            assert await _committed(bootstrap, topic, group, partition) == 4
+        rows = await writer.select(f"SELECT _partition, session_id, _first_offset, _last_offset, event_count"
+                                   f" FROM {replay.name}")
+    finally:
+        await writer.close()
+    assert sum(int(row[-1]) for row in rows) == expected, rows  # no block row twice
+    covered = sorted((int(part), offset) for part, _, first, last, _ in rows
+                     for offset in range(int(first), int(last) + 1))
+    assert sorted(set(covered)) == [(part, offset) for part in (0, 1) for offset in range(4)]
+
+
+async def _produce(bootstrap: str, topic: str, messages: list[tuple[str, list[dict]]], partition: int = 0) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -117,15 +198,15 @@ async def _produce(bootstrap: str, topic: str, messages: list[tuple[str, list[di
                           "$snapshot_source": "web", "$snapshot_items": items}
             data = orjson.dumps({"event": "$snapshot_items", "properties": properties}).decode()
             value = {"uuid": "0", "distinct_id": "dana", "token": TOKEN, "data": data}
-            await producer.send_and_wait(topic, orjson.dumps(value), key=session_id.encode(), partition=0)
+            await producer.send_and_wait(topic, orjson.dumps(value), key=session_id.encode(), partition=partition)
     finally:
         await producer.stop()
 
 
-async def _committed(bootstrap: str, topic: str, group: str) -> int | None:
+async def _committed(bootstrap: str, topic: str, group: str, partition: int = 0) -> int | None:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await consumer.start()
     try:
-        return await consumer.committed(TopicPartition(topic, 0))
+        return await consumer.committed(TopicPartition(topic, partition))
     finally:
         await consumer.stop()
