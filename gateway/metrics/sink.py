@@ -15,9 +15,11 @@ ROWS_SKIPPED_REPLAY = Counter(
 CHECK_EVENTS_DROPPED = Counter(
     "gateway_sink_check_events_dropped_total", "`gateway check` events read from the source and not stored"
 )
-RECORDINGS_SKIPPED = Counter(
-    "gateway_sink_recordings_skipped_total",
-    "Session-recording messages ($snapshot_items) read from a spool and left to `gateway recordings sink`",
+MESSAGES_SKIPPED = Counter(
+    "gateway_sink_messages_skipped_total",
+    "Messages read and skipped as not for the events table: a spool's records of topics outside --topics "
+    "(heatmaps, client warnings, replay) and $snapshot_items (left to `gateway recordings sink`)",
+    ["topic"],
 )
 DLQ_MESSAGES = Counter(
     "gateway_sink_dlq_messages_total", "Messages sent to the dead-letter queue", ["reason"]

@@ -11,6 +11,11 @@ Guarantees:
   many blocks), and when all buffers together pass `buffer_max_bytes` the largest is stored early.
 - Storage or ClickHouse down: the source is paused (the consumer stays in its group, lag grows,
   `ready` is False with the reason) and the write is retried with backoff until it succeeds.
+- Rebalances: aiokafka calls `revoked` from its own task, concurrently with the loop. One lock
+  serialises them: a revocation waits for the loop's step (fetch, add, flush, commit) to finish,
+  then stores and commits what is left of its partitions, so no buffer is flushed twice and no
+  offset is committed before its message is in a buffer. A failed commit (the group rebalancing)
+  is retried with the next one; the revocation's own commit covers the revoked partitions.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from aiokafka.errors import KafkaError
 
 from gateway.clickhouse.writer import WriteError
 from gateway.metrics.recordings import (
@@ -83,6 +89,7 @@ class RecordingsSink:
         self._committed: dict[int, tuple[int, int]] = {}
         self._guard: dict[int, dict[str, int]] = {}  # partition → session → last offset already stored
         self._buffered = 0
+        self._lock = asyncio.Lock()  # the loop's step or a revocation, never both (module doc)
         self.health = Health()
         self.items_stored = 0
         self.clean_exit = True
@@ -95,25 +102,28 @@ class RecordingsSink:
 
     async def revoked(self, partitions: set[tuple[str, int]]) -> None:
         gone = {partition for _, partition in partitions}
-        await self._flush([key for key in self._buffers if key[0] in gone], None)
-        await self._commit()
-        for partition in gone:
-            self._guard.pop(partition, None)
-            self._last.pop(partition, None)
-            self._committed.pop(partition, None)
+        async with self._lock:
+            await self._flush([key for key in self._buffers if key[0] in gone], None)
+            await self._commit()
+            for partition in gone:
+                self._guard.pop(partition, None)
+                self._last.pop(partition, None)
+                self._committed.pop(partition, None)
 
     # Main loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         await self._source.start(self)
         try:
             while not stop.is_set():
-                messages = await self._source.fetch(0.2, self._config.fetch_max_records)
-                await self.consume(messages, stop)
-                await self._flush_due(stop)
-                await self._commit()
+                async with self._lock:  # a fetch too: what it returns was fetched for the current assignment
+                    messages = await self._source.fetch(0.2, self._config.fetch_max_records)
+                    await self._consume(messages, stop)
+                    await self._flush_due(stop)
+                    await self._commit()
             try:  # one attempt each: on SIGTERM during an outage, exit and re-read them next time
-                await self._flush(list(self._buffers), stop)
-                await self._commit()
+                async with self._lock:
+                    await self._flush(list(self._buffers), stop)
+                    await self._commit()
             except (StorageError, WriteError, OSError) as exc:
                 log.warning("recordings sink stopped with %d sessions unstored (re-read on restart): %s",
                             len(self._buffers), exc)
@@ -121,7 +131,7 @@ class RecordingsSink:
         finally:
             await self._source.stop()
 
-    async def consume(self, messages: Sequence[Any], stop: asyncio.Event | None = None) -> None:
+    async def _consume(self, messages: Sequence[Any], stop: asyncio.Event | None) -> None:
         dead: list[tuple[Any, Rejected]] = []
         for message in messages:
             stream = self._stream(message.partition)
@@ -228,7 +238,11 @@ class RecordingsSink:
         changed = {(self._config.topic, partition): offset for stream, (partition, offset) in positions.items()
                    if self._committed.get(stream) != (partition, offset)}
         if changed:
-            await self._retrying("commit", lambda: self._source.commit(changed), None)
+            try:
+                await self._retrying("commit", lambda: self._source.commit(changed), None)
+            except KafkaError as exc:  # e.g. the group is rebalancing: the next commit (or `revoked`) retries
+                log.warning("recordings offset commit failed, retried with the next one: %r", exc)
+                return
             self._committed.update({self._stream(p): (p, o) for (_, p), o in changed.items()})
 
     def _stream(self, partition: int) -> int:

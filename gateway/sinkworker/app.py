@@ -50,6 +50,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
             TeamResolver(parse_team_map(settings.team_map), strict=settings.strict_teams),
             IpMode(settings.ip_property),
             subsecond=writer.caps.datetime64,
+            topics=frozenset(settings.topics),  # a spool holds every topic; Kafka mode subscribes to these
         )
         config = WorkerConfig(
             table=table_name(settings.database, settings.table),

@@ -52,7 +52,7 @@ class Batch:
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     skipped: list[tuple[str, int, int]] = field(default_factory=list)
     size: int = 0
-    elsewhere: int = 0  # messages skipped as another sink's (session recordings)
+    elsewhere: int = 0  # messages skipped as not for the events table (`Elsewhere`)
 
     def add_run(
         self,

@@ -3,8 +3,10 @@
 The row is a JSONEachRow line. Messages that cannot become a row raise `Rejected` with a reason
 from `REJECT_REASONS`; the worker sends them to the dead-letter queue. `gateway check`'s event is no
 row at all (None): the gateway never writes it, and if one arrives anyway it is dropped here.
-Session recordings (`$snapshot_items`, in a spool next to the events) raise `Elsewhere`: they are
-`gateway recordings sink`'s, which reads them under its own cursor.
+Messages that are not for the events table raise `Elsewhere`: those of topics outside the encoder's
+`topics` (a spool holds every topic the gateway writes, where a Kafka consumer subscribes to its own:
+heatmaps and client ingestion warnings have tables of their own in PostHog), and session recordings
+(`$snapshot_items`), which `gateway recordings sink` reads under its own cursor.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ class SourceMessage(Protocol):
 
 
 class Elsewhere(Exception):
-    """A message that is not for the events table: session recordings (`$snapshot_items`)."""
+    """A message that is not for the events table: another topic's, or a session recording's."""
 
 
 class Rejected(Exception):
@@ -93,10 +95,12 @@ class RowEncoder:
     teams: TeamResolver
     ip_mode: IpMode = IpMode.SET
     subsecond: bool = True  # False on servers without DateTime64
+    topics: frozenset[str] | None = None  # the topics whose messages become rows; None: every topic
 
     def encode(self, message: SourceMessage) -> bytes | None:
         """One newline-terminated JSONEachRow line (the readable reference form), None for the check
         event, or raise Rejected."""
+        self._check_topic(message)
         fields = self._fields(message)
         if fields is None:
             return None
@@ -131,6 +135,7 @@ class RowEncoder:
         ClickHouse parses it at a fraction of JSONEachRow's cost. Messages of the newest capture format
         take a lean path (`_lean_row`); any other shape takes the reference path (`_fields`).
         """
+        self._check_topic(message)
         row = self._lean_row(message)
         if row is not None:
             return row
@@ -142,6 +147,10 @@ class RowEncoder:
         return self._pack(message, bytes.fromhex(row_uuid.replace("-", "")), event, properties, timestamp,
                           team_id, distinct_id.encode(), elements_chain.encode(), now, token, propertyless,
                           historical)  # fmt: skip
+
+    def _check_topic(self, message: SourceMessage) -> None:
+        if self.topics is not None and message.topic not in self.topics:
+            raise Elsewhere(message.topic)
 
     def _lean_row(self, message: SourceMessage) -> bytes | None:
         """The RowBinary row of a message in the newest capture format (every envelope field a non-empty

@@ -34,7 +34,7 @@ from gateway.metrics.sink import (
     INSERT_SECONDS,
     INSERTS_IN_FLIGHT,
     MESSAGES_CONSUMED,
-    RECORDINGS_SKIPPED,
+    MESSAGES_SKIPPED,
     ROWS_INSERTED,
     ROWS_SKIPPED_REPLAY,
 )
@@ -151,21 +151,21 @@ class SinkWorker:
         batch = self._batch  # taken after the await: a revocation may have flushed the previous one
         topics: Counter[str] = Counter()
         encode = self._encoder.encode_binary
-        elsewhere = batch.elsewhere
         for run in runs:
             tp = _partition_of(run[0])
             if assigned is not None and tp not in assigned:
                 continue  # revoked while we looked up stored offsets: the new owner reads it
             topics[tp[0]] += len(run)
+            elsewhere = batch.elsewhere
             replayed, checks = batch.add_run(run, encode, self._guard.stored_in(tp, run[-1].offset))
+            if batch.elsewhere > elsewhere:
+                MESSAGES_SKIPPED.labels(tp[0]).inc(batch.elsewhere - elsewhere)
             if replayed:
                 ROWS_SKIPPED_REPLAY.inc(replayed)
             if checks:
                 CHECK_EVENTS_DROPPED.inc(checks)
         for topic, count in topics.items():
             MESSAGES_CONSUMED.labels(topic).inc(count)
-        if batch.elsewhere > elsewhere:
-            RECORDINGS_SKIPPED.inc(batch.elsewhere - elsewhere)
 
     def _flush(self) -> None:
         """Hand the current batch to a store task (which waits for an insert slot)."""

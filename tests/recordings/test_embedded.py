@@ -106,12 +106,15 @@ def metric(url: str, name: str) -> float:
 
 def test_events_sink_leaves_recordings_to_the_recordings_sink_on_the_same_spool(tmp_path: Path) -> None:
     """`gateway sink` stores the analytics events and skips the `$snapshot_items` records, which the
-    recordings sink, reading the same spool at the same time under its own cursor, stores exactly once."""
+    recordings sink, reading the same spool at the same time under its own cursor, stores exactly once.
+    Heatmaps and client ingestion warnings (topics outside its --topics, as in Kafka mode) are skipped too."""
     data = tmp_path / "data"
     session = rrweb_session(now_ms() - 60_000)
     with GatewayProcess(data) as gateway:
         post_snapshots(gateway.url, "session-dave", "dave", session)
         batch = [{"event": f"viewed-{n}", "properties": {"distinct_id": "dave"}} for n in range(3)]
+        batch += [{"event": name, "properties": {"distinct_id": "dave"}}
+                  for name in ("$$heatmap", "$$client_ingestion_warning", "$$heatmap")]
         assert requests.post(f"{gateway.url}/batch/", json={"api_key": TOKEN, "batch": batch}, timeout=10).ok
     requests_sent = -(-len(session) // 3)
     port = free_port()
@@ -123,9 +126,12 @@ def test_events_sink_leaves_recordings_to_the_recordings_sink_on_the_same_spool(
     recordings_sink = sink_process(data, "--block-max-age", "0.2", "--recordings-retention-interval", "0")
     try:
         metrics = f"http://127.0.0.1:{port}/metrics"
+        skipped = 'gateway_sink_messages_skipped_total{topic="%s"}'
         wait_for(lambda: metric(metrics, "gateway_sink_rows_inserted_total") == 3
-                 and metric(metrics, "gateway_sink_recordings_skipped_total") == requests_sent,
-                 timeout=90, what="the events sink to store 3 events and skip every replay record")
+                 and metric(metrics, skipped % "session_recording_snapshot_item_events") == requests_sent
+                 and metric(metrics, skipped % "heatmaps_ingestion") == 2
+                 and metric(metrics, skipped % "ingestion-clientwarnings-main-1") == 1,
+                 timeout=90, what="the events sink to store 3 events and skip the other topics' records")
         wait_for(lambda: list((data / "recordings" / "sessions").glob("*/session-dave/*")), timeout=60,
                  what="a block of the session")
         time.sleep(1)

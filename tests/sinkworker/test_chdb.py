@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from gateway.capture.events import RecordOptions, RequestContext, check_events
+from gateway.capture.parse import ParsedRequest
+from gateway.capture.spooled import request_content
 from gateway.clickhouse.chdb_writer import ChdbWriter
 from gateway.core.record import Record
+from gateway.settings.sink import DEFAULT_TOPICS
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.dlq import FileDeadLetters
 from gateway.sinkworker.rows import RowEncoder, SourceMessage
@@ -18,7 +24,7 @@ from gateway.sinkworker.sources import SpoolSource
 from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import Spool
-from tests.sinkworker.helpers import TOPIC, ListDeadLetters, ListSource, captured_value, record, stream
+from tests.sinkworker.helpers import TOKEN, TOPIC, ListDeadLetters, ListSource, captured_value, record, stream
 from tests.support.spools import Draining
 
 ENCODER = RowEncoder(TeamResolver({}))
@@ -147,3 +153,49 @@ def test_spool_source_drains_once_across_restarts(
     assert counts(chdb_writer, chdb_table) == (300, 300)
     dead = [orjson.loads(line) for line in next((tmp_path / "dlq").iterdir()).read_bytes().splitlines()]
     assert [d["headers"]["dlq_reason"] for d in dead] == ["invalid_json"]
+
+
+def test_spool_records_of_topics_not_consumed_are_skipped_and_committed(
+    chdb_writer: ChdbWriter, chdb_table: str, tmp_path: Path
+) -> None:
+    """A spool holds every topic the gateway writes; as in Kafka mode (which subscribes to --topics only),
+    heatmaps and client ingestion warnings become no rows: skipped, counted per topic, committed."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    names = ["$pageview", "$$heatmap", "$autocapture", "$$client_ingestion_warning", "$$heatmap", "$exception"]
+    events = [{"uuid": str(uuid.UUID(int=i + 1)), "event": name, "properties": {"distinct_id": f"user-{i}"},
+               "timestamp": "2023-09-15T09:15:02.325Z"} for i, name in enumerate(names)]
+    parsed = ParsedRequest(events, TOKEN, None, False)
+    check_events(parsed)
+    context = RequestContext("203.0.113.7", datetime(2023, 9, 15, 9, 15, 2, tzinfo=UTC))
+
+    async def fill() -> None:
+        spool = Spool(spool_dir, segment_bytes=16 * 1024)
+        await spool.open()
+        await spool.append_request(request_content(parsed, context, RecordOptions()), len(events))  # embedded mode
+        await spool.append([Record("heatmaps_ingestion", b"k", (), captured_value(10, event="$$heatmap")),
+                            Record(TOPIC, b"k", (), captured_value(11))])
+        await spool.close()
+
+    def skipped() -> dict[str, float]:
+        return {topic: REGISTRY.get_sample_value("gateway_sink_messages_skipped_total", {"topic": topic}) or 0.0
+                for topic in ("heatmaps_ingestion", "ingestion-clientwarnings-main-1")}
+
+    asyncio.run(fill())
+    encoder = RowEncoder(TeamResolver({}), topics=frozenset(DEFAULT_TOPICS))
+    before = skipped()
+    run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq"),
+               encoder=encoder)
+    rows = asyncio.run(chdb_writer.select(f"SELECT event, _topic FROM {chdb_table} ORDER BY event"))
+    assert rows == [["$autocapture", TOPIC], ["$exception", "error_tracking_events"], ["$pageview", TOPIC],
+                    ["$pageview", TOPIC]]
+    after = skipped()
+    assert after["heatmaps_ingestion"] == before["heatmaps_ingestion"] + 3
+    assert after["ingestion-clientwarnings-main-1"] == before["ingestion-clientwarnings-main-1"] + 1
+    assert not (tmp_path / "dlq").exists()
+
+    # Their positions were committed with the rows': a restarted sink reads none of them again.
+    run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq"),
+               encoder=encoder)
+    assert skipped() == after
+    assert counts(chdb_writer, chdb_table) == (4, 4)
