@@ -11,11 +11,12 @@ heatmaps and client ingestion warnings have tables of their own in PostHog), and
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
@@ -87,6 +88,8 @@ class IpMode(StrEnum):
     IF_MISSING = "if-missing"  # keep a $ip the SDK sent (server-side SDKs), else set it
     DROP = "drop"  # remove $ip entirely (anonymised IPs)
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class RowEncoder:
@@ -96,6 +99,7 @@ class RowEncoder:
     ip_mode: IpMode = IpMode.SET
     subsecond: bool = True  # False on servers without DateTime64
     topics: frozenset[str] | None = None  # the topics whose messages become rows; None: every topic
+    _skipped_topics: set[str] = field(default_factory=set, init=False, repr=False)
 
     def encode(self, message: SourceMessage) -> bytes | None:
         """One newline-terminated JSONEachRow line (the readable reference form), None for the check
@@ -150,6 +154,10 @@ class RowEncoder:
 
     def _check_topic(self, message: SourceMessage) -> None:
         if self.topics is not None and message.topic not in self.topics:
+            if message.topic not in self._skipped_topics:  # say it once: a custom topic name may be missing
+                self._skipped_topics.add(message.topic)
+                log.info("records of topic %r are skipped (not in --topics %s); counted in "
+                         "gateway_sink_messages_skipped_total", message.topic, ",".join(sorted(self.topics)))
             raise Elsewhere(message.topic)
 
     def _lean_row(self, message: SourceMessage) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,7 +157,7 @@ def test_spool_source_drains_once_across_restarts(
 
 
 def test_spool_records_of_topics_not_consumed_are_skipped_and_committed(
-    chdb_writer: ChdbWriter, chdb_table: str, tmp_path: Path
+    chdb_writer: ChdbWriter, chdb_table: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A spool holds every topic the gateway writes; as in Kafka mode (which subscribes to --topics only),
     heatmaps and client ingestion warnings become no rows: skipped, counted per topic, committed."""
@@ -182,6 +183,7 @@ def test_spool_records_of_topics_not_consumed_are_skipped_and_committed(
                 for topic in ("heatmaps_ingestion", "ingestion-clientwarnings-main-1")}
 
     asyncio.run(fill())
+    caplog.set_level(logging.INFO, logger="gateway.sinkworker.rows")
     encoder = RowEncoder(TeamResolver({}), topics=frozenset(DEFAULT_TOPICS))
     before = skipped()
     run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq"),
@@ -193,6 +195,8 @@ def test_spool_records_of_topics_not_consumed_are_skipped_and_committed(
     assert after["heatmaps_ingestion"] == before["heatmaps_ingestion"] + 3
     assert after["ingestion-clientwarnings-main-1"] == before["ingestion-clientwarnings-main-1"] + 1
     assert not (tmp_path / "dlq").exists()
+    said = [r.getMessage() for r in caplog.records if "are skipped (not in --topics" in r.getMessage()]
+    assert len(said) == 2 and "'heatmaps_ingestion'" in said[0] + said[1]  # once per topic, not per record
 
     # Their positions were committed with the rows': a restarted sink reads none of them again.
     run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq"),
