@@ -10,6 +10,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -41,10 +42,10 @@ def post_on(
     return response
 
 
-def wait_for(condition, timeout: float = 10.0) -> None:
+def wait_for(condition, timeout: float = 10.0, log: Callable[[], str] = lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
+        assert time.monotonic() < deadline, f"condition not met in time; log tail:\n{log()[-4000:]}"
         time.sleep(0.05)
 
 
@@ -191,7 +192,8 @@ def test_sighup_switches_tls_on_and_off_with_redis_shared_limits(tmp_path: Path,
         config.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
         with ConnectWatch(gateway.port) as watch:
             gateway.process.send_signal(signal.SIGHUP)
-            wait_for(lambda: gateway.log().count("TLS switched on") == 4)  # main and admin port, by both workers
+            # main and admin port, by both workers (each rebuilds its components first: slow under load)
+            wait_for(lambda: gateway.log().count("TLS switched on") == 4, 30, gateway.log)
         assert watch.refused == 0
         statuses = [requests.post(https_url, data=event_body(), headers=client, verify=str(cert), timeout=5).status_code
                     for _ in range(4)]
@@ -227,7 +229,7 @@ def test_sighup_switches_tls_on_and_off_with_redis_shared_limits(tmp_path: Path,
         config.write_text("")
         with ConnectWatch(gateway.port) as watch:
             gateway.process.send_signal(signal.SIGHUP)
-            wait_for(lambda: gateway.log().count("TLS switched off") == 4)
+            wait_for(lambda: gateway.log().count("TLS switched off") == 4, 30, gateway.log)
         assert watch.refused == 0
         response = requests.get(gateway.url + "/_readiness", timeout=5)
         assert response.status_code == 200 and "Strict-Transport-Security" not in response.headers
