@@ -118,7 +118,8 @@ def measure(label: str, command: list[str], template: Path, rows: int) -> Run:
         port = free_port()
         started = time.perf_counter()
         process = subprocess.Popen([*command, "sink", "--data-dir", str(data_dir), "--metrics-port", str(port),
-                                    "--log-level", "warning"], stdin=subprocess.DEVNULL)  # fmt: skip
+                                    "--clickhouse", f"chdb://{scratch}/chdb",
+                                    "--log-level", "warning"], stdin=subprocess.DEVNULL, cwd=scratch)  # fmt: skip
         try:
             ready_cpu = None
             while True:

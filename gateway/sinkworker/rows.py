@@ -230,7 +230,7 @@ class RowEncoder:
             team_id = self.teams.team_id(token)
         except UnknownToken:
             return None
-        properties = properties.copy()  # the event stays as read: its record may still be built
+        properties = properties.copy()  # encoding leaves the message as it was (it may be encoded again)
         chain = properties.pop("$elements_chain", "")
         ip_mode, ip = self.ip_mode, route.ip
         if ip_mode is IpMode.DROP:

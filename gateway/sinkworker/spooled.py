@@ -5,7 +5,8 @@ it into Kafka records encodes an envelope and a `data` JSON per event that the s
 back; instead each event becomes a `SpooledEvent` carrying what its record is made of
 (`routed_events`), and `RowEncoder` builds the row from that. The record itself is built on demand
 (`key`, `value`, `headers`: for the dead-letter queue, or for shapes the encoder leaves to its
-reference path), from the request's unchanged events: the record every other reader gets.
+reference path) by `analytics_records` from the same inputs: the record every other reader gets
+(`request_records`), with the same uuid where the gateway stored an event without one.
 """
 
 from __future__ import annotations

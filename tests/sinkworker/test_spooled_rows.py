@@ -147,8 +147,8 @@ def test_spooled_events_carry_their_records() -> None:
 
 
 def test_common_shapes_are_built_from_the_events() -> None:
-    """The comparisons cover the direct path only if the common shapes take it, and they leave the event
-    as read (its record may still be built afterwards)."""
+    """The comparisons cover the direct path only if the common shapes take it; encoding leaves the
+    event as it was."""
     _, from_events = messages_both_ways()
     encoder = encoders()[0]
     events = [message for message in from_events if isinstance(message, SpooledEvent)]
