@@ -49,6 +49,11 @@ def request_content(parsed: ParsedRequest, context: RequestContext, options: Rec
 
 def request_records(content: bytes | memoryview) -> list[Record]:
     """The records of a request stored by `request_content` (ValueError if `content` is malformed)."""
+    return analytics_records(*request_inputs(content))
+
+
+def request_inputs(content: bytes | memoryview) -> tuple[ParsedRequest, RequestContext, RecordOptions]:
+    """What `analytics_records` takes to build the records of a stored request (ValueError if malformed)."""
     try:
         (length,) = _CONTEXT_LENGTH.unpack_from(content)
         view = memoryview(content)
@@ -62,7 +67,7 @@ def request_records(content: bytes | memoryview) -> list[Record]:
         options = _options(head.get("topics"), head.get("rerouting_us"))
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed spooled request: {exc!r}") from exc
-    return analytics_records(parsed, context, options)
+    return parsed, context, options
 
 
 @functools.lru_cache(maxsize=16)

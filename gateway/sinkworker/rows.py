@@ -26,6 +26,7 @@ import orjson
 from gateway.capture.check_event import CHECK_EVENT
 from gateway.capture.events import SNAPSHOT_ITEMS_EVENT
 from gateway.capture.timestamps import EPOCH, event_timestamp, parse_timestamp
+from gateway.sinkworker.spooled import SpooledEvent
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
 from gateway.sinkworker.timestamps import format_clickhouse
 
@@ -136,11 +137,14 @@ class RowEncoder:
         event, or raise Rejected.
 
         What the sink inserts: no JSON escaping of `properties`, no datetime formatting, and
-        ClickHouse parses it at a fraction of JSONEachRow's cost. Messages of the newest capture format
-        take a lean path (`_lean_row`); any other shape takes the reference path (`_fields`).
+        ClickHouse parses it at a fraction of JSONEachRow's cost. An event of a spooled request is
+        built from the event (`_event_row`), messages of the newest capture format take a lean path
+        (`_lean_row`); any other shape takes the reference path (`_fields`).
         """
         self._check_topic(message)
-        row = self._lean_row(message)
+        row = self._event_row(message) if type(message) is SpooledEvent else None
+        if row is None:
+            row = self._lean_row(message)
         if row is not None:
             return row
         fields = self._fields(message)
@@ -213,6 +217,56 @@ class RowEncoder:
             token,
             properties.get("$process_person_profile") is False,
             envelope.get("historical_migration") is True,
+        )
+
+    def _event_row(self, message: SpooledEvent) -> bytes | None:
+        """What `_lean_row` makes of a spooled event's record, built from the event and its request
+        without encoding the record (gateway/sinkworker/spooled.py), or None where `_lean_row` might
+        decline: then the record itself is built and encoded."""
+        route, request = message.route, message.request
+        event, name, distinct_id, token = route.event, route.name, route.distinct_id, request.token
+        if name == SNAPSHOT_ITEMS_EVENT:
+            raise Elsewhere(name)
+        if not (type(name) is str and name and type(distinct_id) is str and distinct_id
+                and type(token) is str and token) or name == CHECK_EVENT:  # fmt: skip
+            return None
+        uuid_text, timestamp = route.uuid, route.timestamp
+        if type(uuid_text) is not str or timestamp.tzinfo is not UTC:  # UTC: the record's text reads back equal
+            return None
+        digits = uuid_text.replace("-", "")
+        try:
+            raw_uuid = bytes.fromhex(digits)
+        except ValueError:
+            return None
+        if len(digits) != 32 or len(raw_uuid) != 16 or "$set" in event or "$set_once" in event:
+            return None
+        properties = event.get("properties")
+        if type(properties) is not dict:
+            return None
+        try:
+            team_id = self.teams.team_id(token)
+        except UnknownToken:
+            return None
+        properties = properties.copy()  # encoding leaves the message as it was (it may be encoded again)
+        chain = properties.pop("$elements_chain", "")
+        ip_mode, ip = self.ip_mode, route.ip
+        if ip_mode is IpMode.DROP:
+            properties.pop("$ip", None)
+        elif type(ip) is str and ip and (ip_mode is IpMode.SET or "$ip" not in properties):
+            properties["$ip"] = ip
+        return self._pack(
+            message,
+            raw_uuid,
+            name,
+            orjson.dumps(properties),
+            timestamp,
+            team_id,
+            distinct_id.encode(),
+            chain.encode() if type(chain) is str else b"",
+            request.now,
+            token,
+            properties.get("$process_person_profile") is False,
+            bool(route.historical),
         )
 
     def _pack(

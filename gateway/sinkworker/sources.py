@@ -11,7 +11,9 @@ within a spool, survive restarts, and `offset + 1` is where the next frame start
 A frame holding a spooled request yields its N records at the positions of the frame's last N bytes
 (a frame is always longer than N bytes), so the last record's `offset + 1` is again where the next
 frame starts. A commit inside such a frame persists the frame's start: after a restart its records
-are read again, and the worker's replay guard skips those already stored.
+are read again, and the worker's replay guard skips those already stored. Such a frame's records are
+read as `SpooledEvent`s (spooled.py: the row is built from the event, the record only when asked for);
+`refetch` gives the records themselves.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from gateway.metrics.sink import CONSUMER_LAG
 from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
 from gateway.sinkworker.rows import SourceMessage
+from gateway.sinkworker.spooled import SpooledEvent, spooled_events
 from gateway.spool import SpoolPosition, SpoolReader
 from gateway.spool.crypto import Keyring
 from gateway.spool.format import HEADER_SIZE
@@ -239,14 +242,14 @@ class SpoolSource:
             await asyncio.sleep(min(timeout_s, self.POLL_INTERVAL_S))
         return messages
 
-    async def read(self, max_records: int) -> list[SpoolMessage]:
+    async def read(self, max_records: int) -> list[SourceMessage]:
         """What is there now, up to `max_records`, without waiting for more."""
         return await asyncio.to_thread(self._read, max_records)
 
-    def _read(self, max_records: int) -> list[SpoolMessage]:
+    def _read(self, max_records: int) -> list[SourceMessage]:
         """Read up to `max_records`, walking segments like SpoolReader but keeping frame positions."""
         now_ms = int(time.time() * 1000)
-        messages: list[SpoolMessage] = []
+        messages: list[SourceMessage] = []
         while len(messages) < max_records:
             segments = list_segments(self._directory)
             if not segments:
@@ -257,6 +260,7 @@ class SpoolSource:
                 position.offset,
                 max_records=max_records - len(messages),
                 keyring=self._keyring,
+                expand=spooled_events,
             )
             if scan.stop is Stop.MISSING:
                 continue
@@ -275,14 +279,17 @@ class SpoolSource:
             self._position = SpoolPosition(segments[segments.index(position.segment) + 1], HEADER_SIZE)
         return messages
 
-    def _messages(self, position: SpoolPosition, scan: Scan, now_ms: int) -> list[SpoolMessage]:
+    def _messages(self, position: SpoolPosition, scan: Scan, now_ms: int) -> list[SourceMessage]:
         """The scanned records as messages, at the positions of their frame's last bytes (module doc)."""
         partition = spool_partition(self.spool, position.segment)
-        messages = []
+        messages: list[SourceMessage] = []
         for record, offset in zip(scan.records, _record_offsets(scan), strict=True):
-            messages.append(
-                SpoolMessage(record.topic, partition, offset, now_ms, record.key, record.value, record.headers)
-            )
+            if type(record) is SpooledEvent:
+                messages.append(record.placed(partition, offset, now_ms))
+            else:
+                messages.append(
+                    SpoolMessage(record.topic, partition, offset, now_ms, record.key, record.value, record.headers)
+                )
         return messages
 
     def _note_frames(self, segment: int, scan: Scan) -> None:
@@ -296,7 +303,7 @@ class SpoolSource:
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await asyncio.to_thread(self._message_at, where)
 
-    def _message_at(self, where: Coordinates) -> SpoolMessage | None:
+    def _message_at(self, where: Coordinates) -> SourceMessage | None:
         spool, segment = split_partition(where.partition)
         if spool != self.spool:
             return None

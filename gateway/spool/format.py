@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Callable
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.capture.spooled import request_records
 from gateway.core.record import Record
@@ -131,15 +132,20 @@ def check_frame(view: memoryview, pos: int) -> tuple[FrameStatus, int]:
     return FrameStatus.OK, end
 
 
-def decode_records(data: bytes, start: int, end: int) -> list[Record]:
+RequestExpander = Callable[[memoryview], list[Any]]
+"""What becomes of a spooled request's content when read: its records (`request_records`), or another
+form of them, one item per record, in order (the embedded sink's events, gateway/sinkworker/spooled.py)."""
+
+
+def decode_records(data: bytes, start: int, end: int, expand: RequestExpander = request_records) -> list[Any]:
     """The records of the payload `data[start:end]` of a frame `check_frame` accepted: one, or those of
-    a spooled request (ValueError if malformed)."""
+    a spooled request as `expand` makes them (ValueError if malformed)."""
     try:
         if _FIXED.unpack_from(data, start)[0] == _REQUEST_MARK:
             kind = _REQUEST.unpack_from(data, start)[1]
             if kind != _REQUEST_KIND:
                 raise ValueError(f"unknown spool frame kind {kind}")
-            return request_records(memoryview(data)[start + _REQUEST.size : end])
+            return expand(memoryview(data)[start + _REQUEST.size : end])
         return [_decode(data, start, end)]
     except struct.error as exc:
         raise ValueError(f"malformed record payload: {exc}") from exc

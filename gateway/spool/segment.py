@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from gateway.capture.spooled import request_records
 from gateway.core.record import Record
 from gateway.spool.crypto import Keyring, key_for
 from gateway.spool.format import (
     FRAME_SIZE,
     HEADER_SIZE,
     FrameStatus,
+    RequestExpander,
     check_frame,
     decode_records,
     header_key_id,
@@ -87,6 +89,7 @@ def scan_segment(
     max_bytes: int | None = None,
     decode: bool = True,
     keyring: Keyring | None = None,
+    expand: RequestExpander = request_records,
 ) -> Scan:
     """Read valid frames of one segment from `offset` until a limit, the end, or the first bad frame.
 
@@ -94,7 +97,8 @@ def scan_segment(
     checked after each frame, so one frame is always returned even when it alone is over a limit.
     With `decode=False` frames are only validated and counted.
     Decoding an encrypted segment needs its key in `keyring`: a missing or wrong key raises
-    SpoolKeyError; validating and counting need no key.
+    SpoolKeyError; validating and counting need no key. `expand` turns a spooled request into its
+    records (format.py).
     """
     try:
         file = open(path, "rb")  # noqa: SIM115 - closed below, on every path
@@ -136,10 +140,10 @@ def scan_segment(
             if decode:
                 try:
                     if key is None:
-                        decoded = decode_records(data, pos + FRAME_SIZE, end)
+                        decoded = decode_records(data, pos + FRAME_SIZE, end, expand)
                     else:
                         plain = key.open(view[pos + FRAME_SIZE : end], f"spool segment {path} at {result.end}")
-                        decoded = decode_records(plain, 0, len(plain))
+                        decoded = decode_records(plain, 0, len(plain), expand)
                 except ValueError:
                     result.stop = Stop.CORRUPT
                     break

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from prometheus_client import REGISTRY
 
 from gateway.capture.events import RecordOptions, RequestContext, check_events
 from gateway.capture.parse import ParsedRequest
-from gateway.capture.spooled import request_content
+from gateway.capture.spooled import request_content, request_records
 from gateway.clickhouse.chdb_writer import ChdbWriter
 from gateway.core.record import Record
 from gateway.settings.sink import DEFAULT_TOPICS
@@ -26,7 +27,7 @@ from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import Spool
 from tests.sinkworker.helpers import TOKEN, TOPIC, ListDeadLetters, ListSource, captured_value, record, stream
-from tests.support.spools import Draining
+from tests.support.spools import Draining, spooled_request
 
 ENCODER = RowEncoder(TeamResolver({}))
 
@@ -203,3 +204,47 @@ def test_spool_records_of_topics_not_consumed_are_skipped_and_committed(
                encoder=encoder)
     assert skipped() == after
     assert counts(chdb_writer, chdb_table) == (4, 4)
+
+
+class CorruptingNth:
+    """Encodes normally but makes the `nth` row one the server refuses (see CorruptingEncoder)."""
+
+    def __init__(self, encoder: RowEncoder, nth: int) -> None:
+        self._encoder, self._left = encoder, nth
+        self.corrupted: SourceMessage | None = None
+
+    def encode_binary(self, message: SourceMessage) -> bytes | None:
+        row = self._encoder.encode_binary(message)
+        self._left -= 1
+        if self._left == 0 and row is not None:
+            self.corrupted = message
+            row = row[: -len(message.topic) - 1] + CorruptingEncoder.TOO_LONG
+        return row
+
+
+def test_spooled_request_rows_rejected_here_or_by_the_server_reach_the_dlq_as_records(
+    chdb_writer: ChdbWriter, chdb_table: str, tmp_path: Path
+) -> None:
+    """Events of a request frame become rows without their records being built; what the DLQ gets is
+    still the record (rejected while encoding: built on demand; refused by the server: read again)."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    refused = spooled_request(range(3), token="phc_huge_team")  # team id beyond Int64: invalid_data
+    stored = spooled_request(range(3, 13))
+
+    async def fill() -> None:
+        spool = Spool(spool_dir)
+        await spool.open()
+        await spool.append_request(refused, 3)
+        await spool.append_request(stored, 10)
+        await spool.close()
+
+    asyncio.run(fill())
+    encoder = CorruptingNth(RowEncoder(TeamResolver({"phc_huge_team": 2**64})), 5)  # the 5th of `stored`
+    run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq"), encoder)
+    assert counts(chdb_writer, chdb_table) == (9, 9)
+    dead = [orjson.loads(line) for line in next((tmp_path / "dlq").iterdir()).read_bytes().splitlines()]
+    records = [*request_records(refused), request_records(stored)[4]]
+    assert [d["headers"]["dlq_reason"] for d in dead] == ["invalid_data"] * 3 + ["rejected_by_clickhouse"]
+    assert [base64.b64decode(d["value"]) for d in dead] == [record.value for record in records]
+    assert [d["headers"]["dlq_offset"] for d in dead][-1] == str(encoder.corrupted.offset)

@@ -180,7 +180,7 @@ def test_spool_source_positions_inside_request_frames(tmp_path: Path) -> None:
         rest = await source.read(100)
         assert len(rest) == 3 and rest[0].offset > offsets[-1]
         where = Coordinates(rest[1].topic, rest[1].partition, rest[1].offset, rest[1].timestamp)
-        assert await source.refetch(where) == rest[1]
+        assert message_fields(await source.refetch(where)) == message_fields(rest[1])
         partition = messages[0].partition
         await source.commit({(TOPIC, partition): messages[3].offset + 1})  # after 3 of the request's 7 records
         await source.stop()
@@ -195,3 +195,10 @@ def test_spool_source_positions_inside_request_frames(tmp_path: Path) -> None:
         await last.stop()
 
     asyncio.run(scenario())
+
+
+def message_fields(message: object) -> tuple[object, ...]:
+    """A message's ConsumerRecord attributes (a request frame's events are read as SpooledEvents, a
+    refetch gives the record itself)."""
+    names = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
+    return tuple(getattr(message, name) for name in names)

@@ -39,11 +39,11 @@ def fill_worker_spools(data_dir: Path, workers: int, per_spool: int) -> None:
 REQUEST_EVENTS = 7
 
 
-def spooled_request(indexes: range) -> bytes:
+def spooled_request(indexes: range, token: str = TOKEN) -> bytes:
     """The spool content of one capture request holding events `indexes` (uuids as `captured_value`'s)."""
     events = [{"uuid": str(uuid.UUID(int=i + 1)), "event": "$pageview", "properties": {"distinct_id": f"user-{i}"},
                "timestamp": "2023-09-15T09:15:02.325Z"} for i in indexes]
-    parsed = ParsedRequest(events, TOKEN, None, False)
+    parsed = ParsedRequest(events, token, None, False)
     check_events(parsed)
     context = RequestContext("203.0.113.7", datetime(2023, 9, 15, 9, 15, 2, 328_551, tzinfo=UTC))
     return request_content(parsed, context, RecordOptions())
