@@ -198,26 +198,8 @@ class RowEncoder:
             timestamp = timestamp.replace(tzinfo=UTC)
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
-        chain = properties.pop("$elements_chain", "")
-        ip_mode, ip = self.ip_mode, envelope.get("ip")
-        if ip_mode is IpMode.DROP:
-            properties.pop("$ip", None)
-        elif type(ip) is str and ip and (ip_mode is IpMode.SET or "$ip" not in properties):
-            properties["$ip"] = ip
-        return self._pack(
-            message,
-            raw_uuid,
-            event,
-            orjson.dumps(properties),
-            timestamp,
-            team_id,
-            distinct_id.encode(),
-            chain.encode() if type(chain) is str else b"",
-            now,
-            token,
-            properties.get("$process_person_profile") is False,
-            envelope.get("historical_migration") is True,
-        )
+        return self._pack_properties(message, raw_uuid, event, properties, envelope.get("ip"), timestamp, team_id,
+                                     distinct_id, now, token, envelope.get("historical_migration") is True)
 
     def _event_row(self, message: SpooledEvent) -> bytes | None:
         """What `_lean_row` makes of a spooled event's record, built from the event and its request
@@ -248,25 +230,32 @@ class RowEncoder:
         except UnknownToken:
             return None
         properties = properties.copy()  # encoding leaves the message as it was (it may be encoded again)
+        return self._pack_properties(message, raw_uuid, name, properties, route.ip, timestamp, team_id, distinct_id,
+                                     request.now, token, bool(route.historical))
+
+    def _pack_properties(self, message: SourceMessage, raw_uuid: bytes, event: str, properties: dict[str, Any],
+                         ip: Any, timestamp: datetime, team_id: int, distinct_id: str, now: datetime, token: str,
+                         historical: bool) -> bytes:  # fmt: skip
+        """`_pack` of an event whose `properties` (changed in place) still hold `$elements_chain`, and
+        whose `$ip` follows the ip mode."""
         chain = properties.pop("$elements_chain", "")
-        ip_mode, ip = self.ip_mode, route.ip
-        if ip_mode is IpMode.DROP:
+        if self.ip_mode is IpMode.DROP:
             properties.pop("$ip", None)
-        elif type(ip) is str and ip and (ip_mode is IpMode.SET or "$ip" not in properties):
+        elif type(ip) is str and ip and (self.ip_mode is IpMode.SET or "$ip" not in properties):
             properties["$ip"] = ip
         return self._pack(
             message,
             raw_uuid,
-            name,
+            event,
             orjson.dumps(properties),
             timestamp,
             team_id,
             distinct_id.encode(),
             chain.encode() if type(chain) is str else b"",
-            request.now,
+            now,
             token,
             properties.get("$process_person_profile") is False,
-            bool(route.historical),
+            historical,
         )
 
     def _pack(
