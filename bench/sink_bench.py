@@ -40,10 +40,9 @@ class Case:
     compression: str = "none"
 
 
-def event_value(index: int) -> bytes:
-    """A posthog-js-like $pageview in the gateway's Kafka format (~900 bytes)."""
-    event_uuid = str(uuid.uuid4())
-    properties = {
+def pageview_properties(index: int) -> dict[str, object]:
+    """The properties of a posthog-js `$pageview` (without distinct_id)."""
+    return {
         "$current_url": f"https://example.com/products/{index % 500}?ref=bench",
         "$browser": "Chrome",
         "$browser_version": 126,
@@ -60,6 +59,12 @@ def event_value(index: int) -> bytes:
         "$elements_chain": 'button.btn:nth-child="2"nth-of-type="1"text="Buy"',
         "plan": "pro",
     }
+
+
+def event_value(index: int) -> bytes:
+    """A posthog-js-like $pageview in the gateway's Kafka format (~900 bytes)."""
+    event_uuid = str(uuid.uuid4())
+    properties = pageview_properties(index)
     data = {
         "uuid": event_uuid,
         "event": "$pageview",

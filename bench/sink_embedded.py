@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.net import free_port
+from bench.sink_bench import pageview_properties
 from gateway.capture.events import RecordOptions, RequestContext, check_events
 from gateway.capture.parse import ParsedRequest
 from gateway.capture.spooled import request_content
@@ -60,24 +61,7 @@ def event(index: int, now: datetime) -> dict[str, object]:
     return {
         "uuid": f"0190c6b2-7d1e-7a4c-{index >> 48 & 0xFFFF:04x}-{index & 0xFFFFFFFFFFFF:012x}",
         "event": "$pageview",
-        "properties": {
-            "distinct_id": f"user-{index % 5000}",
-            "$current_url": f"https://example.com/products/{index % 500}?ref=bench",
-            "$browser": "Chrome",
-            "$browser_version": 126,
-            "$os": "Mac OS X",
-            "$device_type": "Desktop",
-            "$screen_height": 1117,
-            "$screen_width": 1728,
-            "$lib": "web",
-            "$lib_version": "1.449.0",
-            "$session_id": "0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e4f50",
-            "$window_id": "0190c6b2-7d1e-7a4c-9f3e-4b1c2d3e4f51",
-            "$pathname": f"/products/{index % 500}",
-            "$referrer": "https://www.google.com/",
-            "$elements_chain": 'button.btn:nth-child="2"nth-of-type="1"text="Buy"',
-            "plan": "pro",
-        },
+        "properties": {"distinct_id": f"user-{index % 5000}", **pageview_properties(index)},
         "timestamp": (now - timedelta(milliseconds=index % 1000)).isoformat().replace("+00:00", "Z"),
     }
 
