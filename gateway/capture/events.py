@@ -25,11 +25,12 @@ from gateway.capture.errors import (
     MissingSnapshotData,
 )
 from gateway.capture.parse import ParsedRequest, RawEvent
-from gateway.capture.timestamps import event_timestamp, format_now, format_rfc3339, rfc3339_and_millis
+from gateway.capture.timestamps import epoch_micros, event_micros, format_now, rfc3339_micros
 from gateway.core.record import Record
 
 MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
+_MICROSECOND = timedelta(microseconds=1)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
 UPSTREAM_EVENT_TOPIC = "upstream-event"  # marks an upstream record (see the module doc); never a Kafka topic
 SNAPSHOT_ITEMS_EVENT = "$snapshot_items"  # a replay record: all `$snapshot` events of one `/s/` request
@@ -87,18 +88,29 @@ class _RequestFields(NamedTuple):
     now_text: str
     now_header: bytes
     sent_at_text: str | None
+    now: int  # epoch microseconds
+    sent_at: int | None
 
     @classmethod
     def of(cls, parsed: ParsedRequest, context: RequestContext) -> _RequestFields:
         now_text = format_now(context.now)
-        sent_at = format_rfc3339(parsed.sent_at) if parsed.sent_at is not None else None
-        return cls(parsed.token, parsed.token.encode(), now_text, now_text.encode(), sent_at)
+        sent_at = None if parsed.sent_at is None else epoch_micros(parsed.sent_at)
+        return cls(
+            parsed.token,
+            parsed.token.encode(),
+            now_text,
+            now_text.encode(),
+            None if sent_at is None else rfc3339_micros(sent_at),
+            epoch_micros(context.now),
+            sent_at,
+        )
 
 
 def analytics_records(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> list[Record]:
     """One record per event; any invalid event fails the whole request, as capture does.
 
-    The hot path of the gateway: one flat loop with the per-request values hoisted out of it.
+    The hot path of the gateway: one flat loop with the per-request values hoisted out of it, times
+    as integer microseconds, and the Kafka record built inline.
     """
     shared = _RequestFields.of(parsed, context)
     topics = options.topics
@@ -111,26 +123,58 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
     historical_request = parsed.historical_migration
     default_topic = topics.historical if historical_request else topics.main
     rerouting_after = options.historical_rerouting_after
+    rerouting = None if rerouting_after is None else rerouting_after // _MICROSECOND
     upstream = options.upstream
-    token, sent_at, now, client_ip = parsed.token, parsed.sent_at, context.now, context.client_ip
+    token, client_ip = parsed.token, context.client_ip
+    now, sent_at, now_text, sent_at_text = shared.now, shared.sent_at, shared.now_text, shared.sent_at_text
+    token_header, now_header, key_prefix = shared.token_header, shared.now_header, f"{token}:"
+    name_headers: dict[str, bytes] = {}
+    dumps = orjson.dumps
     records = []
+    append = records.append
     for event in parsed.events:
         name, properties, distinct_id, cookieless, uuid = _checked(event)
-        timestamp = event_timestamp(event, sent_at, now)
+        micros = event_micros(event, sent_at, now)
         topic = special_topics.get(name)
         historical = topic is None and historical_request
         if topic is None:
             topic = default_topic
-            if not historical and rerouting_after is not None and now - timestamp > rerouting_after:
+            if not historical and rerouting is not None and now - micros > rerouting:
                 topic, historical = topics.historical, True
         ip = "127.0.0.1" if "capture_internal" in properties else client_ip
         if upstream:
-            records.append(_upstream_record(shared, distinct_id, ip, event, timestamp, historical))
+            append(_upstream_record(shared, distinct_id, ip, event, micros, historical))
             continue
-        records.append(
-            _record(topic, f"{token}:{ip if cookieless else distinct_id}", uuid, distinct_id, ip, event, shared,
-                    name, timestamp, cookieless, historical)
-        )
+        # The Kafka record (see `_record`, which this repeats for speed: keep the two in step).
+        timestamp_text = rfc3339_micros(micros)
+        if sent_at_text is None:
+            value = {"uuid": uuid, "distinct_id": distinct_id, "ip": ip, "data": dumps(event).decode(),
+                     "now": now_text, "token": token, "event": name, "timestamp": timestamp_text}
+        else:
+            value = {"uuid": uuid, "distinct_id": distinct_id, "ip": ip, "data": dumps(event).decode(),
+                     "now": now_text, "sent_at": sent_at_text, "token": token, "event": name,
+                     "timestamp": timestamp_text}
+        if cookieless:
+            value["is_cookieless_mode"] = True
+        name_header = name_headers.get(name)
+        if name_header is None:
+            name_header = name_headers[name] = name.encode()
+        distinct_id_header = distinct_id.encode()
+        if historical:
+            value["historical_migration"] = True
+            headers: tuple[tuple[str, bytes], ...] = (
+                ("token", token_header), ("distinct_id", distinct_id_header),
+                ("timestamp", str(micros // 1000).encode()), ("event", name_header), ("uuid", uuid.encode()),
+                ("now", now_header), ("historical_migration", b"true"),
+            )
+        else:
+            headers = (
+                ("token", token_header), ("distinct_id", distinct_id_header),
+                ("timestamp", str(micros // 1000).encode()), ("event", name_header), ("uuid", uuid.encode()),
+                ("now", now_header),
+            )
+        key = (key_prefix + ip).encode() if cookieless else key_prefix.encode() + distinct_id_header
+        append(Record(topic, key, headers, dumps(value)))
     return records
 
 
@@ -198,10 +242,11 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
             "$lib": lib,
         },
     }
-    timestamp = event_timestamp(first, parsed.sent_at, context.now)
+    shared = _RequestFields.of(parsed, context)
+    timestamp = event_micros(first, shared.sent_at, shared.now)
     uuid = first["uuid"] or str(uuid_utils.uuid7())
     return _record(options.topics.replay, session_id, uuid, distinct_id, context.client_ip, data,
-                   _RequestFields.of(parsed, context), SNAPSHOT_ITEMS_EVENT, timestamp, False, False)
+                   shared, SNAPSHOT_ITEMS_EVENT, timestamp, False, False)
 
 
 def _record(
@@ -213,11 +258,11 @@ def _record(
     data: dict[str, Any],
     shared: _RequestFields,
     name: str,
-    timestamp: datetime,
+    timestamp: int,
     cookieless: bool,
     historical: bool,
 ) -> Record:
-    timestamp_text, timestamp_ms = rfc3339_and_millis(timestamp)
+    timestamp_text, timestamp_ms = rfc3339_micros(timestamp), timestamp // 1000
     value: dict[str, Any] = {
         "uuid": uuid,
         "distinct_id": distinct_id,
@@ -247,13 +292,13 @@ def _record(
 
 
 def _upstream_record(
-    shared: _RequestFields, distinct_id: str, ip: str, event: RawEvent, timestamp: datetime, historical: bool
+    shared: _RequestFields, distinct_id: str, ip: str, event: RawEvent, timestamp: int, historical: bool
 ) -> Record:
     """The event with `timestamp` = the time computed at receipt and no `offset`, so that the upstream
     takes it as is (an event replayed from the spool an hour late is not an hour late). The headers
     are what the upstream sink groups batches by, and what a GDPR purge of its spool matches on.
     Changes `event` in place: nothing reads a request's events after its records are built."""
-    event["timestamp"] = rfc3339_and_millis(timestamp)[0]
+    event["timestamp"] = rfc3339_micros(timestamp)
     event.pop("offset", None)
     headers: tuple[tuple[str, bytes], ...] = (
         ("token", shared.token_header),

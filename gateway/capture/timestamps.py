@@ -156,3 +156,72 @@ def _second_text(seconds: int, value: datetime) -> str:
             _SECOND_TEXTS.clear()
         text = _SECOND_TEXTS[seconds] = value.replace(microsecond=0, tzinfo=None).isoformat()
     return text
+
+
+# The hot path (`analytics_records`) keeps times as integer microseconds since the epoch: the same
+# results as `event_timestamp` + `rfc3339_and_millis` without a datetime per step.
+_MICROSECOND = timedelta(microseconds=1)
+_NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
+MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
+MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
+_MAX_FUTURE_MICROS = MAX_FUTURE // _MICROSECOND
+_fromisoformat = datetime.fromisoformat
+
+
+def epoch_micros(value: datetime) -> int:
+    """Microseconds since the epoch of an aware value (naive = UTC)."""
+    return (value - (EPOCH if value.tzinfo is not None else _NAIVE_EPOCH)) // _MICROSECOND
+
+
+def event_micros(event: Mapping[str, Any], sent_at: int | None, now: int) -> int:
+    """`event_timestamp` in epoch microseconds (`sent_at` and `now` too), for the per-event hot path."""
+    properties = event.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    result = now
+    timestamp = event.get("timestamp")
+    if isinstance(timestamp, str):
+        try:  # the common spellings (RFC 3339); anything else goes the general way
+            parsed = _fromisoformat(timestamp)
+        except ValueError:
+            parsed = parse_timestamp(timestamp)
+        if parsed is not None:
+            micros = epoch_micros(parsed)
+            if MIN_MICROS <= micros <= MAX_MICROS:  # else unusable, as parse_timestamp has it
+                if sent_at is not None and properties.get("$ignore_sent_at") is not True:
+                    result = now + (micros - sent_at)
+                    if not MIN_MICROS <= result <= MAX_MICROS:
+                        result = 0  # compute_timestamp: outside datetime's years 1..9999 → the epoch
+                else:
+                    result = micros
+    offset = event.get("offset")
+    skew = event.get("$clock_skew", properties.get("$clock_skew"))
+    if isinstance(offset, int) and not isinstance(offset, bool):
+        result = _shifted(now, -offset)
+        if result is None:
+            result, skew = 0, None  # compute_timestamp applies no skew after an overflow
+    if isinstance(skew, int | float) and not isinstance(skew, bool):
+        shifted = _shifted(result, skew)
+        result = 0 if shifted is None else shifted
+    return now if result - now > _MAX_FUTURE_MICROS else result
+
+
+def _shifted(micros: int, milliseconds: float) -> int | None:
+    """`micros` plus `timedelta(milliseconds=…)` (its rounding), None where datetime would overflow."""
+    try:
+        result = micros + timedelta(milliseconds=milliseconds) // _MICROSECOND
+    except OverflowError:
+        return None
+    return result if MIN_MICROS <= result <= MAX_MICROS else None
+
+
+def rfc3339_micros(micros: int) -> str:
+    """`format_rfc3339` of epoch microseconds."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    prefix = _SECOND_TEXTS.get(seconds)
+    if prefix is None:
+        prefix = _second_text(seconds, EPOCH + timedelta(seconds=seconds))
+    if fraction == 0:
+        return prefix + "Z"
+    if fraction % 1000 == 0:
+        return f"{prefix}.{fraction // 1000:03d}Z"
+    return f"{prefix}.{fraction:06d}Z"
