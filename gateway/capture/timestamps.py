@@ -166,6 +166,8 @@ MIN_MICROS = (datetime.min.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
 MAX_MICROS = (datetime.max.replace(tzinfo=UTC) - EPOCH) // _MICROSECOND
 _MAX_FUTURE_MICROS = MAX_FUTURE // _MICROSECOND
 _fromisoformat = datetime.fromisoformat
+_NUMBER = (int, float)
+_DIGITS = tuple(f"{number:03d}" for number in range(1000))  # cheaper than a format spec per event
 
 
 def epoch_micros(value: datetime) -> int:
@@ -185,7 +187,7 @@ def event_micros(event: Mapping[str, Any], sent_at: int | None, now: int) -> int
         except ValueError:
             parsed = parse_timestamp(timestamp)
         if parsed is not None:
-            micros = epoch_micros(parsed)
+            micros = (parsed - (EPOCH if parsed.tzinfo is not None else _NAIVE_EPOCH)) // _MICROSECOND
             if MIN_MICROS <= micros <= MAX_MICROS:  # else unusable, as parse_timestamp has it
                 if sent_at is not None and properties.get("$ignore_sent_at") is not True:
                     result = now + (micros - sent_at)
@@ -195,11 +197,11 @@ def event_micros(event: Mapping[str, Any], sent_at: int | None, now: int) -> int
                     result = micros
     offset = event.get("offset")
     skew = event.get("$clock_skew", properties.get("$clock_skew"))
-    if isinstance(offset, int) and not isinstance(offset, bool):
+    if offset is not None and isinstance(offset, int) and not isinstance(offset, bool):
         result = _shifted(now, -offset)
         if result is None:
             result, skew = 0, None  # compute_timestamp applies no skew after an overflow
-    if isinstance(skew, int | float) and not isinstance(skew, bool):
+    if skew is not None and isinstance(skew, _NUMBER) and not isinstance(skew, bool):
         shifted = _shifted(result, skew)
         result = 0 if shifted is None else shifted
     return now if result - now > _MAX_FUTURE_MICROS else result
@@ -222,6 +224,7 @@ def rfc3339_micros(micros: int) -> str:
         prefix = _second_text(seconds, EPOCH + timedelta(seconds=seconds))
     if fraction == 0:
         return prefix + "Z"
-    if fraction % 1000 == 0:
-        return f"{prefix}.{fraction // 1000:03d}Z"
-    return f"{prefix}.{fraction:06d}Z"
+    millis, rest = divmod(fraction, 1000)
+    if rest == 0:
+        return f"{prefix}.{_DIGITS[millis]}Z"
+    return f"{prefix}.{_DIGITS[millis]}{_DIGITS[rest]}Z"
