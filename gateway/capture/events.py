@@ -214,7 +214,14 @@ def _checked(event: RawEvent) -> tuple[str, dict[str, Any], str, bool, str]:
     if not name:
         raise MissingEventName("missing event name")
     properties = event["properties"]
-    distinct_id = extract_distinct_id(event)
+    distinct_id = event.get("distinct_id")
+    if (
+        type(distinct_id) is not str
+        or not distinct_id
+        or "\0" in distinct_id
+        or len(distinct_id) > MAX_DISTINCT_ID_LENGTH
+    ):
+        distinct_id = extract_distinct_id(event)
     cookieless = properties.get("$cookieless_mode", False)
     if cookieless is not False and cookieless is not True:
         raise InvalidCookielessMode("$cookieless_mode must be a boolean")
