@@ -32,7 +32,7 @@ MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
 _MICROSECOND = timedelta(microseconds=1)
 # Record(...) without the Python-level __new__ of a NamedTuple (a frame per event on the hot path).
-new_record = tuple.__new__
+_new_record = tuple.__new__
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
 UPSTREAM_EVENT_TOPIC = "upstream-event"  # marks an upstream record (see the module doc); never a Kafka topic
 SNAPSHOT_ITEMS_EVENT = "$snapshot_items"  # a replay record: all `$snapshot` events of one `/s/` request
@@ -130,17 +130,20 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
     token, client_ip = parsed.token, context.client_ip
     now, sent_at, now_text, sent_at_text = shared.now, shared.sent_at, shared.now_text, shared.sent_at_text
     token_header, now_header, key_prefix = shared.token_header, shared.now_header, f"{token}:"
+    key_prefix_bytes = key_prefix.encode()
     name_headers: dict[str, bytes] = {}
     dumps = orjson.dumps
     records = []
     append = records.append
     for event in parsed.events:
-        # `_checked`, inline, with a fast path for a plain string distinct_id
+        # `_checked`, inline, with a fast path for a plain string distinct_id (`extract_distinct_id`)
         name = event["event"]
         if not name:
             raise MissingEventName("missing event name")
         properties = event["properties"]
         distinct_id = event.get("distinct_id")
+        if distinct_id is None:
+            distinct_id = properties.get("distinct_id")
         if (
             type(distinct_id) is not str
             or not distinct_id
@@ -193,8 +196,8 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
                 ("timestamp", str(micros // 1000).encode()), ("event", name_header), ("uuid", uuid.encode()),
                 ("now", now_header),
             )
-        key = (key_prefix + ip).encode() if cookieless else key_prefix.encode() + distinct_id_header
-        append(new_record(Record, (topic, key, headers, dumps(value))))
+        key = (key_prefix + ip).encode() if cookieless else key_prefix_bytes + distinct_id_header
+        append(_new_record(Record, (topic, key, headers, dumps(value))))
     return records
 
 
@@ -215,6 +218,8 @@ def _checked(event: RawEvent) -> tuple[str, dict[str, Any], str, bool, str]:
         raise MissingEventName("missing event name")
     properties = event["properties"]
     distinct_id = event.get("distinct_id")
+    if distinct_id is None:
+        distinct_id = properties.get("distinct_id")
     if (
         type(distinct_id) is not str
         or not distinct_id
