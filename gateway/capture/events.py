@@ -33,6 +33,7 @@ MAX_SESSION_ID_LENGTH = 70
 _MICROSECOND = timedelta(microseconds=1)
 # Record(...) without the Python-level __new__ of a NamedTuple (a frame per event on the hot path).
 _new_record = tuple.__new__
+_HISTORICAL_HEADER = (("historical_migration", b"true"),)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
 UPSTREAM_EVENT_TOPIC = "upstream-event"  # marks an upstream record (see the module doc); never a Kafka topic
 SNAPSHOT_ITEMS_EVENT = "$snapshot_items"  # a replay record: all `$snapshot` events of one `/s/` request
@@ -129,9 +130,11 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
     upstream = options.upstream
     token, client_ip = parsed.token, context.client_ip
     now, sent_at, now_text, sent_at_text = shared.now, shared.sent_at, shared.now_text, shared.sent_at_text
-    token_header, now_header, key_prefix = shared.token_header, shared.now_header, f"{token}:"
+    # header pairs that repeat across the request's records, built once
+    token_header, now_header = ("token", shared.token_header), ("now", shared.now_header)
+    name_headers: dict[str, tuple[str, bytes]] = {}
+    key_prefix = f"{token}:"
     key_prefix_bytes = key_prefix.encode()
-    name_headers: dict[str, bytes] = {}
     dumps = orjson.dumps
     records = []
     append = records.append
@@ -181,22 +184,16 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
             value["is_cookieless_mode"] = True
         name_header = name_headers.get(name)
         if name_header is None:
-            name_header = name_headers[name] = name.encode()
-        distinct_id_header = distinct_id.encode()
+            name_header = name_headers[name] = ("event", name.encode())
+        distinct_id_bytes = distinct_id.encode()
+        headers: tuple[tuple[str, bytes], ...] = (
+            token_header, ("distinct_id", distinct_id_bytes), ("timestamp", str(micros // 1000).encode()),
+            name_header, ("uuid", uuid.encode()), now_header,
+        )
         if historical:
             value["historical_migration"] = True
-            headers: tuple[tuple[str, bytes], ...] = (
-                ("token", token_header), ("distinct_id", distinct_id_header),
-                ("timestamp", str(micros // 1000).encode()), ("event", name_header), ("uuid", uuid.encode()),
-                ("now", now_header), ("historical_migration", b"true"),
-            )
-        else:
-            headers = (
-                ("token", token_header), ("distinct_id", distinct_id_header),
-                ("timestamp", str(micros // 1000).encode()), ("event", name_header), ("uuid", uuid.encode()),
-                ("now", now_header),
-            )
-        key = (key_prefix + ip).encode() if cookieless else key_prefix_bytes + distinct_id_header
+            headers += _HISTORICAL_HEADER
+        key = (key_prefix + ip).encode() if cookieless else key_prefix_bytes + distinct_id_bytes
         append(_new_record(Record, (topic, key, headers, dumps(value))))
     return records
 
@@ -319,7 +316,7 @@ def _record(
     )
     if historical:
         value["historical_migration"] = True
-        headers += (("historical_migration", b"true"),)
+        headers += _HISTORICAL_HEADER
     return Record(topic, key.encode(), headers, orjson.dumps(value))
 
 
@@ -338,5 +335,5 @@ def _upstream_record(
         ("ip", ip.encode()),
     )
     if historical:
-        headers += (("historical_migration", b"true"),)
+        headers += _HISTORICAL_HEADER
     return Record(UPSTREAM_EVENT_TOPIC, None, headers, orjson.dumps(event))

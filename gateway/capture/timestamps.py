@@ -177,6 +177,29 @@ def epoch_micros(value: datetime) -> int:
 
 def event_micros(event: Mapping[str, Any], sent_at: int | None, now: int) -> int:
     """`event_timestamp` in epoch microseconds (`sent_at` and `now` too), for the per-event hot path."""
+    timestamp = event.get("timestamp")
+    properties = event.get("properties")
+    if (  # the common case first: an RFC 3339 timestamp corrected by sent_at, nothing else
+        type(timestamp) is str
+        and sent_at is not None
+        and type(properties) is dict
+        and "offset" not in event
+        and "$clock_skew" not in event
+        and "$clock_skew" not in properties
+        and "$ignore_sent_at" not in properties
+    ):
+        try:
+            parsed = _fromisoformat(timestamp)
+        except ValueError:
+            return _event_micros(event, sent_at, now)
+        micros = (parsed - (EPOCH if parsed.tzinfo is not None else _NAIVE_EPOCH)) // _MICROSECOND
+        result = now + (micros - sent_at)
+        if MIN_MICROS <= micros <= MAX_MICROS and MIN_MICROS <= result <= MAX_MICROS:
+            return now if result - now > _MAX_FUTURE_MICROS else result
+    return _event_micros(event, sent_at, now)
+
+
+def _event_micros(event: Mapping[str, Any], sent_at: int | None, now: int) -> int:
     properties = event.get("properties")
     properties = properties if isinstance(properties, dict) else {}
     result = now
