@@ -25,11 +25,15 @@ from gateway.capture.errors import (
     MissingSnapshotData,
 )
 from gateway.capture.parse import ParsedRequest, RawEvent
-from gateway.capture.timestamps import event_timestamp, format_now, format_rfc3339, rfc3339_and_millis
+from gateway.capture.timestamps import epoch_micros, event_micros, format_now, rfc3339_micros
 from gateway.core.record import Record
 
 MAX_DISTINCT_ID_LENGTH = 200
 MAX_SESSION_ID_LENGTH = 70
+_MICROSECOND = timedelta(microseconds=1)
+# Record(...) without the Python-level __new__ of a NamedTuple (a frame per event on the hot path).
+_new_record = tuple.__new__
+_HISTORICAL_HEADER = (("historical_migration", b"true"),)
 _SESSION_ID = re.compile(r"^[A-Za-z0-9-]+$")
 UPSTREAM_EVENT_TOPIC = "upstream-event"  # marks an upstream record (see the module doc); never a Kafka topic
 SNAPSHOT_ITEMS_EVENT = "$snapshot_items"  # a replay record: all `$snapshot` events of one `/s/` request
@@ -87,12 +91,22 @@ class _RequestFields(NamedTuple):
     now_text: str
     now_header: bytes
     sent_at_text: str | None
+    now: int  # epoch microseconds
+    sent_at: int | None
 
     @classmethod
     def of(cls, parsed: ParsedRequest, context: RequestContext) -> _RequestFields:
         now_text = format_now(context.now)
-        sent_at = format_rfc3339(parsed.sent_at) if parsed.sent_at is not None else None
-        return cls(parsed.token, parsed.token.encode(), now_text, now_text.encode(), sent_at)
+        sent_at = None if parsed.sent_at is None else epoch_micros(parsed.sent_at)
+        return cls(
+            parsed.token,
+            parsed.token.encode(),
+            now_text,
+            now_text.encode(),
+            None if sent_at is None else rfc3339_micros(sent_at),
+            epoch_micros(context.now),
+            sent_at,
+        )
 
 
 class RoutedEvent(NamedTuple):
@@ -112,7 +126,8 @@ class RoutedEvent(NamedTuple):
 def analytics_records(parsed: ParsedRequest, context: RequestContext, options: RecordOptions) -> list[Record]:
     """One record per event; any invalid event fails the whole request, as capture does.
 
-    The hot path of the gateway: one flat loop with the per-request values hoisted out of it.
+    The hot path of the gateway: one flat loop with the per-request values hoisted out of it, times
+    as integer microseconds, and the Kafka record built inline.
     """
     shared = _RequestFields.of(parsed, context)
     topics = options.topics
@@ -125,26 +140,75 @@ def analytics_records(parsed: ParsedRequest, context: RequestContext, options: R
     historical_request = parsed.historical_migration
     default_topic = topics.historical if historical_request else topics.main
     rerouting_after = options.historical_rerouting_after
+    rerouting = None if rerouting_after is None else rerouting_after // _MICROSECOND
     upstream = options.upstream
-    token, sent_at, now, client_ip = parsed.token, parsed.sent_at, context.now, context.client_ip
+    token, client_ip = parsed.token, context.client_ip
+    now, sent_at, now_text, sent_at_text = shared.now, shared.sent_at, shared.now_text, shared.sent_at_text
+    # header pairs that repeat across the request's records, built once
+    token_header, now_header = ("token", shared.token_header), ("now", shared.now_header)
+    name_headers: dict[str, tuple[str, bytes]] = {}
+    key_prefix = f"{token}:"
+    key_prefix_bytes = key_prefix.encode()
+    dumps = orjson.dumps
     records = []
+    append = records.append
     for event in parsed.events:
-        name, properties, distinct_id, cookieless, uuid = _checked(event)
-        timestamp = event_timestamp(event, sent_at, now)
+        # `_checked`, inline, with a fast path for a plain string distinct_id (`extract_distinct_id`)
+        name = event["event"]
+        if not name:
+            raise MissingEventName("missing event name")
+        properties = event["properties"]
+        distinct_id = event.get("distinct_id")
+        if distinct_id is None:
+            distinct_id = properties.get("distinct_id")
+        if (
+            type(distinct_id) is not str
+            or not distinct_id
+            or "\0" in distinct_id
+            or len(distinct_id) > MAX_DISTINCT_ID_LENGTH
+        ):
+            distinct_id = extract_distinct_id(event)
+        cookieless = properties.get("$cookieless_mode", False)
+        if cookieless is not False and cookieless is not True:
+            raise InvalidCookielessMode("$cookieless_mode must be a boolean")
+        uuid = event["uuid"]
+        if uuid is None:
+            uuid = event["uuid"] = str(uuid_utils.uuid7())
+        micros = event_micros(event, sent_at, now)
         topic = special_topics.get(name)
         historical = topic is None and historical_request
         if topic is None:
             topic = default_topic
-            if not historical and rerouting_after is not None and now - timestamp > rerouting_after:
+            if not historical and rerouting is not None and now - micros > rerouting:
                 topic, historical = topics.historical, True
         ip = "127.0.0.1" if "capture_internal" in properties else client_ip
         if upstream:
-            records.append(_upstream_record(shared, distinct_id, ip, event, timestamp, historical))
+            append(_upstream_record(shared, distinct_id, ip, event, micros, historical))
             continue
-        records.append(
-            _record(topic, f"{token}:{ip if cookieless else distinct_id}", uuid, distinct_id, ip, event, shared,
-                    name, timestamp, cookieless, historical)
+        # The Kafka record (see `_record`, which this repeats for speed: keep the two in step).
+        timestamp_text = rfc3339_micros(micros)
+        if sent_at_text is None:
+            value = {"uuid": uuid, "distinct_id": distinct_id, "ip": ip, "data": dumps(event).decode(),
+                     "now": now_text, "token": token, "event": name, "timestamp": timestamp_text}
+        else:
+            value = {"uuid": uuid, "distinct_id": distinct_id, "ip": ip, "data": dumps(event).decode(),
+                     "now": now_text, "sent_at": sent_at_text, "token": token, "event": name,
+                     "timestamp": timestamp_text}
+        if cookieless:
+            value["is_cookieless_mode"] = True
+        name_header = name_headers.get(name)
+        if name_header is None:
+            name_header = name_headers[name] = ("event", name.encode())
+        distinct_id_bytes = distinct_id.encode()
+        headers: tuple[tuple[str, bytes], ...] = (
+            token_header, ("distinct_id", distinct_id_bytes), ("timestamp", str(micros // 1000).encode()),
+            name_header, ("uuid", uuid.encode()), now_header,
         )
+        if historical:
+            value["historical_migration"] = True
+            headers += _HISTORICAL_HEADER
+        key = (key_prefix + ip).encode() if cookieless else key_prefix_bytes + distinct_id_bytes
+        append(_new_record(Record, (topic, key, headers, dumps(value))))
     return records
 
 
@@ -196,7 +260,16 @@ def _checked(event: RawEvent) -> tuple[str, dict[str, Any], str, bool, str]:
     if not name:
         raise MissingEventName("missing event name")
     properties = event["properties"]
-    distinct_id = extract_distinct_id(event)
+    distinct_id = event.get("distinct_id")
+    if distinct_id is None:
+        distinct_id = properties.get("distinct_id")
+    if (
+        type(distinct_id) is not str
+        or not distinct_id
+        or "\0" in distinct_id
+        or len(distinct_id) > MAX_DISTINCT_ID_LENGTH
+    ):
+        distinct_id = extract_distinct_id(event)
     cookieless = properties.get("$cookieless_mode", False)
     if cookieless is not False and cookieless is not True:
         raise InvalidCookielessMode("$cookieless_mode must be a boolean")
@@ -244,10 +317,11 @@ def replay_record(parsed: ParsedRequest, context: RequestContext, options: Recor
             "$lib": lib,
         },
     }
-    timestamp = event_timestamp(first, parsed.sent_at, context.now)
+    shared = _RequestFields.of(parsed, context)
+    timestamp = event_micros(first, shared.sent_at, shared.now)
     uuid = first["uuid"] or str(uuid_utils.uuid7())
     return _record(options.topics.replay, session_id, uuid, distinct_id, context.client_ip, data,
-                   _RequestFields.of(parsed, context), SNAPSHOT_ITEMS_EVENT, timestamp, False, False)
+                   shared, SNAPSHOT_ITEMS_EVENT, timestamp, False, False)
 
 
 def _record(
@@ -259,11 +333,11 @@ def _record(
     data: dict[str, Any],
     shared: _RequestFields,
     name: str,
-    timestamp: datetime,
+    timestamp: int,
     cookieless: bool,
     historical: bool,
 ) -> Record:
-    timestamp_text, timestamp_ms = rfc3339_and_millis(timestamp)
+    timestamp_text, timestamp_ms = rfc3339_micros(timestamp), timestamp // 1000
     value: dict[str, Any] = {
         "uuid": uuid,
         "distinct_id": distinct_id,
@@ -288,18 +362,18 @@ def _record(
     )
     if historical:
         value["historical_migration"] = True
-        headers += (("historical_migration", b"true"),)
+        headers += _HISTORICAL_HEADER
     return Record(topic, key.encode(), headers, orjson.dumps(value))
 
 
 def _upstream_record(
-    shared: _RequestFields, distinct_id: str, ip: str, event: RawEvent, timestamp: datetime, historical: bool
+    shared: _RequestFields, distinct_id: str, ip: str, event: RawEvent, timestamp: int, historical: bool
 ) -> Record:
     """The event with `timestamp` = the time computed at receipt and no `offset`, so that the upstream
     takes it as is (an event replayed from the spool an hour late is not an hour late). The headers
     are what the upstream sink groups batches by, and what a GDPR purge of its spool matches on.
     Changes `event` in place: nothing reads a request's events after its records are built."""
-    event["timestamp"] = rfc3339_and_millis(timestamp)[0]
+    event["timestamp"] = rfc3339_micros(timestamp)
     event.pop("offset", None)
     headers: tuple[tuple[str, bytes], ...] = (
         ("token", shared.token_header),
@@ -307,5 +381,5 @@ def _upstream_record(
         ("ip", ip.encode()),
     )
     if historical:
-        headers += (("historical_migration", b"true"),)
+        headers += _HISTORICAL_HEADER
     return Record(UPSTREAM_EVENT_TOPIC, None, headers, orjson.dumps(event))

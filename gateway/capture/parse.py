@@ -35,14 +35,16 @@ RawEvent = dict[str, Any]
 
 _CAPTURE_ORDER = ("token", "distinct_id", "uuid", "event", "properties", "timestamp", "offset", "$set", "$set_once")
 _REQUIRED = frozenset({"uuid", "event", "properties"})
-# Every key sequence an event may arrive with to be kept as it is (2^6 of them).
-_CAPTURE_SHAPES = frozenset(
-    shape
+# The exact type a field must have for the event to be kept as it is (uuid and distinct_id aside).
+_KINDS = {"token": str, "event": str, "properties": dict, "timestamp": str, "offset": int, "$set": dict,
+          "$set_once": dict}
+# Every key sequence an event may arrive with to be kept as it is (2^6 of them) → its fields' types.
+_CAPTURE_SHAPES = {
+    shape: tuple((key, _KINDS[key]) for key in shape if key in _KINDS)
     for size in range(len(_REQUIRED), len(_CAPTURE_ORDER) + 1)
     for shape in itertools.combinations(_CAPTURE_ORDER, size)
     if _REQUIRED.issubset(shape)
-)
-_OPTIONAL_FIELDS = (("token", str), ("timestamp", str), ("offset", int), ("$set", dict), ("$set_once", dict))
+}
 _ABSENT = object()
 
 
@@ -99,61 +101,73 @@ def normalize_event(item: object, engage: bool) -> RawEvent:
     An event already in capture's shape (posthog-js sends `uuid, event, properties, timestamp`) is
     returned as it is: the copy would be equal, key order included.
     """
-    if type(item) is dict and tuple(item) in _CAPTURE_SHAPES and _in_capture_shape(item):
-        return item
+    if type(item) is dict:
+        kinds = _CAPTURE_SHAPES.get(tuple(item))
+        if kinds is not None and _in_capture_shape(item, kinds):
+            return item
     return _normalized_copy(item, engage)
 
 
-def _in_capture_shape(item: RawEvent) -> bool:
+def _in_capture_shape(item: RawEvent, kinds: tuple[tuple[str, type], ...]) -> bool:
     """The keys are a subsequence of capture's; are the values what `_normalized_copy` keeps unchanged?"""
     uuid = item["uuid"]
     if type(uuid) is not str or not _CANONICAL_UUID.match(uuid):
         return False
-    if type(item["event"]) is not str or type(item["properties"]) is not dict:
-        return False
-    for key, kind in _OPTIONAL_FIELDS:
-        value = item.get(key, _ABSENT)
-        if value is not _ABSENT and type(value) is not kind:
+    for key, kind in kinds:
+        if type(item[key]) is not kind:
             return False
-    return "distinct_id" not in item or item["distinct_id"] is not None
+    return item.get("distinct_id", _ABSENT) is not None
 
 
 def _normalized_copy(item: object, engage: bool) -> RawEvent:
+    """The event with capture's fields only, in capture's order (SDKs such as posthog-node send more)."""
     if not isinstance(item, dict):
         raise RequestParsingError("failed to parse request: event must be an object")
+    get = item.get
     event: RawEvent = {}
-    token = _optional_str(item, "token", "$token", "api_key")
+    token = get("token")
+    if token is None:
+        token = get("$token")
+        if token is None:
+            token = get("api_key")
     if token is not None:
+        if not isinstance(token, str):
+            raise RequestParsingError("failed to parse request: token must be a string")
         event["token"] = token
-    distinct_id = _first(item, "distinct_id", "$distinct_id")
+    distinct_id = get("distinct_id")
+    if distinct_id is None:
+        distinct_id = get("$distinct_id")
     if distinct_id is not None:
         event["distinct_id"] = distinct_id
-    event["uuid"] = _optional_uuid(item)
+    uuid = get("uuid")
+    event["uuid"] = uuid if type(uuid) is str and _CANONICAL_UUID.match(uuid) else _optional_uuid(uuid)
 
-    name = item.get("event")
+    name = get("event")
     if name is None and engage and "event" not in item:
         name = "$identify"
     if not isinstance(name, str):
         raise RequestParsingError("failed to parse request: event name must be a string")
     event["event"] = name
 
-    properties = item.get("properties")
+    properties = get("properties")
     if properties is None:
         properties = {}
     elif not isinstance(properties, dict):
         raise RequestParsingError("failed to parse request: properties must be an object")
     event["properties"] = properties
 
-    timestamp = _optional_str(item, "timestamp")
+    timestamp = get("timestamp")
     if timestamp is not None:
+        if not isinstance(timestamp, str):
+            raise RequestParsingError("failed to parse request: timestamp must be a string")
         event["timestamp"] = timestamp
-    offset = item.get("offset")
+    offset = get("offset")
     if offset is not None:
         if not isinstance(offset, int) or isinstance(offset, bool):
             raise RequestParsingError("failed to parse request: offset must be an integer")
         event["offset"] = offset
     for key in ("$set", "$set_once"):
-        value = item.get(key)
+        value = get(key)
         if value is not None:
             if not isinstance(value, dict):
                 raise RequestParsingError(f"failed to parse request: {key} must be an object")
@@ -208,8 +222,7 @@ def _optional_bool(item: dict[str, Any], key: str) -> bool:
     return value
 
 
-def _optional_uuid(item: dict[str, Any]) -> str | None:
-    value = item.get("uuid")
+def _optional_uuid(value: object) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
