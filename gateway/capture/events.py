@@ -25,7 +25,7 @@ from gateway.capture.errors import (
     MissingSnapshotData,
 )
 from gateway.capture.parse import ParsedRequest, RawEvent
-from gateway.capture.timestamps import epoch_micros, event_micros, format_now, rfc3339_micros
+from gateway.capture.timestamps import epoch_micros, event_micros, event_timestamp, format_now, rfc3339_micros
 from gateway.core.record import Record
 
 MAX_DISTINCT_ID_LENGTH = 200
