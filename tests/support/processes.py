@@ -47,6 +47,8 @@ class GatewayProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> GatewayProcess:
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("already started: a second gateway on this data dir and port would fail")
         command = [
             sys.executable, "-m", "gateway", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--data-dir", str(self.data_dir),
@@ -103,7 +105,7 @@ class GatewayProcess:
             return ""
 
     def __enter__(self) -> GatewayProcess:
-        return self.start()
+        return self if self.process is not None else self.start()  # `with gateway.start(timeout):` too
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
