@@ -75,6 +75,8 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
             await dead_letters.close()
         if isinstance(source, RebuildSource):
             return _rebuild_report(worker, source, config.table)
+        log.info("sink stopped: %d rows written, lag %d %s%s", worker.rows_written, source.lag(), source.lag_unit,
+                 "" if worker.clean_exit else " (not every batch stored: the next start reads them again)")
         return 0 if worker.clean_exit else 1
     finally:
         await writer.close()

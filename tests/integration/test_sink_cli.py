@@ -78,6 +78,7 @@ def test_sink_drains_every_worker_spool_of_the_data_dir_once_and_logs_progress(r
     assert "lag 0 bytes" in content
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
+    assert f"sink stopped: {WORKERS * PER_SPOOL} rows written, lag 0 bytes" in log.read_text()
     assert chdb_counts(chdb) == (WORKERS * PER_SPOOL, WORKERS * PER_SPOOL)
     assert sorted(p.parent.name for p in data_dir.glob("spool/*/cursor-sink.json")) == ["worker-0", "worker-1"]
 
