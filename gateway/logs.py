@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import orjson
 import uuid_utils
 
-from gateway.metrics import serve as metrics
+from gateway.metrics.logs import LOG_RECORDS_SUPPRESSED
 
 REQUEST_ID_HEADER = "X-Request-Id"
 LEVELS = ("debug", "info", "warning", "error")
@@ -90,7 +90,7 @@ class RateLimitFilter(logging.Filter):
         bucket[1] = now
         if bucket[0] < 1:
             bucket[2] += 1
-            metrics.LOG_RECORDS_SUPPRESSED.labels(record.levelname.lower()).inc()
+            LOG_RECORDS_SUPPRESSED.labels(record.levelname.lower()).inc()
             return False
         bucket[0] -= 1
         if bucket[2]:

@@ -3,8 +3,8 @@
 One module per area. Each process has one registry and exports the metrics of every module it imports,
 used or not (in multiprocess mode only those with values):
 - `serve`: capture, edge policy, Kafka and upstream delivery, the spool, reverse proxy, local flags,
-  privacy rules, log suppression and SIGHUP reloads; exported by `gateway serve`. gateway.logs uses it,
-  so the sink worker and the recordings sink export these families too.
+  privacy rules and SIGHUP reloads; exported by `gateway serve`.
+- `logs`: log records suppressed by the rate limit; every process (gateway.logs uses it).
 - `sink`: the sink worker (Kafka or spools into ClickHouse), `gateway sink --metrics-port`; also
   exported by the recordings sink, which reuses the sink's dead-letter queue.
 - `clickhouse`: ClickHouse replica health; exported by the sink worker and by `gateway serve` (its

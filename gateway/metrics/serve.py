@@ -169,7 +169,4 @@ PRIVACY_ACTIONS = Counter(
 )
 
 # --- Operations (gateway/logs.py, gateway/reload.py)
-LOG_RECORDS_SUPPRESSED = Counter(
-    "gateway_log_records_suppressed", "Log records dropped by the per-message rate limit", ["level"]
-)
 CONFIG_RELOADS = Counter("gateway_config_reloads", "SIGHUP policy reloads, by result (ok, error)", ["result"])

@@ -132,6 +132,9 @@ def test_events_sink_leaves_recordings_to_the_recordings_sink_on_the_same_spool(
                  and metric(metrics, skipped % "heatmaps_ingestion") == 2
                  and metric(metrics, skipped % "ingestion-clientwarnings-main-1") == 1,
                  timeout=90, what="the events sink to store 3 events and skip the other topics' records")
+        exposition = requests.get(metrics, timeout=5).text
+        assert "gateway_log_records_suppressed_total" in exposition  # every process's own families only:
+        assert "gateway_http_requests" not in exposition  # none of `gateway serve`'s
         wait_for(lambda: list((data / "recordings" / "sessions").glob("*/session-dave/*")), timeout=60,
                  what="a block of the session")
         time.sleep(1)
