@@ -25,7 +25,7 @@ class LocalCounter:
 
     __slots__ = ("__weakref__", "target", "value")
 
-    def __init__(self, target: Counter) -> None:
+    def __init__(self, target: Counter | Gauge) -> None:
         self.target = target
         self.value = 0
         _LOCAL_METRICS.add(self)
@@ -39,27 +39,13 @@ class LocalCounter:
             self.target.inc(value)
 
 
-class LocalGauge:
-    """A gauge moved up and down on the hot path as a plain int, the change folded into it about once
-    a second (like LocalCounter)."""
+class LocalGauge(LocalCounter):
+    """A gauge moved up and down on the hot path; the net change is folded in like LocalCounter's."""
 
-    __slots__ = ("__weakref__", "change", "target")
-
-    def __init__(self, target: Gauge) -> None:
-        self.target = target
-        self.change = 0
-        _LOCAL_METRICS.add(self)
-
-    def inc(self, amount: int = 1) -> None:
-        self.change += amount
+    __slots__ = ()
 
     def dec(self, amount: int = 1) -> None:
-        self.change -= amount
-
-    def fold(self) -> None:
-        if self.change:
-            change, self.change = self.change, 0
-            self.target.inc(change)
+        self.value -= amount
 
 
 class LocalHistogram:
@@ -93,7 +79,7 @@ class LocalHistogram:
         self.target._sum.inc(total)
 
 
-_LOCAL_METRICS: weakref.WeakSet[LocalCounter | LocalGauge | LocalHistogram] = weakref.WeakSet()
+_LOCAL_METRICS: weakref.WeakSet[LocalCounter | LocalHistogram] = weakref.WeakSet()
 
 
 def fold_local_metrics() -> None:
