@@ -9,13 +9,13 @@ no sink is attached, and whenever a spool passes FILL_WARNING of its bound (rate
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import web
 
+from gateway.core.background import running
 from gateway.spool import Spool
 from gateway.spool.locks import is_locked
 from gateway.spool.reader import CURSOR_PREFIX
@@ -58,11 +58,8 @@ class SpoolFillWatch:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: watch for the app's lifetime."""
-        task = asyncio.create_task(self._run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running(self._run()):
+            yield
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

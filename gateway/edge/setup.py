@@ -7,7 +7,6 @@ listener live in `Edge.lifecycle` (an aiohttp cleanup context).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from aiohttp import web
 from aiohttp.web import AbstractRoute
 
+from gateway.core.background import running
 from gateway.edge.access import AdminAccess
 from gateway.edge.aliases import PathAlias, aliased_paths, parse_aliases
 from gateway.edge.client_ip import ClientIpResolver
@@ -214,18 +214,15 @@ class Edge:
                 settings.rate_limit_storage, self.rate_limits.windows(), settings.rate_limit_sync_interval
             )
         admin = await self._start_management() if self.management else None
-        task = asyncio.create_task(sync.run()) if sync else None
         try:
-            yield
+            async with running(sync.run()) if sync else contextlib.nullcontext():
+                yield
         finally:
             if admin is not None:
                 admin.stop()
                 self.listeners.remove(admin)
                 await admin.runner.cleanup()
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            if sync is not None:
                 await sync.close()
 
     async def _start_management(self) -> Listener:

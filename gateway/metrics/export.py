@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
 
@@ -14,6 +13,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from gateway.core.background import running
 from gateway.metrics.multiproc import is_multiprocess
 
 SAMPLE_INTERVAL_S = 1.0
@@ -106,11 +106,8 @@ class GaugeSampler:
 
     async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: sample for the app's lifetime."""
-        task = asyncio.create_task(self._run())
-        yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        async with running(self._run()):
+            yield
 
     async def _run(self) -> None:
         while True:

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.clickhouse.writer import open_writer
+from gateway.core.background import running
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.recordings.export import write_session
 from gateway.recordings.metadata import ReplayEvents
@@ -65,12 +66,11 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
         teams = TeamResolver(parse_team_map(settings.team_map))
         sink = RecordingsSink(source, store, events, dead_letters, teams, config)
         runner = await _health_server(sink, settings.recordings_http_port) if settings.recordings_http_port else None
-        retention = asyncio.create_task(_retention_loop(settings, events, store))
         log.info("recordings sink: %s → %s and %s", kafka or settings.data_dir, store.location, events.name)
         try:
-            await sink.run(stop)
+            async with running(_retention_loop(settings, events, store)):
+                await sink.run(stop)
         finally:
-            retention.cancel()
             await dead_letters.close()
             if runner is not None:
                 await runner.cleanup()

@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from gateway.clickhouse.cluster import open_cluster
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.clickhouse.writer import Writer, open_writer
+from gateway.core.background import running
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
@@ -62,16 +63,16 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
         if isinstance(source, RebuildSource):
-            progress = asyncio.create_task(_log_rebuild_progress(worker, source))
+            progress = _log_rebuild_progress(worker, source)
         else:
-            progress = asyncio.create_task(_log_progress(worker, source))
+            progress = _log_progress(worker, source)
         on_running()
         try:
-            await worker.run(stop)
+            async with running(progress):
+                await worker.run(stop)
         except SpoolLocked as error:
             raise StartupError("spool", settings.spool_dir or settings.data_dir, str(error)) from error
         finally:
-            progress.cancel()
             await dead_letters.close()
         if isinstance(source, RebuildSource):
             return _rebuild_report(worker, source, config.table)
