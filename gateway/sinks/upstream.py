@@ -8,7 +8,10 @@ Records are turned back into PostHog requests:
   the body joins those bytes, also when replayed from the spool. Kafka records (CapturedEvent JSON:
   mirror mode, or spooled by an older gateway) are decoded and re-encoded into the same bytes;
 - replay (`$snapshot_items`) → `POST /s/`, one `$snapshot` event per record (PostHog re-joins it);
-- pass-through records (raw requests, `--upstream-passthrough`) → re-sent byte for byte.
+- pass-through records (raw requests, `--upstream-passthrough`) → re-sent byte for byte;
+- with `--upstream-forward-as-received`, a request whose events the edge left unchanged (a
+  `ReceivedRequest`) goes once as received, like a pass-through record; only if it has to be spooled
+  are its upstream records built (with the fixed timestamps below), so the spool never holds it raw.
 Bodies are gzipped at level 1: about 3x cheaper than level 5 for some 15 % more bytes.
 
 Timestamps: the upstream must not re-apply clock-skew correction with its own (later) `now`, or an
@@ -27,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +66,12 @@ def passthrough_record(raw_path: str, headers: Mapping[str, str], client_ip: str
     """A capture request kept as received: path+query as key, the headers that shape the body, the body."""
     kept = tuple((name, headers[name].encode()) for name in _RAW_HEADERS if name in headers)
     return Record(PASSTHROUGH_TOPIC, raw_path.encode(), (("ip", client_ip.encode()), *kept), body)
+
+
+def received_post(raw_path: str, headers: Mapping[str, str], client_ip: str, body: bytes, events: int) -> Post:
+    """A capture request to send as received: path+query, the headers that shape the body, the body."""
+    kept = tuple((name, headers[name]) for name in _RAW_HEADERS if name in headers)
+    return Post(raw_path, client_ip, body, kept, events, "events")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +173,17 @@ def _chunks(events: list[bytes]) -> Iterator[list[bytes]]:
         yield chunk
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedRequest:
+    """A request forwarded as received; `records` builds its upstream records if it must be spooled."""
+
+    post: Post
+    records: Callable[[], list[Record]]
+
+    def __len__(self) -> int:
+        return self.post.events
+
+
 class UpstreamStatus(Exception):
     """The upstream answered with a status worth retrying (5xx, 404, 408, 429)."""
 
@@ -196,11 +216,11 @@ class UpstreamRemote:
         results: list[BaseException | None]
         if len(posts) == 1:  # most requests: no gather, so no Task per request
             try:
-                results = [await self._post(posts[0])]
+                results = [await self.post(posts[0])]
             except Exception as exc:
                 results = [exc]
         else:
-            results = await asyncio.gather(*(self._post(post) for post in posts), return_exceptions=True)
+            results = await asyncio.gather(*(self.post(post) for post in posts), return_exceptions=True)
         failures = [result for result in results if isinstance(result, BaseException)]
         if not failures:
             self._delivered.clear()
@@ -218,7 +238,8 @@ class UpstreamRemote:
     def _url(self, path: str) -> URL:
         return URL(str(self.base).rstrip("/") + path, encoded=True)
 
-    async def _post(self, post: Post) -> None:
+    async def post(self, post: Post) -> None:
+        """Send one request; returns on a 2xx, raises Rejected on a final 4xx, UpstreamStatus otherwise."""
         headers = dict(post.headers)
         headers["X-Forwarded-For"] = post.client_ip
         url = self._urls.get(post.path) or self._url(post.path)
@@ -258,3 +279,13 @@ class UpstreamSink(FailoverSink):
     async def start(self) -> None:
         await self.client.start()
         await super().start()
+
+    async def _produce(self, records: Sequence[Record] | ReceivedRequest) -> None:
+        if type(records) is ReceivedRequest:
+            async with asyncio.timeout(self.ack_timeout):
+                await self.remote.post(records.post)
+            return
+        await super()._produce(records)
+
+    async def _to_spool(self, records: Sequence[Record] | ReceivedRequest) -> None:
+        await super()._to_spool(records.records() if type(records) is ReceivedRequest else records)
