@@ -44,6 +44,7 @@ from gateway.metrics import serve as metrics
 from gateway.sinks.failover import FailoverMetrics, FailoverSink, Rejected
 from gateway.sinks.spool import SpoolSink
 from gateway.upstream.client import UpstreamClient
+from gateway.upstream.posts import PostClient
 
 PASSTHROUGH_TOPIC = "upstream-passthrough"  # marks a raw request record; never a Kafka topic
 MAX_BATCH_EVENTS = 1000
@@ -55,6 +56,8 @@ GZIP_LEVEL = 1
 _JSON_GZIP_HEADERS = (("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("User-Agent", USER_AGENT))
 _RAW_HEADERS = ("content-type", "content-encoding", "user-agent")
 
+_KINDS = ("events", "replay", "passthrough")
+_ROUTES = {kind: f"forward_{kind}" for kind in _KINDS}
 UPSTREAM_METRICS = FailoverMetrics(
     spooling=metrics.UPSTREAM_SPOOLING,
     spooled=metrics.UPSTREAM_SPOOLED_RECORDS,
@@ -193,10 +196,11 @@ class UpstreamRemote:
 
     def __init__(self, base: URL, client: UpstreamClient, timeout: float) -> None:
         self.base = base
-        self.client = client
+        self.client = client  # the ping (GET) goes through aiohttp
+        self.posts = PostClient(base, connections=client.connections, retries=client.retries)
         self.timeout = timeout
         self._limit = asyncio.Semaphore(POST_CONCURRENCY)
-        self._urls = {path: self._url(path) for path in ("/batch/", "/s/")}  # built once, not per post
+        self._forwarded = {kind: metrics.UPSTREAM_FORWARDED_EVENTS.labels(kind) for kind in _KINDS}
         self._delivered: set[bytes] = set()  # digests of posts that landed in a batch that then failed
 
     async def ping(self) -> bool:
@@ -235,23 +239,17 @@ class UpstreamRemote:
             assert isinstance(first, Rejected)
             raise Rejected(first.message, first.status, sum(f.dropped for f in failures if isinstance(f, Rejected)))
 
-    def _url(self, path: str) -> URL:
-        return URL(str(self.base).rstrip("/") + path, encoded=True)
-
     async def post(self, post: Post) -> None:
         """Send one request; returns on a 2xx, raises Rejected on a final 4xx, UpstreamStatus otherwise."""
-        headers = dict(post.headers)
-        headers["X-Forwarded-For"] = post.client_ip
-        url = self._urls.get(post.path) or self._url(post.path)
+        headers = (*post.headers, ("X-Forwarded-For", post.client_ip))
         async with self._limit:
-            response = await self.client.request(
-                "POST", url, route=f"forward_{post.kind}", headers=headers, body=post.body, timeout=self.timeout,
+            status, body = await self.posts.post(
+                post.path, headers, post.body, route=_ROUTES[post.kind], timeout=self.timeout
             )
-        status = response.status
         if 200 <= status < 300:
-            metrics.UPSTREAM_FORWARDED_EVENTS.labels(post.kind).inc(post.events)
+            self._forwarded[post.kind].inc(post.events)
             return
-        detail = response.body[:200].decode(errors="replace")
+        detail = body[:200].decode(errors="replace")
         if 400 <= status < 500 and status not in RETRYABLE_4XX:
             raise Rejected(f"upstream refused {post.kind} with {status}: {detail}", status, post.events)
         raise UpstreamStatus(f"upstream answered {status} to {post.path}: {detail}")
@@ -263,6 +261,7 @@ class UpstreamRemote:
         """Nothing to reset: the connection pool drops broken connections itself."""
 
     async def stop(self) -> None:
+        await self.posts.close()
         await self.client.close()
 
 
