@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
+import uvloop
 from aiohttp import web
 from yarl import URL
 
@@ -49,6 +51,13 @@ def test_garbage_is_a_protocol_error() -> None:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
+                                ids=["asyncio", "uvloop"])  # the gateway runs on uvloop
+
+
+def run(main: Callable[[], Awaitable[object]], loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> Any:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
 
 
 async def _serve(handler: Handler) -> tuple[web.AppRunner, URL]:
@@ -62,7 +71,8 @@ async def _serve(handler: Handler) -> tuple[web.AppRunner, URL]:
     return runner, URL(f"http://127.0.0.1:{port}/base")
 
 
-def test_posts_reuse_one_connection_and_arrive_as_sent() -> None:
+@LOOPS
+def test_posts_reuse_one_connection_and_arrive_as_sent(loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
     seen: list[tuple[str, str, dict[str, str], bytes, object]] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -93,7 +103,7 @@ def test_posts_reuse_one_connection_and_arrive_as_sent() -> None:
             await client.close()
             await runner.cleanup()
 
-    answers = asyncio.run(main())
+    answers = run(main, loop_factory)
     assert [status for status, _ in answers] == [200, 200, 200]
     assert {body for _, body in answers} == {b'{"status": 1}', b'{"status":1}'}
     assert [path for _, path, _, _, _ in seen] == ["/base/e/?ver=1&_=17", "/base/batch/", "/base/chunked"]
@@ -103,7 +113,10 @@ def test_posts_reuse_one_connection_and_arrive_as_sent() -> None:
         assert headers["X-Forwarded-For"] == "198.51.100.9" and headers["Host"] == f"127.0.0.1:{ports[0]}"
 
 
-def test_closed_connections_are_replaced_and_failures_are_upstream_errors() -> None:
+@LOOPS
+def test_closed_connections_are_replaced_and_failures_are_upstream_errors(
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
     peers: list[object] = []
 
     async def handler(request: web.Request) -> web.StreamResponse:
@@ -131,6 +144,6 @@ def test_closed_connections_are_replaced_and_failures_are_upstream_errors() -> N
             await refused.post("/e/", (), b"{}", route="test", timeout=5)
         return statuses, slow.value.cause, connect.value.cause
 
-    statuses, slow, connect = asyncio.run(main())
+    statuses, slow, connect = run(main, loop_factory)
     assert statuses == [200, 200] and len(set(peers[:2])) == 2  # `Connection: close` is honoured
     assert slow == "timeout" and connect == "connect_error"
