@@ -65,8 +65,11 @@ def test_events_grouped_by_client_ip_and_token(tmp_path: Path) -> None:
                     assert post(gateway, "/batch/", {"api_key": token, "batch": events}, ip).status_code == 200
                 else:
                     assert post(gateway, "/e/", events[0], ip).status_code == 200
+            metrics = requests.get(gateway.url + "/metrics", timeout=5).text
         finally:
             gateway.stop()
+    # A healthy upstream got every request directly: nothing went through the spool.
+    assert "gateway_upstream_spooled_records_total 0.0" in metrics
     got: dict[tuple[str, str], list[str]] = {}
     for ip, body, e in forwarded(upstream):
         got.setdefault((ip, body["api_key"]), []).append(e["uuid"])
@@ -276,7 +279,7 @@ def test_as_received_forwards_unchanged_requests_as_sent_and_spools_fixed_timest
             wait_for(lambda: len(forwarded(upstream)) == 2)
         finally:
             gateway.stop()
-    (request,) = upstream.requests_to("/e/")
+    (request,) = upstream.requests_to("/e/")  # sent directly: the spool only ever holds upstream records
     assert request.raw_path == raw and request.body == sent
     assert request.headers["Content-Type"] == "text/plain" and request.headers["User-Agent"] == "ua/1"
     assert request.headers.getall("X-Forwarded-For") == ["198.51.100.3"]
