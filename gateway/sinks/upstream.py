@@ -12,7 +12,8 @@ Records are turned back into PostHog requests:
 - with `--upstream-forward-as-received`, a request whose events the edge left unchanged (a
   `ReceivedRequest`) goes once as received, like a pass-through record; only if it has to be spooled
   are its upstream records built (with the fixed timestamps below), so the spool never holds it raw.
-Bodies are gzipped at level 1: about 3x cheaper than level 5 for some 15 % more bytes.
+Bodies are gzipped with ISA-L (isal) at level 1: about 4x cheaper in CPU than zlib's level 1 and a
+little smaller (48 KB of events: 42 µs instead of 165 µs, 4.7 KB instead of 5.1 KB).
 
 Timestamps: the upstream must not re-apply clock-skew correction with its own (later) `now`, or an
 event replayed from the spool an hour late would be an hour late. Each event is therefore sent with
@@ -28,7 +29,6 @@ records are dropped and counted (replay).
 from __future__ import annotations
 
 import asyncio
-import gzip
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from isal import isal_zlib
 from yarl import URL
 
 from gateway.capture.events import UPSTREAM_EVENT_TOPIC
@@ -52,7 +53,8 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # PostHog's /batch/ takes 20 MiB; stay well u
 POST_CONCURRENCY = 16  # events of different client IPs cannot share a request
 RETRYABLE_4XX = frozenset({404, 408, 429})
 USER_AGENT = "posthog-gateway"
-GZIP_LEVEL = 1
+GZIP_LEVEL = 1  # ISA-L's levels are 0-3
+GZIP_WBITS = 31  # a gzip container (header with mtime 0, crc32 trailer)
 _JSON_GZIP_HEADERS = (("Content-Type", "application/json"), ("Content-Encoding", "gzip"), ("User-Agent", USER_AGENT))
 _RAW_HEADERS = ("content-type", "content-encoding", "user-agent")
 
@@ -103,8 +105,8 @@ def upstream_event(value: Mapping[str, Any]) -> bytes:
 
 
 def _gzip_post(path: str, client_ip: str, body: bytes, events: int, kind: str) -> Post:
-    return Post(path, client_ip, gzip.compress(body, compresslevel=GZIP_LEVEL, mtime=0), _JSON_GZIP_HEADERS,
-                events, kind)
+    return Post(path, client_ip, isal_zlib.compress(body, GZIP_LEVEL, GZIP_WBITS), _JSON_GZIP_HEADERS, events,
+                kind)
 
 
 def _batch_body(token: str, events: Sequence[bytes], historical: bool) -> bytes:
