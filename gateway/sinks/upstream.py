@@ -143,12 +143,10 @@ def _passthrough_post(record: Record) -> Post:
 def upstream_posts(records: Sequence[Record]) -> list[Post]:
     """Records → upstream requests; events of one (token, client IP, historical) share batches, in order."""
     posts: list[Post] = []
-    groups: dict[tuple[str, str, bool], list[bytes]] = {}
+    groups: dict[tuple[bytes, bytes, bool], list[bytes]] = {}
     for record in records:
         if record.topic == UPSTREAM_EVENT_TOPIC:
-            headers = dict(record.headers)
-            key = (headers["token"].decode(), headers["ip"].decode(), "historical_migration" in headers)
-            groups.setdefault(key, []).append(record.value)
+            groups.setdefault(_event_group(record.headers), []).append(record.value)
             continue
         if record.topic == PASSTHROUGH_TOPIC:
             posts.append(_passthrough_post(record))
@@ -157,13 +155,24 @@ def upstream_posts(records: Sequence[Record]) -> list[Post]:
         if value["event"] == "$snapshot_items":
             posts.append(_replay_post(value))
             continue
-        key = (value["token"], value["ip"], bool(value.get("historical_migration")))
+        key = (value["token"].encode(), value["ip"].encode(), bool(value.get("historical_migration")))
         groups.setdefault(key, []).append(upstream_event(value))
     for (token, ip, historical), events in groups.items():
         for chunk in _chunks(events):
-            posts.append(_gzip_post("/batch/", ip, _batch_body(token, chunk, historical), len(chunk), "events"))
+            posts.append(_gzip_post("/batch/", ip.decode(), _batch_body(token.decode(), chunk, historical), len(chunk),
+                                    "events"))
     return posts
 
+
+def _event_group(headers: Sequence[tuple[str, bytes]]) -> tuple[bytes, bytes, bool]:
+    """An upstream record's (token, ip, historical) as bytes, read by position in the layout
+    gateway/capture/events.py writes (token, distinct_id, ip[, historical_migration]): no dict, no
+    decoding per event; by name for any other layout."""
+    if len(headers) >= 3 and headers[0][0] == "token" and headers[2][0] == "ip":
+        historical = len(headers) > 3 and any(name == "historical_migration" for name, _ in headers[3:])
+        return headers[0][1], headers[2][1], historical
+    named = dict(headers)
+    return named["token"], named["ip"], "historical_migration" in named
 
 def _chunks(events: list[bytes]) -> Iterator[list[bytes]]:
     chunk: list[bytes] = []
