@@ -181,12 +181,15 @@ class _Connection(asyncio.Protocol):
 class PostClient:
     """POSTs to one upstream origin over a pool of keep-alive connections."""
 
-    def __init__(self, base: URL, *, connections: int, retries: int) -> None:
+    def __init__(
+        self, base: URL, *, connections: int, retries: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        """`ssl_context`: for an https `base`, what verifies the upstream (default: the system's CAs)."""
         if base.scheme not in ("http", "https") or not base.raw_host:
             raise ValueError(f"not an http(s) URL: {base}")
         self.host = base.raw_host
         self.port = base.explicit_port or (443 if base.scheme == "https" else 80)
-        self.ssl = ssl.create_default_context() if base.scheme == "https" else None
+        self.ssl = (ssl_context or ssl.create_default_context()) if base.scheme == "https" else None
         host_header = self.host if base.explicit_port is None else f"{self.host}:{self.port}"
         self._host = f"Host: {host_header}\r\n".encode()
         self._prefix = base.raw_path.rstrip("/").encode()

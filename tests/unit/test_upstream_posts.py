@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ import uvloop
 from aiohttp import web
 from yarl import URL
 
+from gateway.edge.certs import write_dev_cert
 from gateway.upstream.client import UpstreamError
 from gateway.upstream.posts import PostClient, ProtocolError, Response, parse_response
 
@@ -60,15 +63,15 @@ def run(main: Callable[[], Awaitable[object]], loop_factory: Callable[[], asynci
         return runner.run(main())
 
 
-async def _serve(handler: Handler) -> tuple[web.AppRunner, URL]:
+async def _serve(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, URL]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     await site.start()
     port = runner.addresses[0][1]
-    return runner, URL(f"http://127.0.0.1:{port}/base")
+    return runner, URL(f"{'https' if tls else 'http'}://127.0.0.1:{port}/base")
 
 
 @LOOPS
@@ -147,3 +150,30 @@ def test_closed_connections_are_replaced_and_failures_are_upstream_errors(
     statuses, slow, connect = run(main, loop_factory)
     assert statuses == [200, 200] and len(set(peers[:2])) == 2  # `Connection: close` is honoured
     assert slow == "timeout" and connect == "connect_error"
+
+
+@LOOPS
+def test_https_upstream_is_verified(tmp_path: Path, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    cert, key = write_dev_cert(tmp_path, ("127.0.0.1",))
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return web.Response(text=f"{request.host} {len(await request.read())}")
+
+    async def main() -> tuple[tuple[int, bytes], str]:
+        runner, base = await _serve(handler, server_tls)
+        trusting = PostClient(base, connections=2, retries=0, ssl_context=ssl.create_default_context(cafile=cert))
+        system = PostClient(base, connections=2, retries=0)  # the system's CAs do not know the dev cert
+        try:
+            answer = await trusting.post("/e/", (), b"{}", route="test", timeout=5)
+            with pytest.raises(UpstreamError) as refused:
+                await system.post("/e/", (), b"{}", route="test", timeout=5)
+            return answer, refused.value.cause
+        finally:
+            await trusting.close()
+            await runner.cleanup()
+
+    (status, body), refused = run(main, loop_factory)
+    assert status == 200 and body.endswith(b" 2") and body.startswith(b"127.0.0.1:")
+    assert refused == "connect_error"
