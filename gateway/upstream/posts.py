@@ -190,7 +190,9 @@ class PostClient:
         self.host = base.raw_host
         self.port = base.explicit_port or (443 if base.scheme == "https" else 80)
         self.ssl = (ssl_context or ssl.create_default_context()) if base.scheme == "https" else None
-        host_header = self.host if base.explicit_port is None else f"{self.host}:{self.port}"
+        host_header = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        if base.explicit_port is not None:
+            host_header = f"{host_header}:{self.port}"
         self._host = f"Host: {host_header}\r\n".encode()
         self._prefix = base.raw_path.rstrip("/").encode()
         self.connections = connections

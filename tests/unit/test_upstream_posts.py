@@ -177,3 +177,12 @@ def test_https_upstream_is_verified(tmp_path: Path, loop_factory: Callable[[], a
     (status, body), refused = run(main, loop_factory)
     assert status == 200 and body.endswith(b" 2") and body.startswith(b"127.0.0.1:")
     assert refused == "connect_error"
+
+
+@pytest.mark.parametrize(("base", "host", "prefix"), [
+    ("https://eu.i.posthog.com", b"Host: eu.i.posthog.com\r\n", b""),
+    ("http://[::1]:8000/ingest/", b"Host: [::1]:8000\r\n", b"/ingest"),
+])
+def test_host_header_and_path_prefix_come_from_the_upstream_url(base: str, host: bytes, prefix: bytes) -> None:
+    client = PostClient(URL(base), connections=1, retries=0)
+    assert (client._host, client._prefix) == (host, prefix)
