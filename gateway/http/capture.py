@@ -119,10 +119,8 @@ class CaptureHandler:
                     if isinstance(records, SpooledRequest):
                         assert self.request_spool is not None
                         await self.request_spool.deliver_request(records.content, records.records)
-                    elif isinstance(records, ReceivedRequest):
-                        await self.sink.deliver(records)  # type: ignore[arg-type]  # UpstreamSink's
-                    else:
-                        await self.sink.deliver(records)
+                    else:  # records, or a ReceivedRequest for the UpstreamSink
+                        await self.sink.deliver(records)  # type: ignore[arg-type]
                     ingested.inc(len(records))
             except GatewayError as error:
                 return error_response(request, spec.name, error)
@@ -156,8 +154,9 @@ class CaptureHandler:
         else:
             records = self._process(*args)
         if type(records) is ParsedRequest:  # unchanged by the edge: forwarded as received
+            path = _unprefixed(request.raw_path, request.path, spec)
             return ReceivedRequest(
-                received_post(request.raw_path, request.headers, context.client_ip, body, len(records.events)),
+                received_post(path, request.headers, context.client_ip, body, len(records.events)),
                 partial(analytics_records, records, context, self.options),
             )
         return records
@@ -219,3 +218,13 @@ class CaptureHandler:
             return SpooledRequest(request_content(parsed, context, self.options), len(events))
         except orjson.JSONEncodeError:
             return analytics_records(parsed, context, self.options)
+
+
+def _unprefixed(raw_path: str, path: str, spec: RouteSpec) -> str:
+    """`raw_path` (path and query) without a `--prefix`: the upstream serves capture at its own paths."""
+    for route in sorted(spec.paths, key=len, reverse=True):  # /i/v0/e before /e
+        for own in (route + "/", route):
+            if path.endswith(own):
+                cut = len(path) - len(own)
+                return raw_path[cut:] if raw_path.startswith(path[:cut]) else raw_path
+    return raw_path

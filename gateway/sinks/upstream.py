@@ -174,6 +174,7 @@ def _event_group(headers: Sequence[tuple[str, bytes]]) -> tuple[bytes, bytes, bo
     named = dict(headers)
     return named["token"], named["ip"], "historical_migration" in named
 
+
 def _chunks(events: list[bytes]) -> Iterator[list[bytes]]:
     chunk: list[bytes] = []
     size = 0

@@ -314,3 +314,15 @@ def test_as_received_re_encodes_what_the_edge_changed(tmp_path: Path, change: st
     out = forwarded(upstream)
     assert out[0][2]["uuid"] == kept["uuid"] and "sent_at" not in out[0][1]
     assert len(out) == (2 if change == "missing_uuid" else 1)
+
+
+def test_as_received_strips_a_prefix_from_the_upstream_path(tmp_path: Path) -> None:
+    body = {"api_key": TOKEN, "batch": [event(), event("user-2")]}
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, prefix=("/ingest",), upstream_forward_as_received=True)
+        try:
+            assert post(gateway, "/ingest/i/v0/e/?ver=1", body, "198.51.100.5").status_code == 200
+        finally:
+            gateway.stop()
+    (request,) = [r for r in upstream.received if r.method == "POST"]
+    assert request.raw_path == "/i/v0/e/?ver=1" and request.body == orjson.dumps(body)
