@@ -3,8 +3,8 @@
 The sink posts one upstream request per capture request, and aiohttp's client spends about 240 µs of
 CPU on each here, where a plain asyncio protocol spends about 40 µs (measured side by side, 5 KB
 bodies to the same local server). So the sink's POSTs take this path: one write per request (head and
-body, `Content-Length`, never chunked), a keep-alive pool, and a response parser for what servers send
-back (`Content-Length`, chunked or close-delimited bodies, skipped 1xx). Everything else (GETs,
+body, `Content-Length`, never chunked), a keep-alive pool, and httptools (llhttp, uvicorn's parser)
+to read the answers (`Content-Length`, chunked or close-delimited bodies, skipped 1xx). Everything else (GETs,
 redirects, streaming, the proxy routes) stays on aiohttp (gateway/upstream/client.py). Like aiohttp
 for a POST, a request is never re-sent once written; a connection error before it is retried.
 """
@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
+import httptools
 from yarl import URL
 
 from gateway.metrics import serve as metrics
@@ -27,7 +28,7 @@ IDLE_SECONDS = 15.0  # below common server keep-alive timeouts (nginx 75 s, ALBs
 
 
 class ProtocolError(Exception):
-    """The upstream's answer is not HTTP/1.x this parser can read."""
+    """The upstream's answer is not HTTP/1.x the parser can read."""
 
 
 class Response(NamedTuple):
@@ -36,132 +37,100 @@ class Response(NamedTuple):
     keep_alive: bool
 
 
-def parse_response(buffer: bytes | bytearray, eof: bool) -> tuple[Response, int] | None:
-    """The first complete final response in `buffer` and the bytes it took, or None while incomplete
-    (`eof`: the server closed the connection, which ends a close-delimited body)."""
-    start = 0
-    while True:
-        end = buffer.find(b"\r\n\r\n", start)
-        if end < 0:
-            if len(buffer) - start > MAX_HEAD_BYTES:
-                raise ProtocolError("response head too large")
-            if eof:
-                raise ProtocolError("connection closed before a complete response")
-            return None
-        lines = bytes(buffer[start:end]).split(b"\r\n")
-        status_line = lines[0]
-        if not status_line.startswith(b"HTTP/1.") or len(status_line) < 12:
-            raise ProtocolError(f"bad status line {status_line[:40]!r}")
-        try:
-            status = int(status_line[9:12])
-        except ValueError as exc:
-            raise ProtocolError(f"bad status line {status_line[:40]!r}") from exc
-        body_start = end + 4
-        if 100 <= status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
-            start = body_start
-            continue
-        headers: dict[bytes, bytes] = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        connection = headers.get(b"connection", b"").lower()
-        keep_alive = status_line.startswith(b"HTTP/1.1") and b"close" not in connection
-        if status in (204, 304):
-            return Response(status, b"", keep_alive), body_start
-        if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-            chunked = _chunked_body(buffer, body_start)
-            if chunked is None:
-                if eof:
-                    raise ProtocolError("connection closed inside a chunked body")
-                return None
-            body, taken = chunked
-            return Response(status, body, keep_alive), taken
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                size = int(length)
-            except ValueError as exc:
-                raise ProtocolError(f"bad Content-Length {length[:20]!r}") from exc
-            if len(buffer) - body_start < size:
-                if eof:
-                    raise ProtocolError("connection closed inside the body")
-                return None
-            return Response(status, bytes(buffer[body_start:body_start + size]), keep_alive), body_start + size
-        if not eof:  # the body runs until the server closes the connection
-            return None
-        return Response(status, bytes(buffer[body_start:]), False), len(buffer)
-
-
-def _chunked_body(buffer: bytes | bytearray, position: int) -> tuple[bytes, int] | None:
-    parts: list[bytes] = []
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return None
-        try:
-            size = int(bytes(buffer[position:line_end]).split(b";")[0].strip(), 16)
-        except ValueError as exc:
-            raise ProtocolError("bad chunk size") from exc
-        position = line_end + 2
-        if size == 0:  # then optional trailer lines and an empty line
-            trailer_end = buffer.find(b"\r\n", position)
-            while trailer_end > position:
-                position = trailer_end + 2
-                trailer_end = buffer.find(b"\r\n", position)
-            if trailer_end < 0:
-                return None
-            return b"".join(parts), trailer_end + 2
-        if len(buffer) < position + size + 2:
-            return None
-        parts.append(bytes(buffer[position:position + size]))
-        position += size + 2
-
-
 class _Connection(asyncio.Protocol):
-    """One keep-alive connection; one request at a time."""
+    """One keep-alive connection; one request at a time. httptools (llhttp) reads the answers: its
+    callbacks collect the body, and 1xx answers before the final one are skipped."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Response] | None = None
         self.closed = False
         self.idle_since = 0.0
+        self._reset()
 
+    def _reset(self) -> None:
+        self.head_size = 0  # bytes received before the headers were complete
+        self.in_head = True
+        self.framed = False  # Content-Length or Transfer-Encoding: the body does not end at EOF
+        self.body: list[bytes] = []
+        self.response: Response | None = None  # the final answer, once complete
+        self.extra = False  # more bytes came after it
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.response is not None:
+            self.extra = True
+        self.in_head = True
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status >= 200:
+            self.response = Response(status, b"".join(self.body), self.parser.should_keep_alive())
+        else:  # 100 Continue, 103 Early Hints: the final answer follows
+            self.in_head = True
+            self.framed = False
+            self.body.clear()
+
+    # asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        self._settle(eof=False)
+        waiter = self.waiter
+        if waiter is None or waiter.done():  # bytes nobody asked for: the connection cannot be trusted
+            self.close()
+            return
+        if self.in_head:
+            self.head_size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            if self.response is None:
+                waiter.set_exception(ProtocolError(f"{type(exc).__name__}: {exc}"))
+                return
+            # else bytes after a complete answer: on_message_begin marked them, or the answer had closed
+            # the connection (llhttp refuses data after that; the answer is not kept alive anyway)
+        response = self.response
+        if response is not None:
+            if self.extra:
+                response = response._replace(keep_alive=False)
+            self._reset()
+            waiter.set_result(response)
+        elif self.in_head and self.head_size > MAX_HEAD_BYTES:
+            waiter.set_exception(ProtocolError("response head too large"))
 
     def eof_received(self) -> bool:
-        self._settle(eof=True)
+        self._end()
         return False  # close the transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            self._settle(eof=True)
-            if not waiter.done():
-                waiter.set_exception(exc or ConnectionResetError("upstream closed the connection"))
+        self._end(exc)
 
-    def _settle(self, eof: bool) -> None:
+    def _end(self, exc: Exception | None = None) -> None:
+        """The server closed the connection: that completes a body without framing, else the answer
+        is cut short."""
         waiter = self.waiter
         if waiter is None or waiter.done():
-            if self.buffer:  # bytes nobody asked for: the connection cannot be trusted
-                self.close()
             return
-        try:
-            parsed = parse_response(self.buffer, eof)
-        except ProtocolError as exc:
+        if not self.in_head and not self.framed:
+            status = self.parser.get_status_code()
+            waiter.set_result(Response(status, b"".join(self.body), False))
+        elif exc is not None:
             waiter.set_exception(exc)
-            return
-        if parsed is not None:
-            response, taken = parsed
-            keep = response.keep_alive and taken == len(self.buffer) and not eof
-            self.buffer.clear()
-            waiter.set_result(response if keep else response._replace(keep_alive=False))
+        else:
+            waiter.set_exception(ProtocolError("connection closed before a complete response"))
 
     async def exchange(self, payload: Sequence[bytes], timeout: float) -> Response:
         assert self.transport is not None

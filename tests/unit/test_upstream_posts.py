@@ -1,8 +1,9 @@
-"""The upstream sink's lean POST client: response framing, keep-alive reuse, failures."""
+"""The upstream sink's lean POST client: response framing (httptools), keep-alive reuse, failures."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -16,42 +17,7 @@ from yarl import URL
 
 from gateway.edge.certs import write_dev_cert
 from gateway.upstream.client import UpstreamError
-from gateway.upstream.posts import PostClient, ProtocolError, Response, parse_response
-
-
-def test_content_length_body_complete_only_when_all_bytes_arrived() -> None:
-    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Type: application/json\r\n\r\n{\"status\":1}"
-    for cut in (10, len(raw) - 1):
-        assert parse_response(raw[:cut], eof=False) is None
-    assert parse_response(raw, eof=False) == (Response(200, b'{"status":1}', True), len(raw))
-    with pytest.raises(ProtocolError):
-        parse_response(raw[:-1], eof=True)
-
-
-def test_chunked_body_with_extension_and_trailer_after_a_100_continue() -> None:
-    raw = (b"HTTP/1.1 100 Continue\r\n\r\n"
-           b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
-           b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
-    assert parse_response(raw[:-2], eof=False) is None
-    assert parse_response(raw, eof=False) == (Response(400, b"hello world", True), len(raw))
-
-
-def test_connection_close_http10_and_close_delimited_bodies_are_not_kept() -> None:
-    close = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    assert parse_response(close, eof=False) == (Response(503, b"", False), len(close))
-    http10 = b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    assert parse_response(http10, eof=False) == (Response(200, b"ok", False), len(http10))
-    until_close = b"HTTP/1.1 200 OK\r\n\r\npartial"
-    assert parse_response(until_close, eof=False) is None
-    assert parse_response(until_close, eof=True) == (Response(200, b"partial", False), len(until_close))
-
-
-def test_garbage_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError):
-        parse_response(b"SSH-2.0-OpenSSH\r\n\r\n", eof=False)
-    with pytest.raises(ProtocolError):
-        parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n", eof=False)
-
+from gateway.upstream.posts import PostClient
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 LOOPS = pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop],
@@ -72,6 +38,79 @@ async def _serve(handler: Handler, tls: ssl.SSLContext | None = None) -> tuple[w
     await site.start()
     port = runner.addresses[0][1]
     return runner, URL(f"{'https' if tls else 'http'}://127.0.0.1:{port}/base")
+
+
+Script = list[bytes | None]  # written piece by piece with a pause between; None: the server closes
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CHUNKED = (b"HTTP/1.1 100 Continue\r\n\r\n",
+           b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n wor",
+           b"ld\r\n0\r\nX-Trailer: 1\r\n", b"\r\n")
+
+
+async def _raw_upstream(answers: list[Script]) -> tuple[asyncio.Server, URL, list[int]]:
+    """Answers the n-th request with answers[n], byte for byte; the list counts accepted connections."""
+    accepted = [0]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted[0] += 1
+        try:
+            while answers:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"Content-Length: (\d+)", head)
+                await reader.readexactly(int(length[1]) if length else 0)
+                for piece in answers.pop(0):
+                    if piece is None:
+                        return
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, URL(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"), accepted
+
+
+@LOOPS
+@pytest.mark.parametrize(("script", "answer", "reused"), [
+    ([b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 12\r\nContent-Type: application/json\r\n\r\n{\"sta", b"tus\":1}"],
+     (200, b'{"status":1}'), True),
+    (list(CHUNKED), (400, b"hello world"), True),  # a 1xx is skipped; chunk extension and trailer read
+    ([b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"], (503, b""), False),
+    ([b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok"], (200, b"ok"), False),
+    ([b"HTTP/1.1 200 OK\r\n\r\npart", b"ial", None], (200, b"partial"), False),  # the body ends at EOF
+    ([OK + b"HTTP/1.1 200 OK\r\n"], (200, b"ok"), False),  # bytes nobody asked for: not trusted again
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n{\"st", None], "error", False),
+    ([*CHUNKED[:2], None], "error", False),
+    ([CHUNKED[0], None], "error", False),  # a 1xx is not the answer
+    ([b"SSH-2.0-OpenSSH_9.6\r\n\r\n"], "error", False),
+    ([b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000], "error", False),  # not a timeout: refused at 64 KB
+    ([b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"], "error", False),
+], ids=["content-length", "1xx-chunked", "connection-close", "http10", "until-eof", "extra-bytes",
+        "cut-body", "cut-chunked", "only-1xx", "not-http", "head-too-large", "bad-length"])
+def test_answers_are_framed_and_only_clean_keep_alive_connections_are_reused(
+    script: Script, answer: tuple[int, bytes] | str, reused: bool,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> None:
+    async def main() -> tuple[tuple[int, bytes] | str, tuple[int, bytes], int]:
+        server, base, accepted = await _raw_upstream([script, [OK]])
+        client = PostClient(base, connections=2, retries=0)
+        try:
+            try:
+                first: tuple[int, bytes] | str = await client.post("/e/", (), b"{}", route="test", timeout=5)
+            except UpstreamError as exc:
+                first = exc.cause
+            second = await client.post("/e/", (), b"{}", route="test", timeout=5)
+            return first, second, accepted[0]
+        finally:
+            await client.close()
+            server.close()
+
+    first, second, connections = run(main, loop_factory)
+    assert first == answer and second == (200, b"ok")
+    assert connections == (1 if reused else 2)
 
 
 @LOOPS
