@@ -4,9 +4,10 @@ The sink posts one upstream request per capture request, and aiohttp's client sp
 CPU on each here, where a plain asyncio protocol spends about 40 µs (measured side by side, 5 KB
 bodies to the same local server). So the sink's POSTs take this path: one write per request (head and
 body, `Content-Length`, never chunked), a keep-alive pool, and httptools (llhttp, uvicorn's parser)
-to read the answers (`Content-Length`, chunked or close-delimited bodies, skipped 1xx). Everything else (GETs,
-redirects, streaming, the proxy routes) stays on aiohttp (gateway/upstream/client.py). Like aiohttp
-for a POST, a request is never re-sent once written; a connection error before it is retried.
+to read the answers (`Content-Length`, chunked or close-delimited bodies, skipped 1xx). Everything
+else (GETs, redirects, streaming, the proxy routes) stays on aiohttp (gateway/upstream/client.py).
+Like aiohttp for a POST, a request is never re-sent once written; a connection error before it is
+retried.
 """
 
 from __future__ import annotations
