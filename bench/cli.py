@@ -78,7 +78,7 @@ def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--targets",
         help="comma list of the suite's targets (capture, kafka: nginx, aiohttp, gateway; upstream: "
-        "upstream, nginx-proxy, gateway, gateway-passthrough); default: all of them",
+        "upstream, nginx-proxy, gateway, gateway-as-received, gateway-passthrough); default: all of them",
     )
     p.add_argument(
         "--kafka-bootstrap-servers",

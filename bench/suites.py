@@ -6,8 +6,9 @@ scenario and tool are divided by the baselines' figures from the same run: absol
 1.5-2x between runs on this machine, ratios much less.
 `suite upstream` starts a stand-in PostHog upstream (bench/upstream_app.py) for the whole run and
 measures, one at a time in front of it, nginx proxy_pass (the dumb-proxy baseline), the gateway in
-reverse-proxy forward mode and with --upstream-passthrough; the bare upstream alone is the other
-baseline. To add a suite (sink worker, ...), add a SuiteSpec to SUITES: scenarios, targets, baselines.
+reverse-proxy forward mode, with --upstream-forward-as-received and with --upstream-passthrough; the
+bare upstream alone is the other baseline. To add a suite (sink worker, ...), add a SuiteSpec to
+SUITES: scenarios, targets, baselines.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ CAPTURE_SCENARIOS = (
 
 FLAGS_SCENARIO = Scenario("flags-v2", "flags", None, "posthog-node POST /flags/?v=2, proxied to the upstream")
 UPSTREAM_BASELINES = ("nginx-proxy", "upstream")
-UPSTREAM_TARGETS = ("upstream", "nginx-proxy", "gateway", "gateway-passthrough")
+UPSTREAM_TARGETS = ("upstream", "nginx-proxy", "gateway", "gateway-as-received", "gateway-passthrough")
 
 SUITES: dict[str, SuiteSpec] = {
     "capture": SuiteSpec(CAPTURE_SCENARIOS),
@@ -178,6 +179,8 @@ def _server(target: str, options: SuiteOptions, upstream: ManagedServer | None =
     extra = ["--upstream", upstream.url, "--upstream-events-mode", "forward"]
     if target == "gateway-passthrough":
         extra.append("--upstream-passthrough")
+    if target == "gateway-as-received":
+        extra.append("--upstream-forward-as-received")
     return gateway(
         options.workers, options.kafka_bootstrap_servers, options.gateway_command, tuple(extra), name=target
     )

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import parse_qs
+
+from isal import isal_zlib
 
 from gateway.capture.errors import EmptyPayload, RequestDecodingError
 from gateway.capture.lz64 import Lz64Error, Lz64TooLarge, decompress_from_base64
@@ -128,7 +129,7 @@ def _b64decode_or_keep(payload: bytes) -> bytes:
 
 def _gunzip(payload: bytes, limits: DecodeLimits) -> bytes:
     """Inflate gzip in chunks, stopping as soon as the output or the ratio passes its limit."""
-    inflater = zlib.decompressobj(wbits=31)
+    inflater = isal_zlib.decompressobj(wbits=31)  # ISA-L: about 2x zlib's speed, same stream and checks
     parts: list[bytes] = []
     produced = 0
     data = payload
@@ -143,7 +144,7 @@ def _gunzip(payload: bytes, limits: DecodeLimits) -> bytes:
                 break
         if not inflater.eof:
             raise RequestDecodingError("invalid gzip data: truncated stream")
-    except zlib.error as exc:
+    except isal_zlib.error as exc:
         raise RequestDecodingError(f"invalid gzip data: {exc}") from exc
     return b"".join(parts)
 

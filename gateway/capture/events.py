@@ -244,14 +244,19 @@ def routed_events(parsed: ParsedRequest, context: RequestContext, options: Recor
     return routes
 
 
-def check_events(parsed: ParsedRequest) -> None:
+def check_events(parsed: ParsedRequest) -> bool:
     """Refuse what `analytics_records` would refuse, and give every event its uuid, without building records.
 
     After this, `analytics_records` cannot fail on the request: the spool may then hold the request
-    and leave building its records to the reader (gateway/capture/spooled.py).
+    and leave building its records to the reader (gateway/capture/spooled.py). True when every event
+    came with its uuid (none had to be given one).
     """
+    sent = True
     for event in parsed.events:
+        if event["uuid"] is None:
+            sent = False
         _checked(event)
+    return sent
 
 
 def _checked(event: RawEvent) -> tuple[str, dict[str, Any], str, bool, str]:

@@ -68,6 +68,7 @@ def build_app(
         body_read_timeout=settings.body_read_timeout,
         clock=clock,
         privacy=components.privacy,
+        forward_as_received=settings.upstream_forward_as_received,
     )
     for prefix in ("", *settings.prefix):
         for spec in [spec for spec in specs if edge.serves(spec.name)]:

@@ -7,11 +7,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 
 import orjson
 from aiohttp import web
 
-from gateway.capture.check_event import CheckEvents
+from gateway.capture.check_event import CHECK_EVENT, CheckEvents
 from gateway.capture.decode import DecodeLimits, decode_payload, is_legacy_path
 from gateway.capture.events import (
     RecordOptions,
@@ -33,6 +34,7 @@ from gateway.metrics.export import LocalCounter, LocalHistogram
 from gateway.privacy.policy import PrivacyPolicy
 from gateway.sinks.base import Sink
 from gateway.sinks.spool import SpoolSink
+from gateway.sinks.upstream import ReceivedRequest, UpstreamSink, received_post
 from gateway.spool import layout
 
 # Bodies above this are decoded and parsed in a worker thread so the event loop keeps serving.
@@ -71,6 +73,7 @@ class CaptureHandler:
         body_read_timeout: float,
         clock: Callable[[], datetime],
         privacy: PrivacyPolicy | None = None,
+        forward_as_received: bool = False,
     ) -> None:
         self.sink = sink
         self.limits = limits
@@ -84,6 +87,12 @@ class CaptureHandler:
         # Embedded mode: the spool holds each analytics request as one frame, and its readers build the
         # records; with Kafka or an upstream the records are built here.
         self.request_spool = sink if isinstance(sink, SpoolSink) and sink.kind == layout.MAIN else None
+        # Forward mode, `--upstream-forward-as-received`: a request the edge leaves unchanged goes to the
+        # upstream as received. Never with privacy rules or historical rerouting, which may change events.
+        self.as_received = (
+            forward_as_received and isinstance(sink, UpstreamSink) and privacy is None
+            and options.upstream and options.historical_rerouting_after is None
+        )
 
     def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
         # Counted locally, folded into the exported metrics about once a second (gateway/metrics/export.py).
@@ -110,8 +119,8 @@ class CaptureHandler:
                     if isinstance(records, SpooledRequest):
                         assert self.request_spool is not None
                         await self.request_spool.deliver_request(records.content, records.records)
-                    else:
-                        await self.sink.deliver(records)
+                    else:  # records, or a ReceivedRequest for the UpstreamSink
+                        await self.sink.deliver(records)  # type: ignore[arg-type]
                     ingested.inc(len(records))
             except GatewayError as error:
                 return error_response(request, spec.name, error)
@@ -124,7 +133,7 @@ class CaptureHandler:
 
     async def _records(
         self, request: web.Request, spec: RouteSpec, body: bytes
-    ) -> list[Record] | SpooledRequest:
+    ) -> list[Record] | SpooledRequest | ReceivedRequest:
         context = RequestContext(
             client_ip=self.client_ip(request),
             now=self.clock(),
@@ -141,8 +150,16 @@ class CaptureHandler:
             self.privacy is not None and self.privacy.opted_out(request.headers),
         )
         if len(body) > OFFLOAD_THRESHOLD:
-            return await asyncio.to_thread(self._process, *args)
-        return self._process(*args)
+            records = await asyncio.to_thread(self._process, *args)
+        else:
+            records = self._process(*args)
+        if type(records) is ParsedRequest:  # unchanged by the edge: forwarded as received
+            path = _unprefixed(request.raw_path, request.path, spec)
+            return ReceivedRequest(
+                received_post(path, request.headers, context.client_ip, body, len(records.events)),
+                partial(analytics_records, records, context, self.options),
+            )
+        return records
 
     def _process(
         self,
@@ -154,7 +171,8 @@ class CaptureHandler:
         spec: RouteSpec,
         context: RequestContext,
         opted_out: bool = False,
-    ) -> list[Record] | SpooledRequest:
+    ) -> list[Record] | SpooledRequest | ParsedRequest:
+        """The request's records, or with `as_received` the parsed request when the edge changed nothing."""
         payload = decode_payload(
             body, query, content_type, content_encoding, is_legacy_path(path), self.limits
         )
@@ -166,6 +184,7 @@ class CaptureHandler:
         if parsed is None:
             metrics.EVENTS_DROPPED.labels("performance_event").inc()
             return []
+        events = len(parsed.events)
         parsed = self.tokens.apply(spec.name, parsed)
         if parsed is None:
             return []
@@ -177,7 +196,14 @@ class CaptureHandler:
             return [replay_record(parsed, context, self.options)]
         if self.request_spool is not None:
             return self._spooled(parsed, context)
+        if self.as_received and len(parsed.events) == events and self._unchanged(parsed):
+            return parsed
         return self.checks.remove(parsed.events, analytics_records(parsed, context, self.options))
+
+    def _unchanged(self, parsed: ParsedRequest) -> bool:
+        """Valid (what `analytics_records` would refuse raises here), every uuid sent by the client, no
+        check event to drop: the upstream gets from the original body what the records would give it."""
+        return check_events(parsed) and all(event["event"] != CHECK_EVENT for event in parsed.events)
 
     def _spooled(self, parsed: ParsedRequest, context: RequestContext) -> SpooledRequest | list[Record]:
         """The request for the spool to hold whole, or its records when its events cannot be written as
@@ -192,3 +218,13 @@ class CaptureHandler:
             return SpooledRequest(request_content(parsed, context, self.options), len(events))
         except orjson.JSONEncodeError:
             return analytics_records(parsed, context, self.options)
+
+
+def _unprefixed(raw_path: str, path: str, spec: RouteSpec) -> str:
+    """`raw_path` (path and query) without a `--prefix`: the upstream serves capture at its own paths."""
+    for route in sorted(spec.paths, key=len, reverse=True):  # /i/v0/e before /e
+        for own in (route + "/", route):
+            if path.endswith(own):
+                cut = len(path) - len(own)
+                return raw_path[cut:] if raw_path.startswith(path[:cut]) else raw_path
+    return raw_path

@@ -330,6 +330,13 @@ class ServeSettings:
         metadata={"help": "forward capture requests byte for byte (body, content type and encoding, query) "
                   "instead of re-batched events; no gateway-side event policy applies"},
     )
+    upstream_forward_as_received: bool = field(
+        default=False,
+        metadata={"help": "forward mode: send a capture request whose events the edge leaves unchanged as "
+                  "received (still parsed and checked), instead of re-encoded with fixed timestamps; the "
+                  "upstream then applies clock-skew correction with its own now (spooled requests keep "
+                  "the fixed timestamps)"},
+    )
     upstream_timeout: float = field(
         default=10.0, metadata={"help": "seconds for one upstream request (assets, api, logs)"}
     )
@@ -443,6 +450,9 @@ class ServeSettings:
             (not self.upstream_passthrough or (bool(self.upstream or self.region)
                                                and self.upstream_events_mode == "forward"),
              "upstream_passthrough", "needs an upstream and --upstream-events-mode forward"),
+            (not self.upstream_forward_as_received or (bool(self.upstream or self.region)
+                                                       and self.upstream_events_mode == "forward"),
+             "upstream_forward_as_received", "needs an upstream and --upstream-events-mode forward"),
             (self.upstream_timeout > 0, "upstream_timeout", "must be > 0"),
             (self.upstream_flags_timeout > 0, "upstream_flags_timeout", "must be > 0"),
             (self.upstream_ack_timeout_ms > 0, "upstream_ack_timeout_ms", "must be > 0"),

@@ -65,8 +65,11 @@ def test_events_grouped_by_client_ip_and_token(tmp_path: Path) -> None:
                     assert post(gateway, "/batch/", {"api_key": token, "batch": events}, ip).status_code == 200
                 else:
                     assert post(gateway, "/e/", events[0], ip).status_code == 200
+            metrics = requests.get(gateway.url + "/metrics", timeout=5).text
         finally:
             gateway.stop()
+    # A healthy upstream got every request directly: nothing went through the spool.
+    assert "gateway_upstream_spooled_records_total 0.0" in metrics
     got: dict[tuple[str, str], list[str]] = {}
     for ip, body, e in forwarded(upstream):
         got.setdefault((ip, body["api_key"]), []).append(e["uuid"])
@@ -248,3 +251,78 @@ def test_encrypted_upstream_spool_replays_everything(tmp_path: Path) -> None:
         finally:
             gateway.stop()
     assert [e["uuid"] for _, _, e in forwarded(upstream)] == [e["uuid"] for e in sent]
+
+
+def test_as_received_forwards_unchanged_requests_as_sent_and_spools_fixed_timestamps(tmp_path: Path) -> None:
+    """`--upstream-forward-as-received`: a valid request the edge leaves unchanged goes as received (body,
+    content headers, path+query, one X-Forwarded-For); while the upstream is away its events are spooled
+    as upstream records with the fixed timestamps, and replayed as /batch/ like in plain forward mode."""
+    now = datetime(2026, 3, 1, 12, 0, 0, 500000, tzinfo=UTC)
+    first = [event(timestamp="2026-03-01T11:59:45.000Z"), event(offset=1500)]
+    second = [event(timestamp="2026-03-01T11:59:45.000Z"), event(offset=1500)]
+    raw = "/e/?compression=gzip-js&ver=1.200.0"
+
+    def body_of(events: list[dict]) -> bytes:
+        return gzip.compress(orjson.dumps({"api_key": TOKEN, "sent_at": "2026-03-01T11:59:50.000Z",
+                                           "batch": events}))
+
+    headers = {"Content-Type": "text/plain", "X-Forwarded-For": "198.51.100.3", "User-Agent": "ua/1"}
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, clock=lambda: now, upstream_forward_as_received=True)
+        try:
+            sent = body_of(first)
+            assert requests.post(gateway.url + raw, data=sent, headers=headers, timeout=10).status_code == 200
+            upstream.stop()
+            assert requests.post(gateway.url + raw, data=body_of(second), headers=headers,
+                                 timeout=10).status_code == 200
+            upstream.start()
+            wait_for(lambda: len(forwarded(upstream)) == 2)
+        finally:
+            gateway.stop()
+    (request,) = upstream.requests_to("/e/")  # sent directly: the spool only ever holds upstream records
+    assert request.raw_path == raw and request.body == sent
+    assert request.headers["Content-Type"] == "text/plain" and request.headers["User-Agent"] == "ua/1"
+    assert request.headers.getall("X-Forwarded-For") == ["198.51.100.3"]
+    replayed = forwarded(upstream)
+    assert [e["uuid"] for _, _, e in replayed] == [e["uuid"] for e in second]
+    assert {ip for ip, _, _ in replayed} == {"198.51.100.3"} and "sent_at" not in replayed[0][1]
+    assert [parse_timestamp(e["timestamp"]) for _, _, e in replayed] == [
+        now - timedelta(seconds=5), now - timedelta(milliseconds=1500)]
+    assert not any("offset" in e for _, _, e in replayed)
+
+
+@pytest.mark.parametrize("change", ["dropped_distinct_id", "missing_uuid", "check_event"])
+def test_as_received_re_encodes_what_the_edge_changed(tmp_path: Path, change: str) -> None:
+    """A request the edge changes (an event dropped by policy, a uuid given, a check event removed) is
+    re-batched with the fixed timestamps, never forwarded as received."""
+    kept = event("user-1")
+    other = {"dropped_distinct_id": event("blocked"), "check_event": event(event="$gateway_check"),
+             "missing_uuid": {k: v for k, v in event("user-2").items() if k != "uuid"}}[change]
+    overrides: dict[str, object] = {"upstream_forward_as_received": True}
+    if change == "dropped_distinct_id":
+        overrides["drop_events"] = (f"{TOKEN}:blocked",)
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, **overrides)
+        try:
+            body = {"api_key": TOKEN, "sent_at": "2026-03-01T11:59:50.000Z", "batch": [kept, other]}
+            assert post(gateway, "/batch/", body, "198.51.100.4").status_code == 200
+            invalid = {"api_key": TOKEN, "batch": [event(distinct_id="")]}
+            assert post(gateway, "/batch/", invalid, "198.51.100.4").status_code == 400
+        finally:
+            gateway.stop()
+    assert len(upstream.requests_to("/batch/")) == 1
+    out = forwarded(upstream)
+    assert out[0][2]["uuid"] == kept["uuid"] and "sent_at" not in out[0][1]
+    assert len(out) == (2 if change == "missing_uuid" else 1)
+
+
+def test_as_received_strips_a_prefix_from_the_upstream_path(tmp_path: Path) -> None:
+    body = {"api_key": TOKEN, "batch": [event(), event("user-2")]}
+    with FakePostHog() as upstream:
+        gateway = start_gateway(tmp_path, upstream, prefix=("/ingest",), upstream_forward_as_received=True)
+        try:
+            assert post(gateway, "/ingest/i/v0/e/?ver=1", body, "198.51.100.5").status_code == 200
+        finally:
+            gateway.stop()
+    (request,) = [r for r in upstream.received if r.method == "POST"]
+    assert request.raw_path == "/i/v0/e/?ver=1" and request.body == orjson.dumps(body)
