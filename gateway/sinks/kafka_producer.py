@@ -131,7 +131,7 @@ class ReconnectingProducer:
         waiter = _Waiter(loop.create_future())
         last: _OpenBatch | None = None
         appended = 0
-        with self._reset_on_failure(producer):
+        try:  # what `_reset_on_failure` does, without a context manager object per request
             try:
                 for record in records:
                     topic = record.topic
@@ -160,6 +160,11 @@ class ReconnectingProducer:
             finally:
                 if expiry is not None:
                     expiry.cancel()
+        except (asyncio.CancelledError, AckTimeout):
+            raise
+        except Exception:
+            self._failed(producer)
+            raise
         self._latency.observe(time.perf_counter() - started)
 
     def _keyless_partition(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> int:
@@ -255,9 +260,12 @@ class ReconnectingProducer:
         except (asyncio.CancelledError, AckTimeout):
             raise
         except Exception:
-            metrics.KAFKA_PRODUCE_ERRORS.inc()
-            self.reset(producer)
+            self._failed(producer)
             raise
+
+    def _failed(self, producer: AIOKafkaProducer) -> None:
+        metrics.KAFKA_PRODUCE_ERRORS.inc()
+        self.reset(producer)
 
     @staticmethod
     async def _send_partition(
