@@ -75,6 +75,7 @@ def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--open-events-per-s", type=_positive(float), default=1000.0, help="python-open offered load")
     p.add_argument("--workers", type=_positive(int), default=1, help="server processes (all targets)")
     p.add_argument("--tools", default=",".join(TOOLS), help=f"comma list of {', '.join(TOOLS)}")
+    p.add_argument("--scenarios", help="comma list of the suite's scenarios (e.g. single-1kb); default: all of them")
     p.add_argument(
         "--targets",
         help="comma list of the suite's targets (capture, kafka: nginx, aiohttp, gateway; upstream: "
@@ -190,6 +191,12 @@ def _suite(args: argparse.Namespace) -> int:
     unknown = set(options.targets or ()) - set(spec.targets)
     if unknown:
         raise SystemExit(f"unknown targets for suite {args.name}: {', '.join(sorted(unknown))}")
+    if args.scenarios:
+        names = [n for n in args.scenarios.split(",") if n]
+        unknown = set(names) - {s.name for s in spec.scenarios}
+        if unknown:
+            raise SystemExit(f"unknown scenarios for suite {args.name}: {', '.join(sorted(unknown))}")
+        spec = dataclasses.replace(spec, scenarios=tuple(s for s in spec.scenarios if s.name in names))
     try:
         measurements, notes = run_suite(spec, options)
     except ServerUnavailable as exc:  # a server the whole suite needs (the upstream) did not start

@@ -105,7 +105,7 @@ class ReconnectingProducer:
         self._connect_lock = asyncio.Lock()
         self._retired: set[asyncio.Task] = set()
         self._partitions: dict[tuple[str, int], _Partition] = {}
-        self._partition_counts: dict[str, list[int]] = {}
+        self._partition_counts: dict[str, list[int]] = {}  # topic → its partitions, as of the last metadata
         self._sticky: dict[str, tuple[int, _OpenBatch]] = {}  # topic → where its keyless records gather
         self._round_robin = random.randrange(1 << 16)  # workers start their keyless rounds apart
         self._senders: set[asyncio.Task] = set()
@@ -131,13 +131,12 @@ class ReconnectingProducer:
         waiter = _Waiter(loop.create_future())
         last: _OpenBatch | None = None
         appended = 0
-        with self._reset_on_failure(producer):
+        try:  # what `_reset_on_failure` does, without a context manager object per request
             try:
                 for record in records:
                     topic = record.topic
                     partitions = self._partition_counts.get(topic)
-                    known = producer.client.cluster.partitions_for_topic(topic)
-                    if partitions is None or known is None or len(known) != len(partitions):
+                    if partitions is None:  # forgotten at each metadata update (`_metadata_updated`)
                         async with asyncio.timeout_at(deadline):  # a metadata fetch, rarely
                             partitions = self._partition_counts[topic] = sorted(await producer.partitions_for(topic))
                     key = record.key
@@ -161,6 +160,11 @@ class ReconnectingProducer:
             finally:
                 if expiry is not None:
                     expiry.cancel()
+        except (asyncio.CancelledError, AckTimeout):
+            raise
+        except Exception:
+            self._failed(producer)
+            raise
         self._latency.observe(time.perf_counter() - started)
 
     def _keyless_partition(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> int:
@@ -256,9 +260,12 @@ class ReconnectingProducer:
         except (asyncio.CancelledError, AckTimeout):
             raise
         except Exception:
-            metrics.KAFKA_PRODUCE_ERRORS.inc()
-            self.reset(producer)
+            self._failed(producer)
             raise
+
+    def _failed(self, producer: AIOKafkaProducer) -> None:
+        metrics.KAFKA_PRODUCE_ERRORS.inc()
+        self.reset(producer)
 
     @staticmethod
     async def _send_partition(
@@ -285,8 +292,14 @@ class ReconnectingProducer:
                 except BaseException:
                     await producer.stop()  # a failed start cannot be retried on the same client
                     raise
+                producer.client.cluster.add_listener(self._metadata_updated)
                 self._producer = producer
             return self._producer
+
+    def _metadata_updated(self, cluster: object) -> None:
+        """Partition counts may have changed: look them up again (once per topic, not per record:
+        `partitions_for_topic` builds a set on every call)."""
+        self._partition_counts = {}
 
     def reset(self, failed: AIOKafkaProducer | None = None) -> None:
         """Drop the current client after a failure; the next produce connects a fresh one.

@@ -26,7 +26,16 @@ from bench.recorder import Recorder, RunSummary, merge
 from bench.report import status_warning, summary_json, summary_table
 from bench.runner import run_load
 from bench.servers import ManagedServer, baseline_app, nginx_config, upstream_app
-from bench.suites import SUITES, UPSTREAM_BASELINES, Measurement, SuiteOptions, _add_ratios, _server, suite_table
+from bench.suites import (
+    SUITES,
+    UPSTREAM_BASELINES,
+    Measurement,
+    SuiteOptions,
+    SuiteSpec,
+    _add_ratios,
+    _server,
+    suite_table,
+)
 from bench.worker import LoadConfig, run_process
 from bench.wrk import write_requests
 from gateway.capture import decode, parse
@@ -292,3 +301,19 @@ def test_upstream_app_answers_capture_and_canned_flags() -> None:
             request = urllib.request.Request(server.url + path, data=b"{}", method="POST")
             with urllib.request.urlopen(request, timeout=5) as response:
                 assert response.status == 200 and key in orjson.loads(response.read())
+
+
+def test_suite_scenarios_option_selects_scenarios(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.cli
+
+    seen: list[tuple[str, ...]] = []
+
+    def fake_run_suite(spec: SuiteSpec, options: SuiteOptions) -> tuple[list, list]:
+        seen.append(tuple(s.name for s in spec.scenarios))
+        return [], []
+
+    monkeypatch.setattr(bench.cli, "run_suite", fake_run_suite)
+    assert bench.cli.main(["suite", "capture", "--scenarios", "single-1kb", "--tools", "wrk"]) == 0
+    assert seen == [("single-1kb",)]
+    with pytest.raises(SystemExit, match="unknown scenarios for suite capture: nope"):
+        bench.cli.main(["suite", "capture", "--scenarios", "single-1kb,nope"])
