@@ -17,10 +17,11 @@ from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.confluent import ConfluentSource
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rebuild import RebuildSource
 from gateway.sinkworker.rows import IpMode, RowEncoder
-from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
+from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import SpoolLocked
@@ -114,7 +115,7 @@ async def _source_and_dlq(settings: SinkSettings, stop: asyncio.Event) -> tuple[
             source = RebuildSource(settings.kafka_bootstrap_servers, settings.topics, f"{settings.group_id}-rebuild",
                                    parse_time(settings.rebuild_from), end, on_finished=stop.set)  # fmt: skip
         else:
-            source = KafkaSource.create(
+            source = ConfluentSource.create(
                 settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms
             )
         if settings.dlq_dir:
