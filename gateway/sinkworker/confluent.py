@@ -8,18 +8,19 @@ message only when asked for (dead letters).
 
 `consume()` blocks, so it runs on one dedicated thread. The rebalance callbacks run inside it on that
 thread; they hand the change to the event loop and wait for it: on revocation the worker stores and
-commits everything consumed from those partitions before librdkafka releases them (commits go
-through another thread meanwhile), and on assignment the worker resets its replay guard before any
-message of the new partitions is returned. Same group, manual commits after storage, exactly-once as
-with `KafkaSource`.
+commits everything consumed from those partitions before librdkafka releases them (its commits are
+then made on the consumer thread: librdkafka holds a commit from any other thread until the callback
+returns), and on assignment the worker resets its replay guard before any message of the new
+partitions is returned. Same group, manual commits after storage, exactly-once as with `KafkaSource`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import msgspec
@@ -71,6 +72,7 @@ class ConfluentSource:
         self._listener: AssignmentListener | None = None
         self._lag: dict[TP, int] = {}
         self._paused = False
+        self._revoking: queue.SimpleQueue[tuple[list[CTopicPartition], Future[Any]] | None] | None = None
 
     @classmethod
     def create(
@@ -115,11 +117,27 @@ class ConfluentSource:
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
-        assert self._listener is not None
+        """Wait until the worker has stored and committed what it consumed. librdkafka only takes a commit
+        from this thread while the callback runs (one from another thread waits for the callback to end), so
+        the worker's commits are sent here and made on this thread."""
+        assert self._listener is not None and self._loop is not None
         tps = {(tp.topic, tp.partition) for tp in partitions}
         for tp in tps:
             self._lag.pop(tp, None)
-        self._on_loop(self._listener.revoked(tps))
+        requests: queue.SimpleQueue[tuple[list[CTopicPartition], Future[Any]] | None] = queue.SimpleQueue()
+        self._revoking = requests
+        try:
+            done = asyncio.run_coroutine_threadsafe(self._listener.revoked(tps), self._loop)
+            done.add_done_callback(lambda _: requests.put(None))
+            while (request := requests.get()) is not None:
+                offsets, reply = request
+                try:
+                    reply.set_result(consumer.commit(offsets=offsets, asynchronous=False))
+                except BaseException as error:  # handed to the awaiting commit()
+                    reply.set_exception(error)
+        finally:
+            self._revoking = None
+        done.result()
 
     def _on_loop(self, coroutine: Any) -> None:
         """Run a coroutine on the event loop and wait for it (the consumer thread holds the rebalance)."""
@@ -155,11 +173,19 @@ class ConfluentSource:
         assert self._consumer is not None
         consumer = self._consumer
         committing = [CTopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        requests = self._revoking
         try:
-            # Not on the consumer thread: during a revocation that thread waits for this commit.
-            await asyncio.to_thread(consumer.commit, offsets=committing, asynchronous=False)
+            if requests is not None:  # inside a revocation: made by the consumer thread (_on_revoke)
+                reply: Future[Any] = Future()
+                requests.put((committing, reply))
+                results = await asyncio.wrap_future(reply)
+            else:
+                results = await asyncio.to_thread(consumer.commit, offsets=committing, asynchronous=False)
         except KafkaException as error:
             raise KafkaError(f"commit failed: {error}") from error
+        failed = [tp for tp in results or () if tp.error is not None]
+        if failed:
+            raise KafkaError(f"commit failed for {len(failed)} partitions: {failed[0].error}")
 
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await read_at(self._bootstrap_servers, where)
