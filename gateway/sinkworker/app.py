@@ -13,6 +13,7 @@ from prometheus_client import start_http_server
 from gateway.clickhouse.cluster import open_cluster
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.clickhouse.writer import Writer, open_writer
+from gateway.core.gc_tuning import settle_gc
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
@@ -67,6 +68,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
         else:
             progress = asyncio.create_task(_log_progress(worker, source))
         on_running()
+        settle_gc()  # measured 1.16-1.22x rows per sink CPU-second (issue 15)
         try:
             await worker.run(stop)
         except SpoolLocked as error:

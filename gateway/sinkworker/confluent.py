@@ -6,12 +6,13 @@ CPU-second here, docs/sink.md). Each message becomes a `KafkaMessage`, a C-built
 with the attributes the worker reads (`SourceMessage`); key and headers are read from the librdkafka
 message only when asked for (dead letters).
 
-`consume()` blocks, so it runs on one dedicated thread. The rebalance callbacks run inside it on that
-thread; they hand the change to the event loop and wait for it: on revocation the worker stores and
-commits everything consumed from those partitions before librdkafka releases them (its commits are
-then made on the consumer thread: librdkafka holds a commit from any other thread until the callback
-returns), and on assignment the worker resets its replay guard before any message of the new
-partitions is returned. Same group, manual commits after storage, exactly-once as with `KafkaSource`.
+`consume()` blocks, so it runs on one dedicated thread, which also makes every commit (librdkafka holds
+a commit from another thread while a rebalance callback runs). The rebalance callbacks run inside
+consume() on that thread; they hand the change to the event loop and wait for it: on revocation the
+worker stores and commits everything consumed from those partitions before librdkafka releases them
+(the callback makes the worker's commits meanwhile), and on assignment the worker resets its replay
+guard before any message of the new partitions is returned. Same group, manual commits after
+storage, exactly-once as with `KafkaSource`.
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ class ConfluentSource:
         self._listener: AssignmentListener | None = None
         self._lag: dict[TP, int] = {}
         self._paused = False
-        self._revoking: queue.SimpleQueue[tuple[list[CTopicPartition], Future[Any]] | None] | None = None
+        self._rebalanced = False  # during the consume() in progress
+        # Commits for the consumer thread (None: a revocation's end). librdkafka holds a commit from another
+        # thread while a rebalance callback runs, and the revocation callback waits for the worker's commits.
+        self._commits: queue.SimpleQueue[tuple[list[CTopicPartition], Future[Any]] | None] = queue.SimpleQueue()
 
     @classmethod
     def create(
@@ -111,33 +115,42 @@ class ConfluentSource:
     def _on_assign(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
         assert self._listener is not None and self._loop is not None
         tps = {(tp.topic, tp.partition) for tp in partitions}
+        log.info("partitions assigned: %s", _names(tps))
+        self._rebalanced = True
         self._on_loop(_assigned(self._listener, tps))
         consumer.assign(partitions)  # assigned here (not after the callback), so a paused source can pause them
         if self._paused:
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[CTopicPartition]) -> None:
-        """Wait until the worker has stored and committed what it consumed. librdkafka only takes a commit
-        from this thread while the callback runs (one from another thread waits for the callback to end), so
-        the worker's commits are sent here and made on this thread."""
+        """Wait until the worker has stored and committed what it consumed, making its commits meanwhile."""
         assert self._listener is not None and self._loop is not None
         tps = {(tp.topic, tp.partition) for tp in partitions}
+        log.info("partitions revoked: %s", _names(tps))
+        self._rebalanced = True
         for tp in tps:
             self._lag.pop(tp, None)
-        requests: queue.SimpleQueue[tuple[list[CTopicPartition], Future[Any]] | None] = queue.SimpleQueue()
-        self._revoking = requests
-        try:
-            done = asyncio.run_coroutine_threadsafe(self._listener.revoked(tps), self._loop)
-            done.add_done_callback(lambda _: requests.put(None))
-            while (request := requests.get()) is not None:
-                offsets, reply = request
-                try:
-                    reply.set_result(consumer.commit(offsets=offsets, asynchronous=False))
-                except BaseException as error:  # handed to the awaiting commit()
-                    reply.set_exception(error)
-        finally:
-            self._revoking = None
+        done = asyncio.run_coroutine_threadsafe(self._listener.revoked(tps), self._loop)
+        done.add_done_callback(lambda _: self._commits.put(None))
+        self._serve_commits(consumer, until=True)
         done.result()
+
+    def _serve_commits(self, consumer: Consumer, until: bool = False) -> None:
+        """Make the commits asked for (on the consumer thread); `until`: wait for more until the sentinel."""
+        while True:
+            try:
+                request = self._commits.get() if until else self._commits.get_nowait()
+            except queue.Empty:
+                return
+            if request is None:
+                return
+            offsets, reply = request
+            if not reply.set_running_or_notify_cancel():
+                continue
+            try:
+                reply.set_result(consumer.commit(offsets=offsets, asynchronous=False))
+            except BaseException as error:  # handed to the awaiting commit()
+                reply.set_exception(error)
 
     def _on_loop(self, coroutine: Any) -> None:
         """Run a coroutine on the event loop and wait for it (the consumer thread holds the rebalance)."""
@@ -147,7 +160,7 @@ class ConfluentSource:
     # Source -----------------------------------------------------------------------------------
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
         assert self._consumer is not None
-        found: list[CMessage] = await self._run(self._consumer.consume, max_records, timeout_s)
+        found: list[CMessage] = await self._run(self._consume, self._consumer, max_records, timeout_s)
         messages: list[SourceMessage] = []
         append = messages.append
         last: dict[TP, int] = {}
@@ -166,22 +179,29 @@ class ConfluentSource:
                 CONSUMER_LAG.labels(topic, str(partition)).set(lag)
         return messages
 
+    def _consume(self, consumer: Consumer, max_records: int, timeout_s: float) -> list[CMessage]:
+        self._serve_commits(consumer)
+        self._rebalanced = False
+        found = consumer.consume(max_records, timeout_s)
+        if self._rebalanced:
+            found = _latest_reads(found)
+        self._serve_commits(consumer)
+        return found
+
     def lag(self) -> int:
         return sum(self._lag.values())
 
     async def commit(self, offsets: dict[TP, int]) -> None:
-        assert self._consumer is not None
+        assert self._consumer is not None and self._loop is not None
         consumer = self._consumer
         committing = [CTopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
-        requests = self._revoking
+        reply: Future[Any] = Future()
+        self._commits.put((committing, reply))
+        # Made on the consumer thread: after the consume() in progress, or by the revocation in progress.
+        self._loop.run_in_executor(self._thread, self._serve_commits, consumer)
         try:
-            if requests is not None:  # inside a revocation: made by the consumer thread (_on_revoke)
-                reply: Future[Any] = Future()
-                requests.put((committing, reply))
-                results = await asyncio.wrap_future(reply)
-            else:
-                results = await asyncio.to_thread(consumer.commit, offsets=committing, asynchronous=False)
-        except KafkaException as error:
+            results = await asyncio.wrap_future(reply)
+        except (KafkaException, RuntimeError) as error:  # RuntimeError: the consumer is closed
             raise KafkaError(f"commit failed: {error}") from error
         failed = [tp for tp in results or () if tp.error is not None]
         if failed:
@@ -209,6 +229,29 @@ class ConfluentSource:
 
 async def _assigned(listener: AssignmentListener, partitions: set[TP]) -> None:
     listener.assigned(partitions)
+
+
+def _latest_reads(found: list[CMessage]) -> list[CMessage]:
+    """Messages of a consume() during which a rebalance ran, without those a partition had already fetched
+    before it was revoked and assigned again in that call: its reading restarts from the committed offset,
+    so they come again (after an offset going back)."""
+    restarts: dict[tuple[str, int], int] = {}  # partition → index of its last restart
+    last: dict[tuple[str, int], int] = {}
+    for index, message in enumerate(found):
+        if message.error() is not None:
+            continue
+        tp, offset = (message.topic(), message.partition()), message.offset()
+        if offset <= last.get(tp, -1):
+            restarts[tp] = index
+        last[tp] = offset
+    if not restarts:
+        return found
+    return [m for i, m in enumerate(found) if m.error() is not None
+            or i >= restarts.get((m.topic(), m.partition()), 0)]  # fmt: skip
+
+
+def _names(partitions: set[TP]) -> str:
+    return ", ".join(f"{topic}/{partition}" for topic, partition in sorted(partitions)) or "none"
 
 
 def _log_error(message: CMessage) -> None:
