@@ -89,6 +89,9 @@ def _add_suite_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", type=_positive(int), default=200_000, help="suite sink: messages in the topic")
     p.add_argument("--batch-rows", type=_positive(int), default=100_000, help="suite sink: flush size")
     p.add_argument("--no-kafka-engine", action="store_true", help="suite sink: skip the Kafka engine baseline")
+    p.add_argument("--in-flight", type=_positive(int), default=2, help="suite sink: inserts in flight")
+    p.add_argument("--sink-processes", type=_positive(int), nargs="+", default=[1, 2],
+                   help="suite sink: `gateway sink --processes N` runs, one per N")  # fmt: skip
     p.add_argument("--replay-kb", default="50,200,500",
                    help="suite recordings: comma list of rrweb KB per /s/ request (before gzip)")
     p.add_argument("--gateway-command", help="command that runs the gateway CLI (default: autodetect)")
@@ -142,6 +145,8 @@ def _sink_suite(args: argparse.Namespace) -> int:
         kafka_bootstrap_servers=args.kafka_bootstrap_servers,
         clickhouse_url=args.clickhouse_url,
         batch_rows=args.batch_rows,
+        in_flight=args.in_flight,
+        processes=tuple(args.sink_processes),
         kafka_engine=not args.no_kafka_engine,
     )
     figures, notes = run_sink_suite(options)

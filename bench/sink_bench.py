@@ -25,8 +25,8 @@ from aiokafka import AIOKafkaProducer
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.clickhouse.writer import Writer, open_writer
 from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.confluent import ConfluentSource
 from gateway.sinkworker.rows import ROWBINARY_COLUMNS, RowEncoder, SourceMessage
-from gateway.sinkworker.sources import KafkaSource
 from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from tests.services.base import load_state
@@ -114,7 +114,7 @@ async def count(writer: Writer, table: str) -> int:
     return int((await writer.select(f"SELECT count() FROM {table}"))[0][0])
 
 
-class TimedSource(KafkaSource):
+class TimedSource(ConfluentSource):
     """Records when the first message arrives, so group-join time is not counted."""
 
     first_fetch: float | None = None

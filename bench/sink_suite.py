@@ -55,6 +55,7 @@ class SinkSuiteOptions:
     batch_rows: int = 100_000
     in_flight: int = 2
     batch_bytes: int = 64 << 20  # the sink's default --batch-bytes
+    processes: tuple[int, ...] = (1, 2)  # `gateway sink --processes N` runs
     kafka_engine: bool = True
 
 
@@ -228,11 +229,13 @@ async def _measure(
         cold = rows / (time.perf_counter() - cold_started)
         figures.append(SinkFigure("sink", warm, cold, time.process_time() - cpu, _delta(pid, server)))
 
-        log.write("suite sink: gateway sink process\n")
-        try:
-            figures.append(await _sink_process_run(writer, bootstrap, url, topic, options, pid))
-        except Exception as exc:  # reported as the figure's error
-            figures.append(SinkFigure("sink-process", error=f"{type(exc).__name__}: {exc}"[:500]))
+        for processes in options.processes:
+            name = "sink-process" if processes == 1 else f"sink-process-{processes}"
+            log.write(f"suite sink: gateway sink --processes {processes}\n")
+            try:
+                figures.append(await _sink_process_run(writer, bootstrap, url, topic, options, pid, processes, name))
+            except Exception as exc:  # reported as the figure's error
+                figures.append(SinkFigure(name, error=f"{type(exc).__name__}: {exc}"[:500]))
 
         if options.kafka_engine:
             log.write("suite sink: Kafka engine (start-up probe, then the topic)\n")
@@ -256,6 +259,15 @@ async def _measure(
     return figures, notes
 
 
+def _family(pid: int) -> list[int]:
+    """`pid` and its live children (the sink processes under a `--processes N` parent)."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return [pid, *map(int, children)]
+
+
 def _rss_mb(pid: int) -> float:
     """Resident memory of `pid` in MiB (0 once it is gone)."""
     try:
@@ -267,10 +279,17 @@ def _rss_mb(pid: int) -> float:
 
 
 async def _sink_process_run(
-    writer: Writer, bootstrap: str, url: str, topic: str, options: SinkSuiteOptions, pid: int | None
+    writer: Writer,
+    bootstrap: str,
+    url: str,
+    topic: str,
+    options: SinkSuiteOptions,
+    pid: int | None,
+    processes: int = 1,
+    name: str = "sink-process",
 ) -> SinkFigure:
-    """`gateway sink` as its own process (the command users run): rows/s from its start, its CPU, and its
-    peak RSS sampled every 50 ms, which `--batch-bytes` bounds."""
+    """`gateway sink [--processes N]` as its own process (the command users run): rows/s from its start, its
+    CPU, and its peak RSS sampled every 50 ms, which `--batch-bytes` bounds (all processes summed)."""
     suffix = uuid.uuid4().hex[:8]
     table = f"proc_{suffix}"
     await writer.command(events_table_ddl(writer.caps, "default", table))
@@ -279,16 +298,18 @@ async def _sink_process_run(
         sys.executable, "-m", "gateway", "sink", "--kafka-bootstrap-servers", bootstrap, "--topics", topic,
         "--group-id", f"bench-proc-{suffix}", "--session-timeout-ms", "6000", "--clickhouse-url", url,
         "--table", table, "--batch-rows", str(options.batch_rows), "--batch-bytes", str(options.batch_bytes),
-        "--insert-concurrency", str(options.in_flight), "--log-level", "warning",
+        "--insert-concurrency", str(options.in_flight), "--log-level", "warning", "--processes", str(processes),
     ]  # fmt: skip
     server_before = _process_cpu_s(pid)
     started = time.perf_counter()
     process = await asyncio.create_subprocess_exec(*command, stdin=asyncio.subprocess.DEVNULL)
-    peak = cpu = 0.0
+    peak = 0.0
+    cpu: dict[int, float] = {}
     try:
         while True:
-            peak = max(peak, _rss_mb(process.pid))
-            cpu = _process_cpu_s(process.pid) or cpu
+            family = _family(process.pid)
+            peak = max(peak, sum(map(_rss_mb, family)))
+            cpu.update({member: _process_cpu_s(member) or cpu.get(member, 0.0) for member in family})
             if int((await writer.select(f"SELECT count() FROM {quoted}"))[0][0]) >= options.rows:
                 break
             if process.returncode is not None or time.perf_counter() - started > ENGINE_TIMEOUT_S:
@@ -303,7 +324,7 @@ async def _sink_process_run(
     if code != 0:
         raise RuntimeError(f"gateway sink exited with {code} on SIGTERM")
     rate = options.rows / elapsed
-    return SinkFigure("sink-process", rate, rate, cpu, _delta(pid, server_before), peak_rss_mb=peak)
+    return SinkFigure(name, rate, rate, sum(cpu.values()), _delta(pid, server_before), peak_rss_mb=peak)
 
 
 def _delta(pid: int | None, before: float | None) -> float | None:
@@ -322,7 +343,7 @@ def run_sink_suite(options: SinkSuiteOptions, log: TextIO = sys.stderr) -> tuple
 def sink_suite_table(figures: list[SinkFigure], notes: list[str], options: SinkSuiteOptions) -> str:
     header = (
         f"{'path':<14} {'rows/s':>10} {'cold rows/s':>11} {'x insert':>8} {'x kafka-eng':>11} "
-        f"{'client cpu s':>12} {'server cpu s':>12} {'rows/cpu-s':>10}"
+        f"{'client cpu s':>12} {'server cpu s':>12} {'rows/cpu-s':>10} {'rows/client-cpu-s':>17}"
     )
     lines = [header, "-" * len(header)]
     for f in figures:
@@ -333,7 +354,8 @@ def sink_suite_table(figures: list[SinkFigure], notes: list[str], options: SinkS
         lines.append(
             f"{f.name:<14} {f.rows_per_s:>10,.0f} {f.cold_rows_per_s:>11,.0f} "
             f"{f.ratios.get('plain-insert', 0):>8.2f} {f.ratios.get('kafka-engine', 0):>11.2f} "
-            f"{f.client_cpu_s:>12.1f} {server:>12} {f.rows_per_cpu_s(options.rows):>10,.0f}"
+            f"{f.client_cpu_s:>12.1f} {server:>12} {f.rows_per_cpu_s(options.rows):>10,.0f} "
+            f"{options.rows / f.client_cpu_s if f.client_cpu_s else 0:>17,.0f}"
         )
     lines += [
         "",
@@ -346,6 +368,8 @@ def sink_suite_table(figures: list[SinkFigure], notes: list[str], options: SinkS
         f"batch {options.batch_rows:,} rows, {options.in_flight} inserts in flight, uncompressed HTTP.",
         "rows/s: from the first fetched message (sink) or minus the engine's start-up; cold: including it.",
         "rows/cpu-s: rows per CPU-second of this process plus ClickHouse (when its pid is known).",
+        "rows/client-cpu-s: rows per CPU-second of the sink alone (all its processes and threads, start-up included"
+        " for sink-process runs).",
         *notes,
     ]
     return "\n".join(lines)

@@ -3,7 +3,6 @@ lifecycle and health."""
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +10,7 @@ from aiohttp import web
 
 from gateway.capture.decode import DecodeLimits
 from gateway.capture.events import RecordOptions
+from gateway.core.gc_tuning import settle_gc
 from gateway.edge.headers import omit_server_header
 from gateway.edge.setup import Edge
 from gateway.gdpr.http import GdprEndpoints
@@ -31,9 +31,6 @@ from gateway.spool.collector import SpoolCollector
 SINK_KEY = web.AppKey("sink", Sink)
 EDGE_KEY = web.AppKey("edge", Edge)  # for the SIGHUP reloader (gateway/reload.py)
 DRAIN_KEY = web.AppKey("drain", Drain)  # for the worker lifecycle (gateway/http/lifecycle.py)
-# Objects allocated between young-generation collections. Python's default (700) collects every few
-# requests although reference counting frees nearly all of a request's objects.
-GC_YOUNG_THRESHOLD = 50_000
 
 
 def utc_now() -> datetime:
@@ -105,11 +102,7 @@ def build_app(
 
 
 async def _settle_gc(app: web.Application) -> None:
-    """Once started: hide what start-up allocated from the collector (modules, settings, clients live
-    as long as the process) and collect the young generation less often."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    settle_gc()
 
 
 async def _sink_lifecycle(app: web.Application) -> AsyncIterator[None]:

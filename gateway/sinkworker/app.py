@@ -14,14 +14,16 @@ from gateway.clickhouse.cluster import open_cluster
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.clickhouse.writer import Writer, open_writer
 from gateway.core.background import running
+from gateway.core.gc_tuning import settle_gc
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.confluent import ConfluentSource
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.rebuild import RebuildSource
 from gateway.sinkworker.rows import IpMode, RowEncoder
-from gateway.sinkworker.sources import DataDirSource, KafkaSource, Source, SpoolSource
+from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import SpoolLocked
@@ -67,6 +69,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
         else:
             progress = _log_progress(worker, source)
         on_running()
+        settle_gc()  # measured 1.16-1.22x rows per sink CPU-second (issue 15)
         try:
             async with running(progress):
                 await worker.run(stop)
@@ -115,7 +118,7 @@ async def _source_and_dlq(settings: SinkSettings, stop: asyncio.Event) -> tuple[
             source = RebuildSource(settings.kafka_bootstrap_servers, settings.topics, f"{settings.group_id}-rebuild",
                                    parse_time(settings.rebuild_from), end, on_finished=stop.set)  # fmt: skip
         else:
-            source = KafkaSource.create(
+            source = ConfluentSource.create(
                 settings.kafka_bootstrap_servers, settings.topics, settings.group_id, settings.session_timeout_ms
             )
         if settings.dlq_dir:

@@ -23,9 +23,9 @@ from aiokafka.errors import GroupCoordinatorNotAvailableError
 from gateway.clickhouse.http_writer import HttpWriter
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.sinkworker.batch import FlushPolicy
+from gateway.sinkworker.confluent import ConfluentSource
 from gateway.sinkworker.dlq import KafkaDeadLetters
 from gateway.sinkworker.rows import RowEncoder
-from gateway.sinkworker.sources import KafkaSource
 from gateway.sinkworker.teams import TeamResolver
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from tests.services.clickhouse_server import clickhouse_query
@@ -93,7 +93,7 @@ async def produce(bootstrap: str, topic: str, values: list[bytes], partitions: i
         await producer.stop()
 
 
-class CrashingKafkaSource(KafkaSource):
+class CrashingKafkaSource(ConfluentSource):
     """Fails its first commit, as if the process died right after the insert."""
 
     async def commit(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -119,7 +119,7 @@ def test_kafka_crash_between_insert_and_commit_then_restart(
             await admin.close()
         return sum(meta.offset for meta in offsets.values())
 
-    async def run(source_class: type[KafkaSource]) -> None:
+    async def run(source_class: type[ConfluentSource]) -> None:
         writer = await HttpWriter.connect(clickhouse_http_url)
         dead = await KafkaDeadLetters.start(kafka.bootstrap_servers, dlq_topic)
         source = source_class.create(kafka.bootstrap_servers, [topic], group, SESSION_TIMEOUT_MS)
@@ -143,7 +143,7 @@ def test_kafka_crash_between_insert_and_commit_then_restart(
         with pytest.raises(RuntimeError, match="simulated crash"):
             await run(CrashingKafkaSource)
         assert counts(clickhouse_http_url, table)[0] > 0 and await committed() == 0
-        await run(KafkaSource)
+        await run(ConfluentSource)
 
     asyncio.run(scenario())
     assert counts(clickhouse_http_url, table) == (total, total)
