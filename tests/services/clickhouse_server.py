@@ -45,7 +45,7 @@ USERS_XML = """<?xml version="1.0"?>
 """
 
 
-def clickhouse_query(http_url: str, sql: str, data: bytes | None = None, timeout: float = 10) -> str:
+def clickhouse_query(http_url: str, sql: str, data: bytes | None = None, timeout: float = 60) -> str:
     """Run `sql` over ClickHouse's HTTP interface (with `data` as the body for INSERTs); return the text.
 
     Always a POST: ClickHouse treats GET requests as read-only, which rejects DDL.
