@@ -2,7 +2,8 @@
 
 ```
 python -m bench.tail_bench [--rate 1000] [--duration 30] [--rounds 2] [--profile single] \
-    [--build LABEL=SOURCE_DIR ...] [--kafka-bootstrap-servers H:P] [--extra=--fsync=always] [--json out.json]
+    [--build LABEL=SOURCE_DIR ...] [--kafka-bootstrap-servers H:P] [--extra=--fsync=always] [--no-bare] \
+    [--json out.json]
 ```
 
 Each round runs, one after the other, the bare aiohttp app (bench/baseline_app.py) and each gateway
@@ -125,7 +126,7 @@ def analyse(trace: dict[str, Any], since: float, until: float) -> dict[str, Any]
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    builds: list[tuple[str, Path | None]] = [("aiohttp", None)]
+    builds: list[tuple[str, Path | None]] = [] if args.no_bare else [("aiohttp", None)]
     for spec in args.build or [f"this={REPO}"]:
         label, _, directory = spec.partition("=")
         builds.append((label, Path(directory).resolve()))
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kafka-bootstrap-servers")
     parser.add_argument("--extra", action="append", help="one more `gateway serve` argument (repeatable)")
     parser.add_argument("--json", type=Path, help="every run's figures and client timeline")
+    parser.add_argument("--no-bare", action="store_true", help="leave the bare aiohttp app out (e.g. an RSS run)")
     args = parser.parse_args(argv)
     results = run(args)
     if args.json:
