@@ -1,7 +1,7 @@
 """Latency tail at a constant load, with the server's own view of where it came from.
 
 ```
-python -m bench.tail_bench [--rate 1000] [--duration 30] [--rounds 2] [--profile single] \
+python -m bench.tail_bench [--rate 1000] [--duration 30] [--rounds 2] [--profile single] [--processes 1] \
     [--build LABEL=SOURCE_DIR ...] [--kafka-bootstrap-servers H:P] [--extra=--fsync=always] [--no-bare] \
     [--json out.json]
 ```
@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             load_before = os.getloadavg()[0]
             with server:
                 config = LoadConfig(target=server.url, profile=args.profile, mode="open", rate=args.rate,
-                                    duration_s=args.duration, connections=args.connections)
+                                    duration_s=args.duration, connections=args.connections,
+                                    processes=args.processes)
                 cpu_before = server.cpu_seconds()
                 summary = run_load(config, progress_stream=None)
                 cpu = (server.cpu_seconds() - cpu_before) / summary.elapsed_s
@@ -194,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", default="single")
     parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--processes", type=int, default=1, help="load generator processes")
     parser.add_argument("--build", action="append", help="LABEL=DIR: a gateway source tree (repeatable)")
     parser.add_argument("--kafka-bootstrap-servers")
     parser.add_argument("--extra", action="append", help="one more `gateway serve` argument (repeatable)")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -274,7 +274,7 @@ class Spool:
         self._pending, self._waiters, self._pending_bytes, self._pending_records = [], [], 0, 0
         self._writing = True
         written = self._executor.submit(self._write, frames)
-        written.add_done_callback(lambda done: loop.call_soon_threadsafe(self._written, done, waiters))
+        written.add_done_callback(lambda done: _call_on(loop, self._written, done, waiters))
 
     def _written(self, done: Future[None], waiters: list[asyncio.Future[None]]) -> None:
         """On the loop, once the flush thread wrote a group: answer its appends, start the next group."""
@@ -446,6 +446,13 @@ class Spool:
                 self._fd = -1
         finally:
             self._lock.release()
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """From the flush thread: run `callback` on the loop, unless the loop is gone (as asyncio's own
+    executor futures do)."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
