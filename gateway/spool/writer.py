@@ -3,10 +3,9 @@
 `append` encodes records on the event loop into a pending group and waits for it; each group goes to
 a dedicated thread that writes it (and fsyncs, per policy) so the loop never blocks on disk, one
 group at a time, in append order. Every append waiting on a group is acknowledged by the same write
-and fsync. The thread's completion resolves the group's appends in one loop pass, and starts the next
-group in the same pass: every pass between "durable" and the answer adds a loop iteration of latency,
-and under load a loop iteration is long (previously four passes: the executor future, the flusher
-task, a shield per append, the append's task; now the callback and the append's task).
+and fsync. The thread's completion answers the group's appends and starts the next group in one loop
+pass (no executor future, flusher task or shield per append in between): every pass between
+"durable" and the answer costs a loop iteration, and under load an iteration is long.
 
 Each writer session starts a new segment: offsets a reader saw before a crash can never point into
 bytes written after it. Recovery checks only the newest segment (older ones were fsynced when they
