@@ -91,6 +91,7 @@ class Recorder:
             "skipped": self.skipped,
             "max_lag_s": self.max_lag_s,
             "elapsed_s": self.end - self.start,
+            "start": self.start,
             "cpu_s": cpu_s,
             "buckets": [
                 (b.requests, b.ok, b.events_acked, b.histogram.encode() if b.requests else None)
@@ -115,6 +116,7 @@ class RunSummary:
     elapsed_s: float
     cpu_s: list[float]
     timeline: list[dict[str, float]]
+    started: float = 0.0  # time.monotonic() of the first generator's start: timeline second 0
 
     @property
     def req_per_s(self) -> float:
@@ -180,4 +182,5 @@ def merge(config: dict[str, Any], exports: list[dict[str, Any]]) -> RunSummary:
         elapsed_s=max((e["elapsed_s"] for e in exports), default=0.0),
         cpu_s=[e["cpu_s"] for e in exports],
         timeline=timeline,
+        started=min((e["start"] for e in exports), default=0.0),
     )

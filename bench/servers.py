@@ -31,9 +31,12 @@ class ServerUnavailable(RuntimeError):
 class ManagedServer:
     """A subprocess serving HTTP on 127.0.0.1:port; use as a context manager."""
 
-    def __init__(self, name: str, argv: list[str], port: int, workdir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], port: int, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
+        self.env = env  # the whole environment of the server; None: this process's
         self.port = port
         self.workdir = workdir
         self.url = f"http://127.0.0.1:{port}"
@@ -48,6 +51,7 @@ class ManagedServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                env=self.env,
             )
         self._wait_ready()
         return self

@@ -1,8 +1,11 @@
 """The spool writer: an append-only segmented log with group commit, owned by one process at a time.
 
-`append` encodes records on the event loop into a pending group and waits for it; one flusher task
-hands each group to a dedicated thread that writes it (and fsyncs, per policy) so the loop never
-blocks on disk. Every append waiting on a group is acknowledged by the same write and fsync.
+`append` encodes records on the event loop into a pending group and waits for it; each group goes to
+a dedicated thread that writes it (and fsyncs, per policy) so the loop never blocks on disk, one
+group at a time, in append order. Every append waiting on a group is acknowledged by the same write
+and fsync. The thread's completion answers the group's appends and starts the next group in one loop
+pass (no executor future, flusher task or shield per append in between): every pass between
+"durable" and the answer costs a loop iteration, and under load an iteration is long.
 
 Each writer session starts a new segment: offsets a reader saw before a crash can never point into
 bytes written after it. Recovery checks only the newest segment (older ones were fsynced when they
@@ -20,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -109,17 +112,20 @@ class Spool:
         self._lock = FileLock(self.directory / WRITE_LOCK)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
+        self._open = False
         self._closing = False
-        # Event-loop side: the group being gathered and the one being written.
+        # Event-loop side: the group being gathered (its frames and the appends waiting for it) and
+        # whether one is being written or its flush is scheduled (a call_soon or the window's timer).
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._pending_records = 0
-        self._group: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
+        self._writing = False
+        self._flush_scheduled = False
         self._flush_started = float("-inf")
         self._inflight_bytes = 0
         self._inflight_records = 0
+        self._drained: asyncio.Future[None] | None = None  # close() waits for the last group
         self._measured_at = 0.0
         # Flusher-thread side (read by the loop only for stats).
         self._fd = -1
@@ -149,7 +155,7 @@ class Spool:
             self._executor.shutdown()
             self._loop = None
             raise
-        self._task = self._loop.create_task(self._flush_loop(), name="spool-flusher")
+        self._open = True
 
     async def append(self, records: Sequence[Record]) -> None:
         """Append all of `records` (or none) and return once they are durable per the fsync policy.
@@ -157,7 +163,7 @@ class Spool:
         Raises SpoolFull at once when they would not fit in max_bytes, SpoolWriteError when the
         write failed, SpoolClosed when the spool is not open.
         """
-        if self._task is None or self._closing:
+        if not self._open or self._closing:
             raise SpoolClosed("spool is not open")
         if not records:
             return
@@ -167,7 +173,7 @@ class Spool:
     async def append_request(self, content: bytes, records: int) -> None:
         """Append a spooled capture request (gateway/capture/spooled.py) holding `records` records as
         one frame, like `append`."""
-        if self._task is None or self._closing:
+        if not self._open or self._closing:
             raise SpoolClosed("spool is not open")
         await self._append([encode_request(content, self._key)], records)
 
@@ -177,28 +183,34 @@ class Spool:
             await self._make_room(size)
         if self._closing:
             raise SpoolClosed("spool is closing")
+        loop = self._loop
+        assert loop is not None
         self._pending += frames
         self._pending_bytes += size
         self._pending_records += records
-        group = self._group
-        if group is None:
-            assert self._loop is not None
-            group = self._group = self._loop.create_future()
-            self._wakeup.set()
-        await asyncio.shield(group)
+        # Its own future, not a shared one: a cancelled append (client gone) cancels only itself.
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        if not self._writing and not self._flush_scheduled:
+            # In the next pass, so the appends of this pass join the same group.
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        await waiter
 
     async def close(self) -> None:
         """Write and fsync everything accepted, then close the segment and release the lock."""
-        if self._task is None or self._loop is None or self._executor is None:
+        if not self._open or self._loop is None or self._executor is None:
             return
         self._closing = True
-        self._wakeup.set()
-        await self._task
+        if self._writing or self._flush_scheduled:
+            if self._drained is None:
+                self._drained = self._loop.create_future()
+            await self._drained
         try:
             await self._loop.run_in_executor(self._executor, self._close_sync)
         finally:
             self._executor.shutdown()
-            self._task = None
+            self._open = False
 
     async def remeasure(self) -> None:
         """Re-read disk usage now, e.g. after a reader in this process deleted consumed segments."""
@@ -241,31 +253,38 @@ class Spool:
             self._full_rejections += 1
             raise SpoolFull(f"spool {self.directory} is full ({self.used_bytes} of {self.max_bytes} bytes)")
 
-    async def _flush_loop(self) -> None:
-        """Write one group at a time, in append order, until closed and drained."""
+    def _flush(self) -> None:
+        """Hand the pending group to the flush thread, or wait out the batch window first."""
         loop = self._loop
-        assert loop is not None
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if self.fsync is FsyncPolicy.BATCH and not self._closing:
-                delay = self._flush_started + self._window_s - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if self._pending:
-                await self._flush_group(loop)
-            if self._closing and not self._pending:
+        assert loop is not None and self._executor is not None
+        self._flush_scheduled = False
+        if not self._pending:
+            self._maybe_drained()
+            return
+        if self.fsync is FsyncPolicy.BATCH and not self._closing:
+            delay = self._flush_started + self._window_s - loop.time()
+            if delay > 0:
+                self._flush_scheduled = True
+                loop.call_later(delay, self._flush)
                 return
-
-    async def _flush_group(self, loop: asyncio.AbstractEventLoop) -> None:
-        group, frames = self._group, self._pending
-        assert group is not None
+        frames, waiters = self._pending, self._waiters
         self._flush_started = loop.time()
         self._inflight_bytes, self._inflight_records = self._pending_bytes, self._pending_records
-        self._group, self._pending, self._pending_bytes, self._pending_records = None, [], 0, 0
-        try:
-            await loop.run_in_executor(self._executor, self._write, frames)
-        except Exception as exc:
+        self._pending, self._waiters, self._pending_bytes, self._pending_records = [], [], 0, 0
+        self._writing = True
+        written = self._executor.submit(self._write, frames)
+        written.add_done_callback(lambda done: _call_on(loop, self._written, done, waiters))
+
+    def _written(self, done: Future[None], waiters: list[asyncio.Future[None]]) -> None:
+        """On the loop, once the flush thread wrote a group: answer its appends, start the next group."""
+        exc = done.exception()
+        if exc is None:
+            self._flushes += 1
+            self._records_written += self._inflight_records
+            for waiter in waiters:
+                if not waiter.done():  # cancelled: the append's caller is gone
+                    waiter.set_result(None)
+        else:
             self._write_errors += 1
             log.error(
                 "spool %s: write failed, %d records not acknowledged: %s",
@@ -273,13 +292,20 @@ class Spool:
                 self._inflight_records,
                 exc,
             )
-            group.set_exception(SpoolWriteError(f"spool write failed: {exc}", getattr(exc, "errno", None)))
+            error = SpoolWriteError(f"spool write failed: {exc}", getattr(exc, "errno", None))
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+        self._inflight_bytes = self._inflight_records = 0
+        self._writing = False
+        if self._pending and not self._flush_scheduled:
+            self._flush()
         else:
-            self._flushes += 1
-            self._records_written += self._inflight_records
-            group.set_result(None)
-        finally:
-            self._inflight_bytes = self._inflight_records = 0
+            self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self._drained is not None and not self._drained.done() and not (self._writing or self._pending):
+            self._drained.set_result(None)
 
     # -- flusher thread side ----------------------------------------------------------------------
 
@@ -419,6 +445,13 @@ class Spool:
                 self._fd = -1
         finally:
             self._lock.release()
+
+
+def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: object) -> None:
+    """From the flush thread: run `callback` on the loop, unless the loop is gone (as asyncio's own
+    executor futures do)."""
+    if not loop.is_closed():
+        loop.call_soon_threadsafe(callback, *args)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -166,6 +166,25 @@ def test_every_policy_acks_and_batch_policies_group_fsyncs(
         assert spool.stats().flushes == data_syncs
 
 
+def test_a_cancelled_append_leaves_the_rest_of_its_group_acknowledged(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        spool = Spool(tmp_path, fsync=FsyncPolicy.BATCH, fsync_window_ms=100)
+        await spool.open()
+        await spool.append([rec(0)])  # opens a 100 ms window: the next appends wait in one group
+        appends = [asyncio.create_task(spool.append([rec(i)])) for i in range(1, 4)]
+        await asyncio.sleep(0.02)
+        appends[1].cancel()  # e.g. its client went away
+        results = await asyncio.gather(*appends, return_exceptions=True)
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], asyncio.CancelledError)
+        assert spool.stats().flushes == 2
+        await spool.close()
+
+    asyncio.run(scenario())
+    # The cancelled caller's record was in the group already: written all the same (at least once).
+    assert seqs(read_all(tmp_path)) == [0, 1, 2, 3]
+
+
 def test_batch_window_caps_fsync_rate_without_delaying_a_lone_append(tmp_path: Path) -> None:
     async def scenario() -> None:
         spool = Spool(tmp_path, fsync=FsyncPolicy.BATCH, fsync_window_ms=100)
