@@ -6,8 +6,9 @@ Two modes:
   timeout sends that request's records to the spool instead and switches to SPOOLING.
 - SPOOLING: every record goes to the spool, so per-key order is kept while the remote is away; a
   background replayer drains the spool into the remote in order and switches back to DIRECT once it
-  has caught up. Records are delivered at least once (a timed-out send may still land; consumers
-  dedupe by uuid).
+  has caught up (holding new requests while it replays what was spooled during its last read, so
+  no record is overtaken by a later one of its key sent direct). Records are delivered at least
+  once (a timed-out send may still land; consumers dedupe by uuid).
 The replayer also drains spools left by a previous run (and, with fewer workers now, the spools of
 workers that no longer exist), so nothing acknowledged is ever stranded on disk.
 
@@ -101,7 +102,10 @@ class FailoverSink:
         self._rejected = gateway_metrics.EVENTS_DROPPED.labels(f"rejected_by_{name}")
         self.mode = Mode.DIRECT
         self._adopt = list(adopt)
-        self._spool_appends = 0
+        self._spool_appends = 0  # appends under way
+        self._spool_settled = 0  # appends finished (written or failed) since start
+        self._held: asyncio.Event | None = None  # set while requests wait for the switch back to DIRECT
+        self._hold_expiry: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._closing = False
@@ -120,6 +124,9 @@ class FailoverSink:
         self._tasks += [asyncio.create_task(self._replay_forever(d, own=False)) for d in self._adopt]
 
     async def deliver(self, records: Sequence[Record]) -> None:
+        held = self._held
+        if held is not None:  # the replayer is switching back to DIRECT: the spool's tail goes first
+            await held.wait()
         if self.mode is Mode.DIRECT:
             try:
                 await self._produce(records)
@@ -144,8 +151,9 @@ class FailoverSink:
             await self.spool.deliver(records)
         finally:
             self._spool_appends -= 1
+            self._spool_settled += 1
+            self._wake.set()
         self.metrics.spooled.inc(len(records))
-        self._wake.set()
 
     def _set_mode(self, mode: Mode) -> None:
         if mode is not self.mode:
@@ -171,6 +179,7 @@ class FailoverSink:
         backoff = 0.5
         try:
             while not self._closing:
+                settled = self._spool_settled  # what an empty read below has seen all of
                 try:
                     batch = await asyncio.to_thread(reader.read_batch, REPLAY_BATCH_RECORDS, REPLAY_BATCH_BYTES)
                 except SpoolKeyError as exc:  # loud, and the records stay on disk: restart with the key
@@ -189,6 +198,7 @@ class FailoverSink:
                                   rejected.message)
                         self._rejected.inc(rejected.dropped)
                     except Exception as exc:
+                        self._release()  # held requests spool: the remote is not back after all
                         log.warning("spool replay to %s failed (%s); retrying in %.1fs", self.name, exc, backoff)
                         await self._sleep(backoff)
                         backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -206,8 +216,19 @@ class FailoverSink:
                         await self.spool.spool.remeasure()
                     self.metrics.replayed.inc(len(batch.records))
                     continue
-                if own and self.mode is Mode.SPOOLING and self._spool_appends == 0:
-                    await self._probe_and_resume()
+                if own and self.mode is Mode.SPOOLING:
+                    if self._held is None:
+                        if await self._reachable():
+                            self._hold()
+                            continue  # read again: what was spooled meanwhile is replayed first
+                    elif self._spool_appends == 0 and self._spool_settled == settled:
+                        self._set_mode(Mode.DIRECT)  # nothing acknowledged is left unreplayed
+                        self._release()
+                    elif self._spool_appends == 0:
+                        continue  # appended during that read: read again
+                    else:
+                        await self._sleep(self.ack_timeout)  # until the appends under way finish
+                        continue
                 if not own:
                     log.info("adopted spool %s fully replayed", directory)
                     return
@@ -215,14 +236,29 @@ class FailoverSink:
         finally:
             await asyncio.to_thread(reader.close)
 
-    async def _probe_and_resume(self) -> None:
-        """Caught up with our spool: go DIRECT once the remote can be reached."""
+    async def _reachable(self) -> bool:
         try:
-            reachable = await asyncio.wait_for(self.remote.ping(), self.ack_timeout)
+            return bool(await asyncio.wait_for(self.remote.ping(), self.ack_timeout))
         except Exception:
+            return False
+
+    def _hold(self) -> None:
+        """Caught up with our spool and the remote is back: hold new requests (at most `ack_timeout`)
+        until what was spooled meanwhile is replayed too, then they go DIRECT. Going DIRECT at once
+        would let a record acknowledged from the spool during the last read be overtaken by the next
+        one of its key, sent direct by a client that got its 200."""
+        held = self._held = asyncio.Event()
+        self._hold_expiry = asyncio.get_running_loop().call_later(self.ack_timeout, self._release, held)
+
+    def _release(self, held: asyncio.Event | None = None) -> None:
+        """Let held requests go on: DIRECT if the replayer switched, else to the spool."""
+        current = self._held
+        if current is None or (held is not None and held is not current):
             return
-        if reachable:
-            self._set_mode(Mode.DIRECT)
+        self._held = None
+        current.set()
+        if self._hold_expiry is not None:
+            self._hold_expiry.cancel()
 
     async def _sleep(self, seconds: float) -> None:
         self._wake.clear()
@@ -231,6 +267,7 @@ class FailoverSink:
 
     async def close(self) -> None:
         self._closing = True
+        self._release()
         self._wake.set()
         for task in self._tasks:
             task.cancel()

@@ -236,7 +236,8 @@ class ReconnectingProducer:
 
     async def produce_bulk(self, records: Sequence[Record]) -> None:
         """Like `produce`, for one large batch (spool replay): fills per-partition batches directly,
-        which costs a third of the CPU of `send()` per record; partitions are sent concurrently."""
+        which costs a third of the CPU of `send()` per record; partitions are sent concurrently, the
+        batches of one partition one after the other (`_send_partition`)."""
         producer = await self._connect()
         with self._reset_on_failure(producer):
             by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
@@ -246,11 +247,19 @@ class ReconnectingProducer:
                     partitions[record.topic] = sorted(await producer.partitions_for(record.topic))
                 every = partitions[record.topic]
                 by_partition[(record.topic, java_partitioner(record.key, every, every))].append(record)
-            sent = await asyncio.gather(
-                *(self._send_partition(producer, topic, partition, members)
-                  for (topic, partition), members in by_partition.items())
-            )
-            await asyncio.gather(*(ack for acks in sent for ack in acks))
+            senders = [
+                asyncio.ensure_future(self._send_partition(producer, topic, partition, members))
+                for (topic, partition), members in by_partition.items()
+            ]
+            try:
+                done, _ = await asyncio.wait(senders, return_when=asyncio.FIRST_EXCEPTION)
+            finally:  # a failure (or the caller's timeout) stops every partition: nothing more is sent
+                for sender in senders:
+                    sender.cancel()
+            errors = [sender.exception() for sender in done if not sender.cancelled()]
+            for error in errors:
+                if error is not None:
+                    raise error
 
     @contextlib.contextmanager
     def _reset_on_failure(self, producer: AIOKafkaProducer) -> Iterator[None]:
@@ -268,18 +277,20 @@ class ReconnectingProducer:
         self.reset(producer)
 
     @staticmethod
-    async def _send_partition(
-        producer: AIOKafkaProducer, topic: str, partition: int, records: list[Record]
-    ) -> list[asyncio.Future]:
-        acks = []
-        batch = producer.create_batch()
-        for record in records:
-            if batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers)) is None:
-                acks.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
-        acks.append(await producer.send_batch(batch, topic, partition=partition))
-        return acks
+    async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int, records: list[Record]) -> None:
+        """Send one partition's records in batches, each once the previous one is acknowledged (the next
+        is built meanwhile). Handing aiokafka several at once could land records out of order: it fails
+        a batch whose partition had no leader for `request_timeout_ms` yet sends the batches behind it,
+        and a client retired after a failure still delivers what it holds; replayed again, the failed
+        records would land after later ones. One batch at a time, a failure leaves nothing later in
+        flight, so the first copy of every record lands in spool order."""
+        acked: asyncio.Future | None = None
+        for batch in _batches(producer, records):
+            if acked is not None:
+                await acked
+            acked = await producer.send_batch(batch, topic, partition=partition)
+        if acked is not None:
+            await acked
 
     async def _connect(self) -> AIOKafkaProducer:
         if self._producer is not None:
@@ -326,6 +337,17 @@ class ReconnectingProducer:
             await self._producer.stop()
         if self._retired:
             await asyncio.wait(self._retired, timeout=10)
+
+
+def _batches(producer: AIOKafkaProducer, records: list[Record]) -> Iterator[BatchBuilder]:
+    """`records` in order as full batches (the last one as it is)."""
+    batch = producer.create_batch()
+    for record in records:
+        if batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers)) is None:
+            yield batch
+            batch = producer.create_batch()  # a new batch takes its first record whatever its size
+            batch.append(key=record.key, value=record.value, timestamp=None, headers=list(record.headers))
+    yield batch
 
 
 def _consume_exception(task: asyncio.Task) -> None:

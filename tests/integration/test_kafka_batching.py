@@ -1,5 +1,6 @@
 """The gateway's own Kafka batches against a real broker: concurrent requests share batches, and every
-record arrives once, unchanged, in its murmur2 partition and in order per key."""
+record arrives once, unchanged, in its murmur2 partition and in order per key; a replay that failed
+half-way and is retried still lands the first copy of every record in order."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 from unittest import mock
 
+import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import NotLeaderForPartitionError
 from aiokafka.partitioner import murmur2
 
 from gateway.core.record import Record
@@ -64,3 +67,38 @@ def test_concurrent_requests_share_batches_and_keep_per_key_order(kafka: KafkaBr
         per_key[record.key].append((request, index))
     for key, order in per_key.items():
         assert order == sorted(order), f"records of {key!r} out of order"
+
+
+def test_a_replay_retried_after_a_failed_batch_lands_first_copies_in_order(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """aiokafka fails a batch whose partition had no leader for `request_timeout_ms`, yet sends the batches
+    queued behind it, and a client retired after a failure still delivers what it holds: had the replay
+    handed a partition's batches over at once, its retry would land the failed records after later ones."""
+    topic = f"t{uuid.uuid4().hex[:10]}-replay-retry"
+    asyncio.run(kafka.create_topics([topic], partitions=1))
+    settings = settings_for(tmp_path, kafka_bootstrap_servers=kafka.bootstrap_servers, kafka_max_batch_bytes=4096)
+    records = [Record(topic, b"phc_t:user", (), b"%04d:" % n + b"x" * 300) for n in range(60)]  # ~6 batches
+    real_send_batch = AIOKafkaProducer.send_batch
+    failed: list[object] = []
+
+    async def send_batch(self: AIOKafkaProducer, batch: object, topic: str, *, partition: int) -> asyncio.Future:
+        if failed:
+            return await real_send_batch(self, batch, topic, partition=partition)
+        failed.append(batch)  # the first batch expires: its partition had no leader in time
+        expired = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.2, expired.set_exception, NotLeaderForPartitionError())
+        return expired
+
+    async def replay_twice() -> None:
+        producer = ReconnectingProducer(lambda: AIOKafkaProducer(**producer_config(settings)))
+        try:
+            with mock.patch.object(AIOKafkaProducer, "send_batch", send_batch):
+                with pytest.raises(NotLeaderForPartitionError):
+                    await producer.produce_bulk(records)
+                await producer.produce_bulk(records)  # the replayer reads the same records again
+        finally:
+            await producer.stop()
+
+    asyncio.run(replay_twice())
+    consumed = consume_all(kafka.bootstrap_servers, [topic], at_least=len(records))
+    first_copies = list(dict.fromkeys(record.value for _, record in consumed))
+    assert first_copies == [record.value for record in records]

@@ -17,11 +17,14 @@ def event(distinct_id: str) -> dict:
 
 
 class Load:
-    """Client threads posting single events and small batches; remembers every uuid answered 200."""
+    """Client threads posting single events and small batches; remembers every uuid answered 200, and per
+    distinct_id in the order they were acknowledged (a client sends its next request once the previous one
+    is answered, and the distinct_ids of two clients differ)."""
 
     def __init__(self, url: str, clients: int = 4) -> None:
         self.url = url
         self.acked: set[str] = set()
+        self.acked_by_key: dict[str, list[str]] = {}
         self.statuses: dict[int, int] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -32,7 +35,9 @@ class Load:
         n = 0
         while not self._stop.is_set():
             n += 1
-            events = [event(f"user-{client}-{n % 7}") for _ in range(1 if n % 3 else 5)]
+            # Two requests in a row per distinct_id (7 per client): a key's next event often follows the
+            # previous one at once, which per-key order checks need.
+            events = [event(f"user-{client}-{n // 2 % 7}") for _ in range(1 if n % 3 else 5)]
             body = orjson.dumps(events[0] if len(events) == 1 else {"api_key": TOKEN, "batch": events})
             try:
                 status = session.post(self.url + ("/e/" if len(events) == 1 else "/batch/"), data=body,
@@ -43,6 +48,7 @@ class Load:
                 self.statuses[status] = self.statuses.get(status, 0) + 1
                 if status == 200:
                     self.acked.update(e["uuid"] for e in events)
+                    self.acked_by_key.setdefault(events[0]["distinct_id"], []).extend(e["uuid"] for e in events)
             time.sleep(0.01)
 
     def __enter__(self) -> Load:

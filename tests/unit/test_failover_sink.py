@@ -218,3 +218,74 @@ def test_encrypted_spools_replay_with_the_spools_keyring(tmp_path: Path) -> None
 
     asyncio.run(fill_orphan())
     asyncio.run(scenario())
+
+
+def test_records_spooled_while_the_remote_is_probed_reach_it_before_the_next_direct_ones(tmp_path: Path) -> None:
+    """The replayer found the spool drained and pings the remote; meanwhile a request is spooled and
+    answered. Its client's next request, sent the moment the sink is DIRECT again, must land after it."""
+
+    async def scenario() -> None:
+        remote = FakeRemote(up=False)
+        sink = sink_at(tmp_path, remote)
+        await sink.start()
+        await sink.deliver([rec(0)])
+        probing, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow_ping() -> bool:
+            probing.set()
+            await answer.wait()
+            return True
+
+        remote.ping = slow_ping  # type: ignore[method-assign]
+        remote.up = True
+        await until(probing.is_set)
+        await sink.deliver([rec(1)])  # spooled during the probe, acknowledged
+        clients: list[asyncio.Task] = []
+        set_mode = sink._set_mode
+
+        def on_mode(mode: Mode) -> None:  # a client sending as soon as the sink is DIRECT
+            set_mode(mode)
+            if mode is Mode.DIRECT and not clients:
+                clients.append(asyncio.create_task(sink.deliver([rec(2)])))
+
+        sink._set_mode = on_mode  # type: ignore[method-assign]
+        answer.set()
+        await until(lambda: len(remote.received) == 3)
+        await sink.close()
+        assert numbers(remote.received) == [0, 1, 2]
+
+    asyncio.run(scenario())
+
+
+def test_requests_held_for_the_switch_back_are_spooled_when_the_replay_is_slow(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        remote = FakeRemote(up=False)
+        sink = sink_at(tmp_path, remote)
+        await sink.start()
+        await sink.deliver([rec(0)])
+        probing, answer, replaying = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def slow_ping() -> bool:
+            probing.set()
+            await answer.wait()
+            return True
+
+        async def stuck_replay(records: Sequence[Record]) -> None:
+            replaying.set()
+            await asyncio.Event().wait()
+
+        remote.ping = slow_ping  # type: ignore[method-assign]
+        remote.up = True
+        await until(probing.is_set)
+        await sink.deliver([rec(1)])
+        remote.produce_bulk = stuck_replay  # type: ignore[method-assign]
+        answer.set()
+        await until(replaying.is_set)  # replaying rec(1) while requests are held
+        async with asyncio.timeout(sink.ack_timeout * 3):  # held for ack_timeout at most, then spooled
+            await sink.deliver([rec(2)])
+        assert sink.mode is Mode.SPOOLING
+        await sink.close()
+        assert numbers(remote.received) == [0]
+
+    asyncio.run(scenario())
+    assert numbers(list(iter_records(tmp_path))) == [0, 1, 2]
