@@ -71,7 +71,10 @@ class Remote(Protocol):
     async def produce_bulk(self, records: Sequence[Record]) -> None:
         """`produce` for one large batch from the replayer (may trade latency for throughput)."""
 
-    def reset(self) -> None: ...
+    generation: int  # bumped whenever the remote retires a broken client
+
+    def reset(self, generation: int) -> None:
+        """Retire the client in use since `generation`, if it is still the current one."""
 
     async def stop(self) -> None: ...
 
@@ -128,6 +131,7 @@ class FailoverSink:
         if held is not None:  # the replayer is switching back to DIRECT: the spool's tail goes first
             await held.wait()
         if self.mode is Mode.DIRECT:
+            generation = self.remote.generation
             try:
                 await self._produce(records)
                 return
@@ -136,7 +140,7 @@ class FailoverSink:
                 raise
             except Exception as exc:
                 log.warning("%s delivery failed (%s: %s); spooling", self.name, type(exc).__name__, exc)
-                self.remote.reset()
+                self.remote.reset(generation)
                 self._set_mode(Mode.SPOOLING)
         await self._to_spool(records)
 

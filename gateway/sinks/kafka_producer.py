@@ -102,6 +102,7 @@ class ReconnectingProducer:
         self._make_producer = make_producer
         self._linger = linger
         self._producer: AIOKafkaProducer | None = None  # created on the event loop, on first use
+        self.generation = 0  # clients retired so far: a failure seen under an older one is not the current's
         self._connect_lock = asyncio.Lock()
         self._retired: set[asyncio.Task] = set()
         self._partitions: dict[tuple[str, int], _Partition] = {}
@@ -274,7 +275,7 @@ class ReconnectingProducer:
 
     def _failed(self, producer: AIOKafkaProducer) -> None:
         metrics.KAFKA_PRODUCE_ERRORS.inc()
-        self.reset(producer)
+        self._retire(producer)
 
     @staticmethod
     async def _send_partition(producer: AIOKafkaProducer, topic: str, partition: int, records: list[Record]) -> None:
@@ -312,15 +313,22 @@ class ReconnectingProducer:
         `partitions_for_topic` builds a set on every call)."""
         self._partition_counts = {}
 
-    def reset(self, failed: AIOKafkaProducer | None = None) -> None:
+    def reset(self, generation: int) -> None:
+        """Retire the client a delivery that began under `generation` failed on, unless that client
+        was retired already: a straggler's timeout must not retire the fresh client that replaced it."""
+        if generation == self.generation:
+            self._retire(self._producer)
+
+    def _retire(self, failed: AIOKafkaProducer | None) -> None:
         """Drop the current client after a failure; the next produce connects a fresh one.
 
         An idempotent producer whose batches timed out can be left with broken sequence numbers
         (OutOfOrderSequenceNumber forever), so failures get a new producer id rather than retries.
         """
         producer = self._producer
-        if producer is None or (failed is not None and failed is not producer):
+        if producer is None or failed is not producer:
             return  # already replaced
+        self.generation += 1
         self._producer = None
         self._partitions = {}  # senders of the old client finish (or fail) their own batches
         self._partition_counts = {}

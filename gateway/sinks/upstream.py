@@ -269,7 +269,9 @@ class UpstreamRemote:
     async def produce_bulk(self, records: Sequence[Record]) -> None:
         await self.produce(records)
 
-    def reset(self) -> None:
+    generation = 0
+
+    def reset(self, generation: int) -> None:
         """Nothing to reset: the connection pool drops broken connections itself."""
 
     async def stop(self) -> None:

@@ -102,3 +102,36 @@ def test_a_replay_retried_after_a_failed_batch_lands_first_copies_in_order(kafka
     consumed = consume_all(kafka.bootstrap_servers, [topic], at_least=len(records))
     first_copies = list(dict.fromkeys(record.value for _, record in consumed))
     assert first_copies == [record.value for record in records]
+
+
+def test_a_straggler_failure_does_not_retire_the_client_that_replaced_its_own(
+    kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    """A delivery that began on a client since retired (its ack timed out after another request's failure
+    replaced the client) must not retire the fresh one: that would cost every request in flight a retry."""
+    topic = f"t{uuid.uuid4().hex[:10]}-straggler"
+    asyncio.run(kafka.create_topics([topic], partitions=1))
+    settings = settings_for(tmp_path, kafka_bootstrap_servers=kafka.bootstrap_servers)
+    clients: list[AIOKafkaProducer] = []
+
+    def make_client() -> AIOKafkaProducer:
+        clients.append(AIOKafkaProducer(**producer_config(settings)))
+        return clients[-1]
+
+    async def scenario() -> None:
+        producer = ReconnectingProducer(make_client)
+        try:
+            await producer.produce(request_records(topic, 0))
+            straggler = producer.generation  # a slow request starts on the first client
+            producer.reset(producer.generation)  # another request's failure retires that client
+            await producer.produce(request_records(topic, 1))
+            producer.reset(straggler)  # the slow request times out late
+            await producer.produce(request_records(topic, 2))
+            assert len(clients) == 2
+            producer.reset(producer.generation)  # a failure on the current client does retire it
+            await producer.produce(request_records(topic, 3))
+            assert len(clients) == 3
+        finally:
+            await producer.stop()
+
+    asyncio.run(scenario())

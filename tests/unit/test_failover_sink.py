@@ -29,6 +29,7 @@ class FakeRemote:
         self.up = up
         self.received: list[Record] = []
         self.rejecting = False
+        self.resets: list[int] = []
 
     async def ping(self) -> bool:
         if not self.up:
@@ -45,8 +46,10 @@ class FakeRemote:
     async def produce_bulk(self, records: Sequence[Record]) -> None:
         await self.produce(records)
 
-    def reset(self) -> None:
-        pass
+    generation = 0
+
+    def reset(self, generation: int) -> None:
+        self.resets.append(generation)
 
     async def stop(self) -> None:
         pass
@@ -108,6 +111,23 @@ def test_direct_while_the_remote_acks(tmp_path: Path) -> None:
 
     asyncio.run(scenario())
     assert list(iter_records(tmp_path)) == []
+
+
+def test_a_failed_delivery_retires_the_client_it_began_on(tmp_path: Path) -> None:
+    class Replaced(FakeRemote):
+        async def produce(self, records: Sequence[Record]) -> None:
+            self.generation += 1  # meanwhile another request's failure replaced the client
+            raise TimeoutError
+
+    async def scenario() -> list[int]:
+        remote = Replaced()
+        sink = sink_at(tmp_path, remote)
+        await sink.start()
+        await sink.deliver([rec(0)])  # spooled, acknowledged
+        await sink.close()
+        return remote.resets
+
+    assert asyncio.run(scenario()) == [0]  # the remote ignores it: client 0 is retired already
 
 
 def test_spools_while_the_remote_is_away_replays_in_order_then_goes_direct(tmp_path: Path) -> None:
