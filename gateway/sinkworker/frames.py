@@ -13,6 +13,7 @@ under --strict-teams, ...): the batch then takes the frame's `SpooledEvent`s ins
 
 from __future__ import annotations
 
+import re
 import struct
 from datetime import datetime, timedelta
 from typing import Any
@@ -34,6 +35,9 @@ _MICROSECOND = timedelta(microseconds=1)
 _MAX_FUTURE_US = MAX_FUTURE // _MICROSECOND
 _NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 _fromisoformat = datetime.fromisoformat
+_CHAIN_KEY, _IP_KEY = b'"$elements_chain":', b'"$ip":'
+_PLAIN_SECOND = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", re.ASCII)
+_MILLIS = {f"{n:03d}": n * 1000 for n in range(1000)}  # ".mmm" as microseconds, for digits only
 # Names that route elsewhere (capture's data types), or are no row: their requests take the event path.
 _SPECIAL = frozenset({"$$client_ingestion_warning", "$exception", "$$heatmap", CHECK_EVENT, SNAPSHOT_ITEMS_EVENT})
 
@@ -114,10 +118,10 @@ class SpooledFrame:
         now, sent_at, ip_mode, client_ip = self.now, self.sent_at, encoder.ip_mode, self.ip
         created = now // divisor
         created = created if 0 <= created < limit else 0
-        ips = {ip: b'"$ip":' + orjson.dumps(ip) for ip in (client_ip, _LOCALHOST) if type(ip) is str and ip}
+        ips = {ip: _ip_pieces(ip) for ip in (client_ip, _LOCALHOST) if type(ip) is str and ip}
         tail = _prefixed(self.token) + _prefixed(self.topic)
         partition, offset, seconds, historical = self.partition, self.first, self.timestamp // 1000, self.historical
-        pack, length, string = head.pack, _length, _prefixed
+        pack, length, string, second_micros, millis_micros = head.pack, _length, _prefixed, _SECONDS, _MILLIS.get
         rows = []
         append = rows.append
         try:
@@ -142,19 +146,32 @@ class SpooledFrame:
                 raw_uuid = bytes.fromhex(digits)
                 if len(digits) != 32 or len(raw_uuid) != 16:
                     return None
-                moment = _event_micros(event.timestamp, sent_at, now)
-                if moment is None:
+                # posthog-js's `toISOString()` (milliseconds, `Z`) from a per-second cache; else the general rules
+                timestamp = event.timestamp
+                micros = None
+                if type(timestamp) is str and len(timestamp) == 24 and timestamp[19] == "." and timestamp[23] == "Z":
+                    second, millis = second_micros[timestamp[:19]], millis_micros(timestamp[20:23])
+                    if second is not None and millis is not None:
+                        micros = second + millis if sent_at is None else now + (second + millis - sent_at)
+                        if not MIN_MICROS <= micros <= MAX_MICROS:
+                            return None
+                        if micros - now > _MAX_FUTURE_US:
+                            micros = now
+                if micros is None:
+                    micros = _event_micros(timestamp, sent_at, now)
+                    if micros is None:
+                        return None
+                moment = micros // divisor
+                edited = _edited(event.properties, properties, ip_mode,
+                                 ips.get(_LOCALHOST if properties.capture_internal else client_ip))  # fmt: skip
+                if edited is None:
                     return None
-                moment //= divisor
-                text, chain = _edited(event.properties, properties, ip_mode,
-                                      ips.get(_LOCALHOST if properties.capture_internal else client_ip))  # fmt: skip
-                if text is None:
-                    return None
+                text, size, chain = edited
                 identity = distinct_id.encode()
                 append(b"".join((
                     pack(raw_uuid[7::-1] + raw_uuid[15:7:-1], moment if 0 <= moment < limit else 0, created,
                          team_id, offset, partition, seconds, properties.person_profile is False, historical),
-                    string(event.event), length(len(text)), text, length(len(identity)), identity,
+                    string(event.event), length(size), *text, length(len(identity)), identity,
                     length(len(chain)), chain, tail,
                 )))  # fmt: skip
                 offset += 1
@@ -193,6 +210,31 @@ def _frame(content: memoryview) -> SpooledFrame | None:
         return None
 
 
+def _second_micros(text: str) -> int | None:
+    """`YYYY-MM-DDTHH:MM:SS` (UTC) in epoch microseconds, cached; None for any other text."""
+    if not _PLAIN_SECOND.fullmatch(text):
+        return None
+    try:
+        micros = (_fromisoformat(text) - _NAIVE_EPOCH) // _MICROSECOND
+    except ValueError:
+        return None
+    if len(_SECONDS) >= _SECONDS_MAX:
+        _SECONDS.clear()
+    _SECONDS[text] = micros
+    return micros
+
+
+class _SecondCache(dict[str, int]):
+    """Seconds looked up by their text; a text not yet seen is parsed (`_second_micros`)."""
+
+    def __missing__(self, key: str) -> int | None:
+        return _second_micros(key)
+
+
+_SECONDS = _SecondCache()
+_SECONDS_MAX = 4096
+
+
 def _event_micros(timestamp: Any, sent_at: int | None, now: int) -> int | None:
     """`event_micros` (capture/timestamps.py) of an event with at most a timestamp, or None where the
     result is not plainly in range."""
@@ -208,27 +250,39 @@ def _event_micros(timestamp: Any, sent_at: int | None, now: int) -> int | None:
     return now if result - now > _MAX_FUTURE_US else result
 
 
-def _edited(raw: msgspec.Raw, properties: _Properties, ip_mode: IpMode, ip: bytes | None) -> tuple[Any, bytes]:
-    """The properties JSON as the row stores it (without `$elements_chain`; `$ip` per the ip mode,
-    `ip` being `"$ip":<the ip>`) and the elements chain; (None, b"") where an edit is not plain."""
-    text: Any = raw
+def _ip_pieces(ip: str) -> tuple[bytes, bytes]:
+    """`"$ip":<ip>`, and what follows the other properties when it is added last."""
+    entry = _IP_KEY + orjson.dumps(ip)
+    return entry, b"," + entry + b"}"
+
+
+def _edited(
+    raw: msgspec.Raw, properties: _Properties, ip_mode: IpMode, ip: tuple[bytes, bytes] | None
+) -> tuple[tuple[Any, ...], int, bytes] | None:
+    """The properties JSON as the row stores it, in pieces, and its length: without `$elements_chain`,
+    `$ip` as the ip mode has it (`ip`: `_ip_pieces` of the event's ip); and the elements chain. None
+    where an edit is not plain (`_without`)."""
+    chain_value, present = properties.elements_chain, properties.ip
+    add = ip is not None and ip_mode is not IpMode.DROP and not (present and ip_mode is IpMode.IF_MISSING)
+    drop = present and ip_mode is IpMode.DROP
+    if not (chain_value or add or drop):
+        return (raw,), len(raw), b""  # as stored
+    text: bytes | None = bytes(raw)
     chain = b""
-    if properties.elements_chain:
-        value = bytes(properties.elements_chain)
+    if chain_value:
+        value = bytes(chain_value)
         if value[:1] == b'"':
             chain = value[1:-1] if b"\\" not in value else msgspec.json.decode(value).encode()
-        text = _without(bytes(raw), b'"$elements_chain":' + value)
-    present = properties.ip
-    if text is None or not (present or (ip is not None and ip_mode is not IpMode.DROP)):
-        return text, chain
-    if ip_mode is IpMode.DROP:
-        return _without(bytes(text), b'"$ip":' + bytes(present)), chain
-    if ip is None or (present and ip_mode is IpMode.IF_MISSING):
-        return text, chain
-    text = bytes(text)
-    if present:
-        return _replaced(text, b'"$ip":' + bytes(present), ip), chain
-    return text[:-1] + (b"," if len(text) > 2 else b"") + ip + b"}", chain
+        text = _without(text, _CHAIN_KEY + value)  # type: ignore[arg-type]
+    if text is not None and drop:
+        text = _without(text, _IP_KEY + bytes(present))
+    elif text is not None and add and present:
+        text = _replaced(text, _IP_KEY + bytes(present), ip[0])  # type: ignore[index]
+    elif text is not None and add:
+        if len(text) > 2:
+            return (memoryview(text)[:-1], ip[1]), len(text) - 1 + len(ip[1]), chain  # type: ignore[index]
+        text = b"{" + ip[0] + b"}"  # type: ignore[index]
+    return None if text is None else ((text,), len(text), chain)
 
 
 def _without(text: bytes, entry: bytes) -> bytes | None:

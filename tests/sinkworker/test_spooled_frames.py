@@ -50,6 +50,11 @@ SHAPES: list[tuple[tuple[Any, ...], bool]] = [
     (one(web_event(74), token="phc_other"), True),
     (one(web_event(75, properties={"$elements_chain": "x", "n": {"$elements_chain": "x"}})), False),  # ambiguous
     (one(web_event(76, properties={"a": '","$ip":"1"', "$ip": "1"})), True),
+    (one(web_event(91, timestamp="2126-12-07T05:15:00.000Z"), sent_at=None), True),
+    (one(web_event(92, timestamp="2027-12-07T05:15:00.500Z")), True),  # a year ahead: now
+    (one(web_event(93, timestamp="2026-12-07 05:15:01.123Z")), True),
+    (one(web_event(94, timestamp="2026-13-07T05:15:01.123Z")), False),
+    (one(web_event(95, timestamp="2026-12-07T05:15:01.1a3Z")), False),
     (one(web_event(77, offset=1500)), False),
     (one(web_event(78, timestamp="garbage")), False),
     (one(web_event(79, properties={"$clock_skew": 250})), False),
