@@ -5,20 +5,29 @@ give None, and the batch then encodes the request's events one by one, with the 
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from gateway.capture.events import RecordOptions, RequestContext, check_events
 from gateway.capture.parse import ParsedRequest
 from gateway.capture.spooled import request_content, request_records
+from gateway.clickhouse.chdb_writer import ChdbWriter
 from gateway.sinkworker.batch import Batch
+from gateway.sinkworker.dlq import FileDeadLetters
 from gateway.sinkworker.frames import SpooledFrame, spooled_messages
 from gateway.sinkworker.rows import IpMode, RowEncoder
-from gateway.sinkworker.sources import SpoolMessage
+from gateway.sinkworker.sources import SpoolMessage, SpoolSource
 from gateway.sinkworker.teams import TeamResolver
+from gateway.spool import Spool
+from tests.sinkworker.test_chdb import CorruptingEncoder, counts, run_worker
 from tests.sinkworker.test_spooled_rows import NOW, TOKEN, encoders, node_event, outcome, requests, web_event
+from tests.support.spools import Draining, spooled_request
 
 READ_MS = 1_765_084_502_000
 SENT_AT = NOW - timedelta(seconds=2)
@@ -130,3 +139,49 @@ def test_a_batch_of_frames_holds_the_rows_and_positions_of_the_records(ip_mode: 
     assert frames.size == records.size and frames.dedup_token() == records.dedup_token()
     assert len(frames.rows) > 40 and frames.records == 4 + 3 + 2  # requests of 5, 4 and 3 events read whole
 
+
+
+def test_a_frame_row_the_server_refuses_reaches_the_dlq_as_its_record_and_a_restart_stores_nothing_twice(
+    chdb_writer: ChdbWriter, chdb_table: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows built from a whole request: a row chdb refuses is bisected out and its record (read again
+    from the spool) reaches the DLQ; the rest is stored once, also when the spool is read again."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    requests = [spooled_request(range(first, first + 10)) for first in (0, 10)]
+
+    async def fill() -> None:
+        spool = Spool(spool_dir)
+        await spool.open()
+        for content in requests:
+            await spool.append_request(content, 10)
+        await spool.close()
+
+    asyncio.run(fill())
+    rows_of = SpooledFrame.rows
+    frames_seen: list[int] = []
+
+    def corrupting(frame: SpooledFrame, encoder: RowEncoder) -> list[bytes] | None:
+        rows = rows_of(frame, encoder)
+        frames_seen.append(frame.first)
+        if rows is not None and len(frames_seen) == 2:  # the second request's 4th row
+            rows[3] = rows[3][: -len(frame.topic) - 1] + CorruptingEncoder.TOO_LONG
+        return rows
+
+    monkeypatch.setattr(SpooledFrame, "rows", corrupting)
+    run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq"),
+               RowEncoder(TeamResolver({})), rows=15)  # fmt: skip
+    assert counts(chdb_writer, chdb_table) == (19, 19)
+    dead = [orjson.loads(line) for line in next((tmp_path / "dlq").iterdir()).read_bytes().splitlines()]
+    assert [d["headers"]["dlq_reason"] for d in dead] == ["rejected_by_clickhouse"]
+    assert base64.b64decode(dead[0]["value"]) == request_records(requests[1])[3].value
+
+    # A crash before the commit: the spool is read again from its start; the replay guard skips the stored rows.
+    cursors = list(spool_dir.glob("cursor-*"))
+    assert cursors
+    for cursor in cursors:
+        cursor.unlink()
+    monkeypatch.setattr(SpooledFrame, "rows", rows_of)
+    run_worker(chdb_writer, chdb_table, Draining(SpoolSource(spool_dir)), FileDeadLetters(tmp_path / "dlq2"),
+               RowEncoder(TeamResolver({})), rows=15)  # fmt: skip
+    assert counts(chdb_writer, chdb_table) == (20, 20)  # only the refused row was not stored before
