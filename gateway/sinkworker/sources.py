@@ -11,8 +11,9 @@ within a spool, survive restarts, and `offset + 1` is where the next frame start
 A frame holding a spooled request yields its N records at the positions of the frame's last N bytes
 (a frame is always longer than N bytes), so the last record's `offset + 1` is again where the next
 frame starts. A commit inside such a frame persists the frame's start: after a restart its records
-are read again, and the worker's replay guard skips those already stored. Such a frame's records are
-read as `SpooledEvent`s (spooled.py: the row is built from the event, the record only when asked for);
+are read again, and the worker's replay guard skips those already stored. Such a frame is read as one
+`SpooledFrame` (frames.py: the request's rows built in one pass) when its events go to one topic, else
+as `SpooledEvent`s (spooled.py: the row is built from the event, the record only when asked for);
 `refetch` gives the records themselves.
 """
 
