@@ -84,7 +84,7 @@ class SpooledFrame:
         self.topic = topic
         self.token: str = head["token"]
         self.ip: str = head["ip"]
-        self.historical = head["historical"] is True
+        self.historical = bool(head["historical"])  # as `routed_events` reads it
         self.now = epoch_micros(_fromisoformat(head["now"]))
         sent_at = head["sent_at"]
         self.sent_at = None if sent_at is None else epoch_micros(_fromisoformat(sent_at))
