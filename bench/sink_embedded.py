@@ -9,8 +9,8 @@ posthog-js-like `$pageview`s (~900 B each as a Kafka record). Each round copies 
 command on its copy in turn (so builds are interleaved), until `gateway_sink_rows_inserted_total`
 (`--metrics-port`) reaches the row count. CPU is the process's (all threads) from /proc: "ready" is
 the first answered scrape (chdb opened, table created), so "rows per CPU-s after ready" leaves out
-start-up. Compare builds by passing several `--gateway-command`, e.g. another worktree's
-`.venv/bin/gateway`.
+start-up; the peak RSS is the process's VmHWM when the rows are in. Compare builds by passing several
+`--gateway-command`, e.g. another worktree's `.venv/bin/gateway`.
 """
 
 from __future__ import annotations
@@ -49,11 +49,12 @@ class Run:
     cpu_s: float
     cpu_after_ready_s: float
     rows: int
+    peak_rss_mib: float
 
     def line(self) -> str:
         return (f"{self.label:>12}: {self.rows / self.cpu_s:>9,.0f} rows per CPU-s "
                 f"({self.rows / self.cpu_after_ready_s:,.0f} after ready), {self.cpu_s:.2f} CPU-s, "
-                f"{self.rows / self.wall_s:,.0f} rows/s wall")  # fmt: skip
+                f"{self.rows / self.wall_s:,.0f} rows/s wall, peak RSS {self.peak_rss_mib:,.0f} MiB")  # fmt: skip
 
 
 def event(index: int, now: datetime) -> dict[str, object]:
@@ -85,6 +86,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime: all threads
 
 
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def rows_stored(port: int) -> int | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
@@ -112,6 +121,7 @@ def measure(label: str, command: list[str], template: Path, rows: int) -> Run:
                     ready_cpu = cpu_s(process.pid)
                 if stored is not None and stored >= rows:
                     total_cpu, wall = cpu_s(process.pid), time.perf_counter() - started
+                    peak = peak_rss_mib(process.pid)
                     break
                 if process.poll() is not None or time.perf_counter() - started > TIMEOUT_S:
                     raise RuntimeError(f"{label}: gateway sink stopped or stalled (exit {process.returncode})")
@@ -120,7 +130,7 @@ def measure(label: str, command: list[str], template: Path, rows: int) -> Run:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
             process.wait(60)
-    return Run(label, wall, total_cpu, total_cpu - (ready_cpu or 0.0), rows)
+    return Run(label, wall, total_cpu, total_cpu - (ready_cpu or 0.0), rows, peak)
 
 
 def main() -> int:
@@ -147,7 +157,8 @@ def main() -> int:
     for label, measured in runs.items():
         print(f"{label:>12}: {statistics.median(args.rows / r.cpu_s for r in measured):,.0f} rows per CPU-s, "
               f"{statistics.median(args.rows / r.cpu_after_ready_s for r in measured):,.0f} after ready, "
-              f"{statistics.median(args.rows / r.wall_s for r in measured):,.0f} rows/s wall")  # fmt: skip
+              f"{statistics.median(args.rows / r.wall_s for r in measured):,.0f} rows/s wall, "
+              f"peak RSS {max(r.peak_rss_mib for r in measured):,.0f} MiB")  # fmt: skip
     return 0
 
 

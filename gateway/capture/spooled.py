@@ -55,19 +55,31 @@ def request_records(content: bytes | memoryview) -> list[Record]:
 def request_inputs(content: bytes | memoryview) -> tuple[ParsedRequest, RequestContext, RecordOptions]:
     """What `analytics_records` takes to build the records of a stored request (ValueError if malformed)."""
     try:
-        (length,) = _CONTEXT_LENGTH.unpack_from(content)
-        view = memoryview(content)
-        head = orjson.loads(view[_CONTEXT_LENGTH.size : _CONTEXT_LENGTH.size + length])
-        events = orjson.loads(view[_CONTEXT_LENGTH.size + length :])
+        head, events_json = request_parts(content)
+        events = orjson.loads(events_json)
         sent_at = head["sent_at"]
         parsed = ParsedRequest(
             events, head["token"], None if sent_at is None else datetime.fromisoformat(sent_at), head["historical"]
         )
         context = RequestContext(head["ip"], datetime.fromisoformat(head["now"]))
-        options = _options(head.get("topics"), head.get("rerouting_us"))
+        options = request_options(head)
     except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as exc:
         raise ValueError(f"malformed spooled request: {exc!r}") from exc
     return parsed, context, options
+
+
+def request_parts(content: bytes | memoryview) -> tuple[dict[str, Any], memoryview]:
+    """The context of a stored request (a dict) and its events' JSON array, not parsed (`request_options`
+    reads the options from the context); struct.error or orjson.JSONDecodeError if malformed."""
+    (length,) = _CONTEXT_LENGTH.unpack_from(content)
+    view = memoryview(content)
+    events = _CONTEXT_LENGTH.size + length
+    return orjson.loads(view[_CONTEXT_LENGTH.size : events]), view[events:]
+
+
+def request_options(head: dict[str, Any]) -> RecordOptions:
+    """The record options of a stored request, from its context (`request_parts`)."""
+    return _options(head.get("topics"), head.get("rerouting_us"))
 
 
 @functools.lru_cache(maxsize=16)

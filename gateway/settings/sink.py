@@ -76,7 +76,8 @@ class SinkSettings:
     batch_rows: int = field(default=100_000, metadata={"help": "flush a batch at this many rows"})
     batch_bytes: int = field(default=64 * MiB, metadata={
         "help": "flush a batch at this many bytes of encoded rows", "parse": size})
-    batch_age_ms: int = field(default=1000, metadata={"help": "flush a batch this long after its first message"})
+    batch_age_ms: int = field(default=1000, metadata={
+        "help": "flush a batch this long after its first message (not while a backlog fills it)"})
     insert_concurrency: int = field(default=2, metadata={"help": "concurrent inserts (chdb always uses 1)"})
     fetch_max_records: int = field(default=20_000, metadata={"help": "messages per poll"})
     compression: str = field(default="none", metadata={

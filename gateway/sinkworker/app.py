@@ -10,7 +10,6 @@ from pathlib import Path
 
 from prometheus_client import start_http_server
 
-from gateway.clickhouse.cluster import open_cluster
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.clickhouse.writer import Writer, open_writer
 from gateway.core.background import running
@@ -89,6 +88,8 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
 async def _open_table(settings: SinkSettings) -> Writer:
     """The writer, its events table created if missing (replicated with --cluster, see cluster.py)."""
     if settings.cluster:
+        from gateway.clickhouse.cluster import open_cluster  # aiohttp: not imported by an embedded sink
+
         return await open_cluster(
             settings.clickhouse_urls, max_in_flight=settings.insert_concurrency, compression=settings.compression,
             database=settings.database, table=settings.table, cluster=settings.cluster,

@@ -11,8 +11,9 @@ within a spool, survive restarts, and `offset + 1` is where the next frame start
 A frame holding a spooled request yields its N records at the positions of the frame's last N bytes
 (a frame is always longer than N bytes), so the last record's `offset + 1` is again where the next
 frame starts. A commit inside such a frame persists the frame's start: after a restart its records
-are read again, and the worker's replay guard skips those already stored. Such a frame's records are
-read as `SpooledEvent`s (spooled.py: the row is built from the event, the record only when asked for);
+are read again, and the worker's replay guard skips those already stored. Such a frame is read as one
+`SpooledFrame` (frames.py: the request's rows built in one pass) when its events go to one topic, else
+as `SpooledEvent`s (spooled.py: the row is built from the event, the record only when asked for);
 `refetch` gives the records themselves.
 """
 
@@ -33,8 +34,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from gateway.metrics.sink import CONSUMER_LAG
 from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
+from gateway.sinkworker.frames import SpooledFrame, spooled_messages
 from gateway.sinkworker.rows import SourceMessage
-from gateway.sinkworker.spooled import SpooledEvent, spooled_events
+from gateway.sinkworker.spooled import SpooledEvent
 from gateway.spool import SpoolPosition, SpoolReader
 from gateway.spool.crypto import Keyring
 from gateway.spool.format import HEADER_SIZE
@@ -247,10 +249,12 @@ class SpoolSource:
         return await asyncio.to_thread(self._read, max_records)
 
     def _read(self, max_records: int) -> list[SourceMessage]:
-        """Read up to `max_records`, walking segments like SpoolReader but keeping frame positions."""
+        """Read up to `max_records` records (a SpooledFrame is one message of several), walking segments
+        like SpoolReader but keeping frame positions."""
         now_ms = int(time.time() * 1000)
         messages: list[SourceMessage] = []
-        while len(messages) < max_records:
+        records = 0
+        while records < max_records:
             segments = list_segments(self._directory)
             if not segments:
                 break
@@ -258,13 +262,14 @@ class SpoolSource:
             scan = scan_segment(
                 self._directory / segment_name(position.segment),
                 position.offset,
-                max_records=max_records - len(messages),
+                max_records=max_records - records,
                 keyring=self._keyring,
-                expand=spooled_events,
+                expand=spooled_messages,
             )
             if scan.stop is Stop.MISSING:
                 continue
             messages += self._messages(position, scan, now_ms)
+            records += len(scan.records)
             self._note_frames(position.segment, scan)
             self._position = SpoolPosition(position.segment, scan.end)
             if scan.stop is Stop.LIMIT or position.segment == segments[-1]:
@@ -283,13 +288,16 @@ class SpoolSource:
         """The scanned records as messages, at the positions of their frame's last bytes (module doc)."""
         partition = spool_partition(self.spool, position.segment)
         messages: list[SourceMessage] = []
-        for record, offset in zip(scan.records, _record_offsets(scan), strict=True):
-            if type(record) is SpooledEvent:
-                messages.append(record.placed(partition, offset, now_ms))
-            else:
-                messages.append(
-                    SpoolMessage(record.topic, partition, offset, now_ms, record.key, record.value, record.headers)
-                )
+        records = scan.records
+        index = 0
+        for end, count in _frames(scan.ends):
+            frame = records[index]
+            index += count
+            if type(frame) is SpooledFrame:  # a request read whole: one message
+                messages.append(frame.placed(partition, end - count, now_ms))  # type: ignore[arg-type]
+                continue
+            for record, offset in zip(records[index - count : index], range(end - count, end), strict=True):
+                messages.append(_message(record, partition, offset, now_ms))
         return messages
 
     def _note_frames(self, segment: int, scan: Scan) -> None:
@@ -352,16 +360,16 @@ class SpoolSource:
             await asyncio.to_thread(self._reader.close)
 
 
+def _message(record: Any, partition: int, offset: int, now_ms: int) -> SourceMessage:
+    if type(record) is SpooledEvent:
+        return record.placed(partition, offset, now_ms)
+    return SpoolMessage(record.topic, partition, offset, now_ms, record.key, record.value, record.headers)
+
+
 def _frames(ends: list[int]) -> Iterator[tuple[int, int]]:
     """(end, record count) of each frame, from the per-record frame ends of a scan."""
     for end, records in groupby(ends):
         yield end, sum(1 for _ in records)
-
-
-def _record_offsets(scan: Scan) -> Iterator[int]:
-    """Each scanned record's position: the last N bytes of its frame of N records, in order."""
-    for end, count in _frames(scan.ends):
-        yield from range(end - count, end)
 
 
 class DataDirSource:
@@ -404,13 +412,16 @@ class DataDirSource:
         if time.monotonic() - self._scanned >= self.RESCAN_INTERVAL_S:
             await self._rescan()
         messages: list[SourceMessage] = []
+        records = 0
         if not self._paused:
             sources = list(self._sources.values())
             self._turn = (self._turn + 1) % max(1, len(sources))
             for source in sources[self._turn :] + sources[: self._turn]:
-                if len(messages) >= max_records:
+                if records >= max_records:
                     break
-                messages += await source.read(max_records - len(messages))
+                read = await source.read(max_records - records)
+                messages += read
+                records += sum(m.count if type(m) is SpooledFrame else 1 for m in read)  # type: ignore[attr-defined]
         if not messages:
             await asyncio.sleep(min(timeout_s, self.POLL_INTERVAL_S))
         return messages

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.clickhouse.writer import body_chunks
-from gateway.sinkworker.batch import Batch
+from gateway.sinkworker.batch import Batch, FlushPolicy
 from gateway.sinkworker.replay import ReplayGuard
 from gateway.sinkworker.rows import RowEncoder
 from gateway.sinkworker.teams import TeamResolver
@@ -64,3 +64,14 @@ def test_batches_keep_coordinates_not_message_values_and_bodies_stream_in_whole_
     assert len(chunks) > 5 and b"".join(chunks) == b"".join(batch.rows)
     assert all(len(chunk) < one_kib + max(map(len, batch.rows)) for chunk in chunks)
     assert list(body_chunks(b"abc")) == [b"abc"]
+
+
+def test_an_old_batch_waits_for_a_backlog_to_fill_it() -> None:
+    policy = FlushPolicy(max_rows=3, max_age_s=1.0)
+    batch = Batch(0, created=100.0)
+    assert not batch.due(policy, 200.0)  # empty
+    messages = stream(3, partitions=1)
+    batch.add_run(messages[:1], ENCODE)
+    assert batch.due(policy, 101.5) and not batch.due(policy, 101.5, backlog=True)
+    batch.add_run(messages[1:], ENCODE)
+    assert batch.due(policy, 100.0, backlog=True)  # full

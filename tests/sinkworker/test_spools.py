@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,7 @@ from gateway.clickhouse.writer import Writer
 from gateway.core.record import Record
 from gateway.sinkworker.batch import Coordinates, FlushPolicy
 from gateway.sinkworker.dlq import FileDeadLetters
+from gateway.sinkworker.frames import SpooledFrame
 from gateway.sinkworker.rows import RowEncoder
 from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver
@@ -173,11 +175,13 @@ def test_spool_source_positions_inside_request_frames(tmp_path: Path) -> None:
         await spool.close()
         source = SpoolSource(spool_dir)
         await source.start(None)  # type: ignore[arg-type]  # a spool has no assignment
-        messages = await source.read(2)  # frames are never split: the first request comes whole
-        assert len(messages) == 8
+        read = await source.read(2)  # frames are never split: the first request comes whole, as one message
+        assert len(read) == 2 and type(read[1]) is SpooledFrame and read[1].count == 7
+        messages = one_by_one(read)
+        assert [m.offset for m in messages[1:]] == list(read[1].positions()) and read[1].offset == messages[-1].offset
         offsets = [m.offset for m in messages]
         assert offsets == sorted(set(offsets)) and offsets[1:] == list(range(offsets[-1] - 6, offsets[-1] + 1))
-        rest = await source.read(100)
+        rest = one_by_one(await source.read(100))
         assert len(rest) == 3 and rest[0].offset > offsets[-1]
         where = Coordinates(rest[1].topic, rest[1].partition, rest[1].offset, rest[1].timestamp)
         assert message_fields(await source.refetch(where)) == message_fields(rest[1])
@@ -186,15 +190,20 @@ def test_spool_source_positions_inside_request_frames(tmp_path: Path) -> None:
         await source.stop()
         again = SpoolSource(spool_dir)
         await again.start(None)  # type: ignore[arg-type]
-        assert [m.offset for m in await again.read(100)] == offsets[1:] + [m.offset for m in rest]
+        assert [m.offset for m in one_by_one(await again.read(100))] == offsets[1:] + [m.offset for m in rest]
         await again.commit({(TOPIC, partition): offsets[-1] + 1})  # the request's end: a frame boundary
         await again.stop()
         last = SpoolSource(spool_dir)
         await last.start(None)  # type: ignore[arg-type]
-        assert [(m.offset, m.value) for m in await last.read(100)] == [(m.offset, m.value) for m in rest]
+        assert [(m.offset, m.value) for m in one_by_one(await last.read(100))] == [(m.offset, m.value) for m in rest]
         await last.stop()
 
     asyncio.run(scenario())
+
+
+def one_by_one(messages: list[Any]) -> list[Any]:
+    """The messages with each request read whole (SpooledFrame) as its events (SpooledEvents)."""
+    return [event for m in messages for event in (m.events_placed() if type(m) is SpooledFrame else [m])]
 
 
 def message_fields(message: object) -> tuple[object, ...]:
