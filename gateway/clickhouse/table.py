@@ -48,6 +48,16 @@ class EventsTable:
         rows = await self.writer.select(f"SELECT mutation_id FROM system.mutations WHERE {self._is_this_table}")
         return {row[0] for row in rows}
 
+    async def new_mutation_ids(self, known: set[str], timeout: float) -> set[str]:
+        """The table's mutations not in `known`, once there is one: a replicated table lists the ALTER
+        just made on it only after loading it back from ZooKeeper."""
+        deadline = time.monotonic() + timeout
+        while not (created := await self.mutation_ids() - known):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the mutation on {self.name} was not listed after {timeout:g} s")
+            await asyncio.sleep(POLL_SECONDS)
+        return created
+
     async def wait_for_mutation_ids(self, ids: set[str], timeout: float) -> None:
         """Poll until this replica lists every mutation in `ids` as done (it loads them from ZooKeeper
         with a delay, so "nothing pending" is not enough there)."""

@@ -89,10 +89,11 @@ async def delete_rows(table: EventsTable, where: str, timeout: float) -> Deletio
     if before:
         known = await table.mutation_ids()
         await table.delete_where(where, timeout)
-        created = await table.mutation_ids() - known
+        if len(replicas) > 1:
+            created = await table.new_mutation_ids(known, timeout)
     remaining = 0
     for replica in reachable:
-        if created and len(replicas) > 1:
+        if created:
             await replica.wait_for_mutation_ids(created, timeout)
         await replica.wait_for_mutations(timeout)
         remaining = max(remaining, await replica.count(where))

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -185,7 +186,8 @@ def test_processes_crash_loop_stops_the_sink_with_one_line(
             running = [int(pid) for pid in re.findall(r"sink process \d running \(pid (\d+)\)", group.log_text())]
             for pid in running:
                 if pid not in killed:
-                    os.kill(pid, signal.SIGKILL)  # each one after it started: crashes, not start-up failures
+                    with contextlib.suppress(ProcessLookupError):  # gone already: the supervisor stopped it
+                        os.kill(pid, signal.SIGKILL)  # each one after it started: crashes, not start-up failures
                     killed.append(pid)
             time.sleep(0.1)
     finally:
