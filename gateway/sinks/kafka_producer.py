@@ -18,7 +18,6 @@ large and keyless records spread over every partition.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 import time
@@ -132,7 +131,7 @@ class ReconnectingProducer:
         waiter = _Waiter(loop.create_future())
         last: _OpenBatch | None = None
         appended = 0
-        try:  # what `_reset_on_failure` does, without a context manager object per request
+        try:
             try:
                 for record in records:
                     topic = record.topic
@@ -240,7 +239,7 @@ class ReconnectingProducer:
         which costs a third of the CPU of `send()` per record; partitions are sent concurrently, the
         batches of one partition one after the other (`_send_partition`)."""
         producer = await self._connect()
-        with self._reset_on_failure(producer):
+        try:
             by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
             partitions: dict[str, list[int]] = {}
             for record in records:
@@ -257,16 +256,9 @@ class ReconnectingProducer:
             finally:  # a failure (or the caller's timeout) stops every partition: nothing more is sent
                 for sender in senders:
                     sender.cancel()
-            errors = [sender.exception() for sender in done if not sender.cancelled()]
-            for error in errors:
-                if error is not None:
+            for sender in done:
+                if not sender.cancelled() and (error := sender.exception()) is not None:
                     raise error
-
-    @contextlib.contextmanager
-    def _reset_on_failure(self, producer: AIOKafkaProducer) -> Iterator[None]:
-        """Count a failed produce and retire its client (a caller's timeout or cancellation is not one)."""
-        try:
-            yield
         except (asyncio.CancelledError, AckTimeout):
             raise
         except Exception:
@@ -274,6 +266,8 @@ class ReconnectingProducer:
             raise
 
     def _failed(self, producer: AIOKafkaProducer) -> None:
+        """Count a failed produce and retire its client (a caller's timeout or cancellation is not one:
+        `produce` and `produce_bulk` re-raise those before calling this)."""
         metrics.KAFKA_PRODUCE_ERRORS.inc()
         self._retire(producer)
 

@@ -223,9 +223,13 @@ class UpstreamRemote:
         )
         return response.status < 500
 
-    async def produce(self, records: Sequence[Record]) -> None:
-        """Post every record; on a partial failure, remember which posts landed so that the retry of
-        the same spooled batch (re-read identically) does not send them twice."""
+    async def produce(self, records: Sequence[Record] | ReceivedRequest) -> None:
+        """Post every record (a request forwarded as received: its one post); on a partial failure,
+        remember which posts landed so that the retry of the same spooled batch (re-read identically)
+        does not send them twice."""
+        if type(records) is ReceivedRequest:
+            await self.post(records.post)
+            return
         posts = upstream_posts(records)
         if self._delivered:
             posts = [post for post in posts if post.digest not in self._delivered]
@@ -292,13 +296,6 @@ class UpstreamSink(FailoverSink):
     async def start(self) -> None:
         await self.client.start()
         await super().start()
-
-    async def _produce(self, records: Sequence[Record] | ReceivedRequest) -> None:
-        if type(records) is ReceivedRequest:
-            async with asyncio.timeout(self.ack_timeout):
-                await self.remote.post(records.post)
-            return
-        await super()._produce(records)
 
     async def _to_spool(self, records: Sequence[Record] | ReceivedRequest) -> None:
         await super()._to_spool(records.records() if type(records) is ReceivedRequest else records)

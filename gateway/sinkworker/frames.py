@@ -25,7 +25,7 @@ from gateway.capture.check_event import CHECK_EVENT
 from gateway.capture.events import MAX_DISTINCT_ID_LENGTH, SNAPSHOT_ITEMS_EVENT
 from gateway.capture.spooled import request_options, request_parts
 from gateway.capture.timestamps import EPOCH, MAX_FUTURE, MAX_MICROS, MIN_MICROS, epoch_micros
-from gateway.sinkworker.rows import _TIME_UNITS, IpMode, RowEncoder, _length, _prefixed
+from gateway.sinkworker.rows import TIME_UNITS, IpMode, RowEncoder, rowbinary_length, rowbinary_string
 from gateway.sinkworker.spooled import SpooledEvent, spooled_events
 from gateway.sinkworker.teams import UnknownToken
 
@@ -114,14 +114,15 @@ class SpooledFrame:
             return None
         subsecond = encoder.subsecond
         divisor = 1 if subsecond else 1_000_000
-        _, limit, head = _TIME_UNITS[subsecond]  # the row layout is RowEncoder._pack's
+        _, limit, head = TIME_UNITS[subsecond]  # the row layout is RowEncoder._pack's
         now, sent_at, ip_mode, client_ip = self.now, self.sent_at, encoder.ip_mode, self.ip
         created = now // divisor
         created = created if 0 <= created < limit else 0
         ips = {ip: _ip_pieces(ip) for ip in (client_ip, _LOCALHOST) if type(ip) is str and ip}
-        tail = _prefixed(self.token) + _prefixed(self.topic)
+        tail = rowbinary_string(self.token) + rowbinary_string(self.topic)
         partition, offset, seconds, historical = self.partition, self.first, self.timestamp // 1000, self.historical
-        pack, length, string, second_micros, millis_micros = head.pack, _length, _prefixed, _SECONDS, _MILLIS.get
+        pack, length, string = head.pack, rowbinary_length, rowbinary_string
+        second_micros, millis_micros = _SECONDS, _MILLIS.get
         rows = []
         append = rows.append
         try:

@@ -51,7 +51,7 @@ _HEAD_MICROS = struct.Struct("<16sqqqQQIbB")  # DateTime64(6): Int64 microsecond
 _HEAD_SECONDS = struct.Struct("<16sIIqQQIbB")  # DateTime: UInt32 seconds
 _MICROSECOND, _SECOND = timedelta(microseconds=1), timedelta(seconds=1)
 _MAX_INSTANT = datetime(2106, 1, 1, tzinfo=UTC) - EPOCH  # DateTime and DateTime64 both hold 1970..2105
-_TIME_UNITS = {  # subsecond: (tick, ticks before 2106, head)
+TIME_UNITS = {  # subsecond: (tick, ticks before 2106, head)
     True: (_MICROSECOND, _MAX_INSTANT // _MICROSECOND, _HEAD_MICROS),
     False: (_SECOND, _MAX_INSTANT // _SECOND, _HEAD_SECONDS),
 }
@@ -274,7 +274,7 @@ class RowEncoder:
         historical: bool,
     ) -> bytes:
         """One RowBinary row: the fixed-width columns by one struct, then the length-prefixed strings."""
-        tick, limit, head = _TIME_UNITS[self.subsecond]
+        tick, limit, head = TIME_UNITS[self.subsecond]
         moment = (timestamp - EPOCH) // tick
         created = (now - EPOCH) // tick
         try:
@@ -295,15 +295,15 @@ class RowEncoder:
         return b"".join(
             (
                 packed,
-                _prefixed(event),
+                rowbinary_string(event),
                 _LENGTHS[size] if size < 16384 else _varint(size),
                 properties,
-                _length(len(identity)),
+                rowbinary_length(len(identity)),
                 identity,
-                _length(len(chain)),
+                rowbinary_length(len(chain)),
                 chain,
-                _prefixed(token),
-                _prefixed(message.topic),
+                rowbinary_string(token),
+                rowbinary_string(message.topic),
             )
         )
 
@@ -398,16 +398,16 @@ _PREFIXED: dict[str, bytes] = {}  # event names, tokens and topics repeat: cache
 _PREFIXED_LIMIT, _PREFIXED_MAX_TEXT = 10_000, 200
 
 
-def _length(number: int) -> bytes:
+def rowbinary_length(number: int) -> bytes:
     return _LENGTHS[number] if number < 16384 else _varint(number)
 
 
-def _prefixed(text: str) -> bytes:
+def rowbinary_string(text: str) -> bytes:
     """A RowBinary String: length prefix and UTF-8 bytes."""
     encoded = _PREFIXED.get(text)
     if encoded is None:
         raw = text.encode()
-        encoded = _length(len(raw)) + raw
+        encoded = rowbinary_length(len(raw)) + raw
         if len(text) <= _PREFIXED_MAX_TEXT:
             if len(_PREFIXED) >= _PREFIXED_LIMIT:
                 _PREFIXED.clear()
