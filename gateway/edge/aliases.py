@@ -1,6 +1,7 @@
 """Path aliases against ad-blocker path lists: a neutral public path (and everything under it) serves a
 real route, e.g. `/k7q=/e` makes `/k7q/` capture events and `/x9=/static` serve `/static/array.js` at
-`/x9/array.js`. Handlers, and the upstream in proxy mode, only ever see the real path.
+`/x9/array.js`. Handlers, and the upstream in proxy mode, only ever see the real path. A `--prefix`
+(another mount point of every route) is left to the handlers, which forward PostHog's path without it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class PathAlias:
     def rewrite(self, raw_path: str) -> str:
         """The real path (and query) of a request received under the alias."""
         return self.target + raw_path[len(self.alias) :]
+
+
+def unprefixed(raw_path: str, prefix: str) -> str:
+    """`raw_path` (path and query) of a route registered under `--prefix` `prefix`, as the upstream serves it."""
+    return raw_path[len(prefix) :] if prefix and raw_path.startswith(prefix + "/") else raw_path
 
 
 def parse_aliases(entries: Iterable[str]) -> tuple[PathAlias, ...]:

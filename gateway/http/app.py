@@ -71,10 +71,10 @@ def build_app(
         for spec in [spec for spec in specs if edge.serves(spec.name)]:
             if settings.upstream_passthrough:
                 handle = passthrough_handler(
-                    spec.name, spec.body_limit, sink, edge.client_ip, settings.body_read_timeout
+                    spec.name, spec.body_limit, sink, edge.client_ip, settings.body_read_timeout, prefix
                 )
             else:
-                handle = handler.handler_for(spec)
+                handle = handler.handler_for(spec, prefix)
             for path in (f"{prefix}{path}{slash}" for path in spec.paths for slash in ("", "/")):
                 front.serve_directly(path, edge.add_route(app.router, path, handle, spec.name), handle)
     # --- operations: probes, /metrics and sampled per-worker gauges (gateway/metrics/export.py) ---

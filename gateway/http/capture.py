@@ -26,6 +26,7 @@ from gateway.capture.spooled import request_content
 from gateway.capture.timestamps import sent_at_from_query
 from gateway.core.errors import GatewayError
 from gateway.core.record import Record
+from gateway.edge.aliases import unprefixed
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.tokens import TokenPolicy
 from gateway.http.responses import error_response, read_body, success_response
@@ -94,7 +95,8 @@ class CaptureHandler:
             and options.upstream and options.historical_rerouting_after is None
         )
 
-    def handler_for(self, spec: RouteSpec) -> Callable[[web.Request], object]:
+    def handler_for(self, spec: RouteSpec, prefix: str = "") -> Callable[[web.Request], object]:
+        """The handler of `spec` registered under `prefix`."""
         # Counted locally, folded into the exported metrics about once a second (gateway/metrics/export.py).
         answered = {
             200: LocalCounter(metrics.HTTP_REQUESTS.labels(spec.name, "200")),
@@ -112,7 +114,7 @@ class CaptureHandler:
             try:
                 body = await read_body(request, spec.body_limit, self.body_read_timeout)
                 size.observe(len(body))
-                records = await self._records(request, spec, body)
+                records = await self._records(request, spec, body, prefix)
                 if records:
                     received.inc(len(records))
                     batch_size.observe(len(records))
@@ -132,7 +134,7 @@ class CaptureHandler:
         return handle
 
     async def _records(
-        self, request: web.Request, spec: RouteSpec, body: bytes
+        self, request: web.Request, spec: RouteSpec, body: bytes, prefix: str
     ) -> list[Record] | SpooledRequest | ReceivedRequest:
         context = RequestContext(
             client_ip=self.client_ip(request),
@@ -154,7 +156,7 @@ class CaptureHandler:
         else:
             records = self._process(*args)
         if type(records) is ParsedRequest:  # unchanged by the edge: forwarded as received
-            path = _unprefixed(request.raw_path, request.path, spec)
+            path = unprefixed(request.raw_path, prefix)
             return ReceivedRequest(
                 received_post(path, request.headers, context.client_ip, body, len(records.events)),
                 partial(analytics_records, records, context, self.options),
@@ -218,13 +220,3 @@ class CaptureHandler:
             return SpooledRequest(request_content(parsed, context, self.options), len(events))
         except orjson.JSONEncodeError:
             return analytics_records(parsed, context, self.options)
-
-
-def _unprefixed(raw_path: str, path: str, spec: RouteSpec) -> str:
-    """`raw_path` (path and query) without a `--prefix`: the upstream serves capture at its own paths."""
-    for route in sorted(spec.paths, key=len, reverse=True):  # /i/v0/e before /e
-        for own in (route + "/", route):
-            if path.endswith(own):
-                cut = len(path) - len(own)
-                return raw_path[cut:] if raw_path.startswith(path[:cut]) else raw_path
-    return raw_path

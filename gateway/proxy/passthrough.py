@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from gateway.core.errors import GatewayError
+from gateway.edge.aliases import unprefixed
 from gateway.edge.client_ip import ClientIpResolver
 from gateway.http.responses import error_response, read_body, success_response
 from gateway.metrics import serve as metrics
@@ -23,16 +24,18 @@ from gateway.sinks.upstream import passthrough_record
 
 
 def passthrough_handler(
-    route: str, body_limit: int, sink: Sink, client_ip: ClientIpResolver, body_read_timeout: float
+    route: str, body_limit: int, sink: Sink, client_ip: ClientIpResolver, body_read_timeout: float, prefix: str = ""
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    """The handler of capture route family `route`, whose bodies may be up to `body_limit` bytes."""
+    """The handler of capture route family `route` registered under `prefix`, whose bodies may be up to
+    `body_limit` bytes."""
     latency = metrics.HTTP_LATENCY.labels(route)
 
     async def handle(request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         try:
             body = await read_body(request, body_limit, body_read_timeout)
-            await sink.deliver([passthrough_record(request.raw_path, request.headers, client_ip(request), body)])
+            path = unprefixed(request.raw_path, prefix)
+            await sink.deliver([passthrough_record(path, request.headers, client_ip(request), body)])
         except GatewayError as error:
             return error_response(request, route, error)
         response = success_response(request)

@@ -1,6 +1,7 @@
 """The proxied SDK routes: flags, an allowlist of /api routes, logs/metrics, static assets and remote config.
 
-Each request goes to its upstream with the path and query exactly as received (`raw_path`). SDKs are
+Each request goes to its upstream with the path and query exactly as received (`raw_path`), less the
+`--prefix` it came under (the upstream serves PostHog's paths, not the app's mount point). SDKs are
 never sent a redirect: asset GETs follow the upstream's redirects, anything else answers 502. `/static`
 and `/array` answers are cached (gateway/proxy/cache.py); their bytes are never altered (the loader
 checks SRI integrity). OPTIONS, CORS, methods and rate limits are the edge's, per route family.
@@ -18,6 +19,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.core.errors import GatewayError
+from gateway.edge.aliases import unprefixed
 from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.http.responses import error_response, read_body
@@ -114,8 +116,8 @@ class Proxy:
         for route in PROXY_ROUTES:
             if not edge.serves(route.family):
                 continue
-            handle = self.handler_for(route)
             for prefix in prefixes:
+                handle = self.handler_for(route, prefix)
                 for path in route.paths:
                     edge.add_route(app.router, prefix + path, handle, route.family)
                     if not path.endswith("+}"):
@@ -135,7 +137,8 @@ class Proxy:
                 await task
         await self.client.close()
 
-    def handler_for(self, route: ProxyRoute) -> Handler:
+    def handler_for(self, route: ProxyRoute, prefix: str = "") -> Handler:
+        """The handler of `route` registered under `prefix`."""
         settings = self.settings
         base = self.bases[route.target]
         assert base is not None
@@ -157,7 +160,7 @@ class Proxy:
                     forwarded[name] = value
             return await self.client.request(
                 request.method,
-                _upstream_url(base, request.raw_path),
+                _upstream_url(base, upstream_path(request)),
                 route=route.family,
                 headers=forwarded,
                 body=body,
@@ -165,10 +168,13 @@ class Proxy:
                 follow_redirects=follow and request.method in ("GET", "HEAD"),
             )
 
+        def upstream_path(request: web.Request) -> str:
+            return unprefixed(request.raw_path, prefix)  # aliases are undone already (gateway/edge/policy.py)
+
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
                 if route.cacheable and self.cache is not None and request.method == "GET":
-                    return await self._cached(request, fetch)
+                    return await self._cached(request, upstream_path(request), fetch)
                 body = None
                 # --- local flag evaluation (gateway/flags): answer here when no server-side data is needed ---
                 if self.local_flags is not None and route.family == "flags" and is_evaluation(request):
@@ -197,12 +203,13 @@ class Proxy:
         return web.Response(status=upstream.status, headers=upstream.headers, body=upstream.body)
 
     async def _cached(
-        self, request: web.Request, fetch: Callable[..., Awaitable[UpstreamResponse]]
+        self, request: web.Request, path: str, fetch: Callable[..., Awaitable[UpstreamResponse]]
     ) -> web.Response:
-        """Serve from the cache when fresh (or stale while the upstream fails), else fetch and store."""
+        """Serve from the cache when fresh (or stale while the upstream fails), else fetch and store; entries
+        are keyed by the upstream `path` (with its query)."""
         assert self.cache is not None
         encoding = _encoding_class(request)
-        key = (request.raw_path, encoding)
+        key = (path, encoding)
         # The cache asks for whole answers in a known encoding; the client's validators are checked here.
         headers = {name: "" for name in _CONDITIONAL if name in request.headers}
         headers["Accept-Encoding"] = encoding

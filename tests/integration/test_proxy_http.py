@@ -184,6 +184,23 @@ def test_path_aliases(tmp_path: Path, upstream: FakePostHog) -> None:
     assert asset.content == ARRAY_JS and real.headers["X-Cache"] == "HIT"  # one cache entry, one real path
 
 
+def test_prefixed_requests_reach_the_upstream_without_the_prefix(tmp_path: Path, upstream: FakePostHog) -> None:
+    """A gateway mounted under `--prefix /ingest` (the app's proxy does not strip it) still asks PostHog
+    for PostHog's paths: `/ingest/flags/` is PostHog's `/flags/`, an alias under the prefix too."""
+    with gateway_for(tmp_path, upstream, prefix=("/ingest",), path_alias=("/ingest/fx=/ingest/flags",)) as gateway:
+        flags = requests.post(gateway.url + "/ingest/flags/?v=2&config=true", data=b"{}", timeout=10)
+        aliased = requests.post(gateway.url + "/ingest/fx/?v=2", data=b"{}", timeout=10)
+        asset = requests.get(gateway.url + "/ingest/static/array.js", timeout=10)
+        cached = requests.get(gateway.url + "/static/array.js", timeout=10)
+        surveys = requests.get(gateway.url + "/ingest/api/surveys/?token=phc_x", timeout=10)
+    assert flags.json() == FLAGS_V2 and aliased.json() == FLAGS_V2
+    assert [seen.raw_path for seen in upstream.requests_to("/flags/")] == ["/flags/?v=2&config=true", "/flags/?v=2"]
+    assert asset.content == ARRAY_JS and cached.headers["X-Cache"] == "HIT"  # one upstream resource, one entry
+    assert surveys.status_code == 200
+    assert upstream.requests_to("/api/surveys/")[0].raw_path == "/api/surveys/?token=phc_x"
+    assert not [seen for seen in upstream.received if seen.raw_path.startswith("/ingest")]
+
+
 def test_posthog_python_sdk_gets_flags_through_gateway(tmp_path: Path, upstream: FakePostHog) -> None:
     from posthog import Posthog
 

@@ -321,10 +321,11 @@ def test_as_received_re_encodes_what_the_edge_changed(tmp_path: Path, change: st
     assert len(out) == (2 if change == "missing_uuid" else 1)
 
 
-def test_as_received_strips_a_prefix_from_the_upstream_path(tmp_path: Path) -> None:
+@pytest.mark.parametrize("forwarding", ["upstream_forward_as_received", "upstream_passthrough"])
+def test_as_received_strips_a_prefix_from_the_upstream_path(tmp_path: Path, forwarding: str) -> None:
     body = {"api_key": TOKEN, "batch": [event(), event("user-2")]}
     with FakePostHog() as upstream:
-        gateway = start_gateway(tmp_path, upstream, prefix=("/ingest",), upstream_forward_as_received=True)
+        gateway = start_gateway(tmp_path, upstream, prefix=("/ingest",), **{forwarding: True})
         try:
             assert post(gateway, "/ingest/i/v0/e/?ver=1", body, "198.51.100.5").status_code == 200
         finally:
