@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import uvloop
 from aiohttp import web
 
 from gateway.http.app import EDGE_KEY, build_app, utc_now
@@ -41,7 +42,7 @@ class InProcessGateway:
         self.sink = sink or build_sink(settings, 0, self.components.upstreams, self.components.keyring)
         self.clock = clock
         self.url = f"{'https' if settings.tls_cert else 'http'}://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
+        self._loop = uvloop.new_event_loop()  # as `gateway serve` runs (gateway/http/worker.py)
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._runner: web.AppRunner | None = None
