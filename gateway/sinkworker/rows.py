@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -29,6 +29,9 @@ from gateway.capture.timestamps import EPOCH, event_timestamp, parse_timestamp
 from gateway.sinkworker.spooled import SpooledEvent
 from gateway.sinkworker.teams import TeamResolver, UnknownToken
 from gateway.sinkworker.timestamps import format_clickhouse
+
+if TYPE_CHECKING:
+    from gateway.sinkworker.frames import SpooledFrame
 
 REJECT_REASONS = (
     "invalid_json",
@@ -155,6 +158,10 @@ class RowEncoder:
         return self._pack(message, bytes.fromhex(row_uuid.replace("-", "")), event, properties, timestamp,
                           team_id, distinct_id.encode(), elements_chain.encode(), now, token, propertyless,
                           historical)  # fmt: skip
+
+    def frame_rows(self, frame: SpooledFrame) -> list[bytes] | None:
+        """The rows of a spooled request read whole (gateway/sinkworker/frames.py), or None."""
+        return frame.rows(self)
 
     def _check_topic(self, message: SourceMessage) -> None:
         if self.topics is not None and message.topic not in self.topics:

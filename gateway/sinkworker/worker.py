@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import attrgetter
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from aiokafka.errors import KafkaError
 
@@ -43,7 +43,7 @@ from gateway.sinkworker.commits import CommitTracker
 from gateway.sinkworker.dlq import DeadLetters
 from gateway.sinkworker.frames import SpooledFrame, first_offset
 from gateway.sinkworker.replay import ReplayGuard, stored_offsets
-from gateway.sinkworker.rows import ROWBINARY_COLUMNS, Rejected, RowEncoder, SourceMessage
+from gateway.sinkworker.rows import ROWBINARY_COLUMNS, Rejected, SourceMessage
 from gateway.sinkworker.sources import Source
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,16 @@ RETRYABLE = (WriteError, KafkaError, OSError)
 WAIT_S = 0.05
 LAG_SAMPLES_PER_BATCH = 64
 _partition_of: Callable[[SourceMessage], TopicPartition] = attrgetter("topic", "partition")
+
+
+class Encoder(Protocol):
+    """What the worker needs of a row encoder (`RowEncoder`; tests wrap it)."""
+
+    def encode_binary(self, message: SourceMessage) -> bytes | None: ...
+
+    def frame_rows(self, frame: SpooledFrame) -> list[bytes] | None:
+        """The rows of a spooled request read whole, or None: then its records are encoded one by one."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,18 +84,13 @@ class SinkWorker:
         source: Source,
         writer: Writer,
         dead_letters: DeadLetters,
-        encoder: RowEncoder,
+        encoder: Encoder,
         config: WorkerConfig,
     ) -> None:
         self._source = source
         self._writer = writer
         self._dlq = dead_letters
         self._encoder = encoder
-        # Spooled requests read whole get their rows from the encoder's settings; a stand-in encoder
-        # (tests) encodes every record itself.
-        self._frame_rows: Callable[[SpooledFrame], list[bytes] | None] | None = (
-            (lambda frame: frame.rows(encoder)) if isinstance(encoder, RowEncoder) else None
-        )
         self._config = config
         self._tracker = CommitTracker()
         self._guard = ReplayGuard()
@@ -159,7 +164,7 @@ class SinkWorker:
         batch = self._batch  # taken after the await: a revocation may have flushed the previous one
         topics: Counter[str] = Counter()
         records_before = batch.records
-        encode, frame_rows = self._encoder.encode_binary, self._frame_rows
+        encode, frame_rows = self._encoder.encode_binary, self._encoder.frame_rows
         for run in runs:
             tp = _partition_of(run[0])
             if assigned is not None and tp not in assigned:

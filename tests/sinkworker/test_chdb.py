@@ -21,6 +21,7 @@ from gateway.core.record import Record
 from gateway.settings.sink import DEFAULT_TOPICS
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.dlq import FileDeadLetters
+from gateway.sinkworker.frames import SpooledFrame
 from gateway.sinkworker.rows import RowEncoder, SourceMessage
 from gateway.sinkworker.sources import SpoolSource
 from gateway.sinkworker.teams import TeamResolver
@@ -124,6 +125,9 @@ class CorruptingEncoder:
             row = row[: -len(TOPIC) - 1] + self.TOO_LONG
         return row
 
+    def frame_rows(self, frame: SpooledFrame) -> None:
+        return None  # every record through encode_binary
+
 
 def test_rows_the_server_rejects_are_bisected_to_the_dlq(chdb_writer: ChdbWriter, chdb_table: str) -> None:
     dead = ListDeadLetters()
@@ -220,6 +224,9 @@ class CorruptingNth:
             self.corrupted = message
             row = row[: -len(message.topic) - 1] + CorruptingEncoder.TOO_LONG
         return row
+
+    def frame_rows(self, frame: SpooledFrame) -> None:
+        return None  # every record through encode_binary
 
 
 def test_spooled_request_rows_rejected_here_or_by_the_server_reach_the_dlq_as_records(
