@@ -119,7 +119,8 @@ def group_consumer(
 
 
 class KafkaSource:
-    """A manually committing member of a consumer group over the capture topics."""
+    """A manually committing member of a consumer group on aiokafka (the recordings sink's base; the events
+    sink consumes with `ConfluentSource`)."""
 
     lag_unit = "messages"
 
@@ -128,18 +129,6 @@ class KafkaSource:
         self._topics = list(topics)
         self._bootstrap_servers = bootstrap_servers
         self._lag: dict[TP, int] = {}
-
-    @classmethod
-    def create(
-        cls,
-        bootstrap_servers: str,
-        topics: Sequence[str],
-        group_id: str,
-        session_timeout_ms: int = 10_000,
-        fetch_max_bytes: int = 64 * 1024 * 1024,
-    ) -> KafkaSource:
-        consumer = group_consumer(bootstrap_servers, group_id, session_timeout_ms, fetch_max_bytes)
-        return cls(consumer, topics, bootstrap_servers)
 
     async def start(self, listener: AssignmentListener) -> None:
         self._consumer.subscribe(topics=self._topics, listener=_Rebalance(listener))
