@@ -92,7 +92,8 @@ async def _source_and_dlq(settings: RecordingsSettings) -> tuple[object, DeadLet
     from gateway.sinkworker.sources import DataDirSource
 
     key_file = Path(settings.spool_encryption_key_file) if settings.spool_encryption_key_file else None
-    source = DataDirSource(settings.data_dir, settings.recordings_reader_name, load_keyring(key_file))
+    source = DataDirSource(settings.data_dir, settings.recordings_reader_name, load_keyring(key_file),
+                           foreign=lambda topic: topic != settings.replay_topic)  # events: `gateway sink`'s
     return source, FileDeadLetters(settings.recordings_dlq_dir or settings.data_dir / "recordings-dlq")
 
 

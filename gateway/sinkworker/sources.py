@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -200,7 +200,11 @@ class SpoolSource:
     """Drains a spool directory with a named, persisted cursor (default reader name `sink`).
 
     `spool` is the directory's identity; by default taken from where it lies in a data dir, else
-    main/worker-0.
+    main/worker-0. `foreign(topic)` names the records another reader of the spool consumes (an embedded
+    spool's session recordings are `gateway recordings sink`'s, its events `gateway sink`'s): while this
+    reader's cursor is the spool's only one, the segments it commits past are deleted only up to the first
+    that held such a record, or that it did not read whole in this run (the other reader has not started
+    yet, and must find them).
     """
 
     POLL_INTERVAL_S = 0.1
@@ -212,6 +216,7 @@ class SpoolSource:
         name: str = "sink",
         keyring: Keyring | None = None,
         spool: SpoolId | None = None,
+        foreign: Callable[[str], bool] | None = None,
     ) -> None:
         self._directory = Path(directory)
         self.spool = spool or identify(self._directory) or SpoolId(MAIN, 0)
@@ -222,6 +227,10 @@ class SpoolSource:
         self._paused = False
         # (segment, start, end) of frames read that hold several records, oldest first, until committed past.
         self._multi: deque[tuple[int, int, int]] = deque()
+        self._foreign = foreign
+        self._from_start: set[int] = set()  # segments this run began reading at their first frame
+        self._held_foreign: set[int] = set()  # segments in which it read a record of `foreign`
+        self._read_whole: set[int] = set()  # segments of `_from_start` it read to their end
 
     async def start(self, listener: AssignmentListener) -> None:
         self._reader = await asyncio.to_thread(SpoolReader, self._directory, self._name, self._keyring)
@@ -257,7 +266,13 @@ class SpoolSource:
             )
             if scan.stop is Stop.MISSING:
                 continue
-            messages += self._messages(position, scan, now_ms)
+            if position.offset == HEADER_SIZE:
+                self._from_start.add(position.segment)
+            read = self._messages(position, scan, now_ms)
+            foreign = self._foreign
+            if foreign is not None and any(foreign(message.topic) for message in read):
+                self._held_foreign.add(position.segment)
+            messages += read
             records += len(scan.records)
             self._note_frames(position.segment, scan)
             self._position = SpoolPosition(position.segment, scan.end)
@@ -270,6 +285,8 @@ class SpoolSource:
                     scan.end,
                     scan.stop.value,
                 )
+            if position.segment in self._from_start:
+                self._read_whole.add(position.segment)
             self._position = SpoolPosition(segments[segments.index(position.segment) + 1], HEADER_SIZE)
         return messages
 
@@ -333,7 +350,8 @@ class SpoolSource:
                 multi.popleft()
             if multi and multi[0][0] == segment and multi[0][1] < offset:
                 offset = multi[0][1]  # inside a frame of several records: the cursor stays at its start
-            await asyncio.to_thread(self._reader.commit, SpoolPosition(segment, offset))
+            deletable = None if self._foreign is None else self._read_whole - self._held_foreign
+            await asyncio.to_thread(self._reader.commit, SpoolPosition(segment, offset), deletable)
 
     def lag(self) -> int:
         return lag_bytes(self._directory, self._position)
@@ -372,10 +390,17 @@ class DataDirSource:
     RESCAN_INTERVAL_S = 5.0
     lag_unit = "bytes"
 
-    def __init__(self, data_dir: str | Path, name: str = "sink", keyring: Keyring | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        name: str = "sink",
+        keyring: Keyring | None = None,
+        foreign: Callable[[str], bool] | None = None,
+    ) -> None:
         self._data_dir = Path(data_dir)
         self._name = name
         self._keyring = keyring
+        self._foreign = foreign  # see SpoolSource
         self._sources: dict[SpoolId, SpoolSource] = {}
         self._turn = 0
         self._scanned = 0.0
@@ -392,7 +417,7 @@ class DataDirSource:
         self._scanned = time.monotonic()
         for spool, directory in spools(self._data_dir, (MAIN,)):
             if spool not in self._sources:
-                source = SpoolSource(directory, self._name, self._keyring, spool)
+                source = SpoolSource(directory, self._name, self._keyring, spool, self._foreign)
                 await source.start(_NO_LISTENER)
                 self._sources[spool] = source
                 log.info("draining spool %s (%s)", spool.name, directory)

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,6 +205,21 @@ def lag_bytes(directory: Path, position: SpoolPosition | None) -> int:
     return lag
 
 
+_KEPT_WARNED: set[tuple[str, str]] = set()  # (directory, reader): said once per process
+
+
+def _warn_kept(directory: Path, name: str, segment: int) -> None:
+    if (str(directory), name) in _KEPT_WARNED:
+        return
+    _KEPT_WARNED.add((str(directory), name))
+    log.warning(
+        "spool %s: reader %r keeps segment %d and those after it: they hold records for another reader that "
+        "has not read this spool yet (session recordings: `gateway recordings sink`; events: `gateway sink`); "
+        "they are deleted once it has read them",
+        directory, name, segment,
+    )  # fmt: skip
+
+
 class SpoolReader:
     """Reads records in order and persists its position under `name`; one reader per name at a time.
 
@@ -240,14 +255,16 @@ class SpoolReader:
             position = _start_of(0)
         return SpoolBatch(result.records, position, result.size)
 
-    def commit(self, batch_or_position: SpoolBatch | SpoolPosition) -> None:
-        """Persist the cursor (atomically, durably), then delete segments every cursor has passed."""
+    def commit(self, batch_or_position: SpoolBatch | SpoolPosition, deletable: Container[int] | None = None) -> None:
+        """Persist the cursor (atomically, durably), then delete segments every cursor has passed. While this
+        reader's cursor is the only one, `deletable` (when given) limits that to the segments before the
+        first one not in it: the others may hold records of a reader that has not started yet."""
         position = batch_or_position
         if isinstance(position, SpoolBatch):
             position = position.position
         write_cursor(self.directory, self.name, position.segment, position.offset)
         self.committed = position
-        self._delete_passed()
+        self._delete_passed(deletable)
 
     def lag(self) -> int:
         """Bytes written after this reader's position (cheap: directory listing and file sizes)."""
@@ -263,15 +280,19 @@ class SpoolReader:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _delete_passed(self) -> None:
+    def _delete_passed(self, deletable: Container[int] | None) -> None:
         """Delete segments older than every cursor's segment, never the newest (active) one."""
         cursors = load_cursors(self.directory)
         if not cursors:
             return
         oldest_needed = min(position.segment for position in cursors.values())
+        alone = cursors.keys() == {self.name}
         segments = list_segments(self.directory)
         for number in segments[:-1]:
             if number >= oldest_needed:
+                break
+            if alone and deletable is not None and number not in deletable:
+                _warn_kept(self.directory, self.name, number)
                 break
             try:
                 os.unlink(self.directory / segment_name(number))

@@ -211,3 +211,52 @@ def message_fields(message: object) -> tuple[object, ...]:
     refetch gives the record itself)."""
     names = ("topic", "partition", "offset", "timestamp", "key", "value", "headers")
     return tuple(getattr(message, name) for name in names)
+
+
+@pytest.mark.parametrize("first", ["sink", "recordings"])
+def test_a_reader_alone_keeps_what_the_other_reader_never_read(tmp_path: Path, first: str) -> None:
+    """An embedded spool holds events (`gateway sink`, reader `sink`) and session recordings (`gateway
+    recordings sink`, reader `recordings`). Whichever runs first, alone, must not delete segments holding
+    the other's records before the other has read them; segments holding only its own records go."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    replay = "session_recording_snapshot_item_events"
+
+    async def fill() -> None:
+        spool = Spool(spool_dir, segment_bytes=4 * 1024)
+        await spool.open()
+        for start in range(0, 60, 10):  # events only: several segments
+            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 10)])
+        for start in range(60, 120, 10):  # then recordings and events mixed
+            await spool.append([Record(replay if i % 2 else TOPIC, b"k", (), captured_value(i))
+                                for i in range(start, start + 10)])  # fmt: skip
+        await spool.close()
+
+    def source(name: str) -> SpoolSource:
+        own = (lambda topic: topic == replay) if name == "recordings" else (lambda topic: topic != replay)
+        return SpoolSource(spool_dir, name, foreign=lambda topic: not own(topic))
+
+    async def drain(name: str) -> list[str]:
+        reader = source(name)
+        await reader.start(None)  # type: ignore[arg-type]  # a spool has no assignment
+        messages = await reader.read(10_000)
+        if messages:
+            last = messages[-1]
+            await reader.commit({(last.topic, last.partition): last.offset + 1})
+        await reader.stop()
+        return [m.topic for m in messages]
+
+    asyncio.run(fill())
+    segments = len(list(spool_dir.glob("*.seg")))
+    assert segments > 4
+    other = "recordings" if first == "sink" else "sink"
+    assert len(asyncio.run(drain(first))) == 120
+    if first == "recordings":  # the first segments held events only: still there for the events sink
+        assert len(list(spool_dir.glob("*.seg"))) == segments
+    else:  # segments of events only are gone, those holding recordings stay
+        assert 1 < len(list(spool_dir.glob("*.seg"))) < segments
+    topics = asyncio.run(drain(other))
+    wanted = [t for t in topics if (t == replay) == (other == "recordings")]
+    assert len(wanted) == (30 if other == "recordings" else 90)
+    asyncio.run(drain(first))  # both cursors exist now: everything read by both is deleted
+    assert len(list(spool_dir.glob("*.seg"))) == 1  # the active segment
