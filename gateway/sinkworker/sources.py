@@ -235,6 +235,23 @@ class SpoolSource:
     async def start(self, listener: AssignmentListener) -> None:
         self._reader = await asyncio.to_thread(SpoolReader, self._directory, self._name, self._keyring)
         self._position = self._reader.committed
+        if self._foreign is not None and self._position is not None and self._position.offset > HEADER_SIZE:
+            await asyncio.to_thread(self._look_behind, self._position)
+
+    def _look_behind(self, cursor: SpoolPosition) -> None:
+        """Read the cursor's segment up to the cursor (once, at start) for records of `foreign`, so the segment
+        counts as read whole in this run when it holds none."""
+        foreign = self._foreign
+        assert foreign is not None
+        path = self._directory / segment_name(cursor.segment)
+        scan = scan_segment(
+            path, HEADER_SIZE, max_bytes=cursor.offset - HEADER_SIZE, keyring=self._keyring, expand=spooled_messages
+        )
+        if scan.stop is Stop.MISSING:
+            return
+        if any(foreign(record.topic) for record in scan.records):
+            self._held_foreign.add(cursor.segment)
+        self._from_start.add(cursor.segment)
 
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
         messages = [] if self._paused else await self.read(max_records)

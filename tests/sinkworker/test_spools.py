@@ -260,3 +260,32 @@ def test_a_reader_alone_keeps_what_the_other_reader_never_read(tmp_path: Path, f
     assert len(wanted) == (30 if other == "recordings" else 90)
     asyncio.run(drain(first))  # both cursors exist now: everything read by both is deleted
     assert len(list(spool_dir.glob("*.seg"))) == 1  # the active segment
+
+
+def test_a_lone_events_reader_restarted_inside_a_segment_still_deletes_what_it_read(tmp_path: Path) -> None:
+    """No recordings: the spool keeps shrinking behind `gateway sink` across restarts (it looks at the part of
+    its cursor's segment it read before the restart, which it did not read in this run)."""
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    replay = "session_recording_snapshot_item_events"
+
+    async def scenario() -> None:
+        spool = Spool(spool_dir, segment_bytes=4 * 1024)
+        await spool.open()
+        for start in range(0, 120, 5):
+            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 5)])
+        await spool.close()
+        segments = len(list(spool_dir.glob("*.seg")))
+        first = SpoolSource(spool_dir, foreign=lambda topic: topic == replay)
+        await first.start(None)  # type: ignore[arg-type]  # a spool has no assignment
+        head = (await first.read(7))[-1]  # stops inside the first segment
+        await first.commit({(head.topic, head.partition): head.offset + 1})
+        await first.stop()
+        again = SpoolSource(spool_dir, foreign=lambda topic: topic == replay)
+        await again.start(None)  # type: ignore[arg-type]
+        last = (await again.read(10_000))[-1]
+        await again.commit({(last.topic, last.partition): last.offset + 1})
+        await again.stop()
+        assert segments > 4 and len(list(spool_dir.glob("*.seg"))) == 1  # the active segment
+
+    asyncio.run(scenario())
