@@ -276,9 +276,11 @@ def test_errors_are_counted_in_metrics(gateway: InProcessGateway) -> None:
     assert float(line.split()[-1]) >= 1
 
 
-def test_health_endpoints(gateway: InProcessGateway) -> None:
-    assert requests.get(gateway.url + "/_liveness", timeout=5).json() == {"status": "ok"}
-    ready = requests.get(gateway.url + "/_readiness", timeout=5)
+@pytest.mark.parametrize("base", ["", "/ingest"])
+def test_health_endpoints(gateway: InProcessGateway, base: str) -> None:
+    """Probes are served under every mount point too (`gateway check https://host/ingest` reads them there)."""
+    assert requests.get(gateway.url + base + "/_liveness", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(gateway.url + base + "/_readiness", timeout=5)
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
 
