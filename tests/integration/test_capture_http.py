@@ -120,6 +120,14 @@ def test_lz64_form(gateway: InProcessGateway) -> None:
     assert sent["uuid"] in stored(gateway)
 
 
+@pytest.mark.parametrize("path", ["/e/", "/ingest/e/", "/ingest/capture/"])
+def test_legacy_double_base64_is_unwrapped_under_the_prefix_too(gateway: InProcessGateway, path: str) -> None:
+    """Legacy routes unwrap a second base64 layer; under `--prefix /ingest` they are the same routes."""
+    sent = event()
+    assert post(gateway, path, base64.b64encode(base64.b64encode(orjson.dumps(sent)))).status_code == 200
+    assert sent["uuid"] in stored(gateway)
+
+
 def test_engage_without_event_becomes_identify(gateway: InProcessGateway) -> None:
     sent = {"$token": TOKEN, "$distinct_id": "u9", "uuid": str(uuid.uuid4()), "$set": {"plan": "pro"}}
     assert post(gateway, "/engage/", orjson.dumps(sent)).status_code == 200
