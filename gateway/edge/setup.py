@@ -69,13 +69,20 @@ def plan_reload(running: ServeSettings, new: ServeSettings) -> ReloadPlan:
 
 
 def route_methods(entries: Iterable[str], routes: Iterable[str]) -> dict[str, frozenset[str]]:
-    """`ROUTE=M1,M2` entries → the methods of each route family (default GET, POST, HEAD)."""
+    """`ROUTE=M1,M2` entries → the methods of each route family (default GET, POST, HEAD). An entry
+    without `=` continues the one before it: the env var's commas split `replay=POST,GET` in two."""
     methods = dict.fromkeys(routes, DEFAULT_METHODS)
+    route = None
     for entry in entries:
-        route, sep, listed = entry.partition("=")
-        if not sep or route not in methods:
+        name, sep, listed = entry.rpartition("=")
+        if sep:
+            route = name.strip()
+            if route not in methods:
+                raise ValueError(f"invalid route methods {entry!r} (expected ROUTE=GET,POST with a served route)")
+            methods[route] = frozenset()
+        elif route is None:
             raise ValueError(f"invalid route methods {entry!r} (expected ROUTE=GET,POST with a served route)")
-        methods[route] = frozenset(m.strip().upper() for m in listed.split(",") if m.strip())
+        methods[route] |= {m.strip().upper() for m in listed.split(",") if m.strip()}
     return methods
 
 

@@ -15,6 +15,7 @@ from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import origin_matcher
 from gateway.edge.csp import site_directives
 from gateway.edge.ratelimit import Rate, SlidingWindow, route_rates
+from gateway.edge.setup import Edge, route_methods
 from gateway.settings import ConfigError
 from tests.support.settings import parse_serve_settings
 
@@ -128,6 +129,19 @@ def test_edge_settings_from_env() -> None:
         "GATEWAY_MAX_IN_FLIGHT": "64"})
     assert settings.drop_events == ("phc_a", "phc_b:user")
     assert settings.cors_origins == ("*.example.com",) and settings.max_in_flight == 64
+
+
+def test_route_methods_from_env_keep_their_commas() -> None:
+    """The env var's commas split `ROUTE=M1,M2` too: `replay=POST,GET,events=POST` is two routes' methods,
+    as the flag given twice is."""
+    settings = parse_serve_settings([], environ={"GATEWAY_ROUTE_METHODS": "replay=POST,GET,events=POST"})
+    edge = Edge.from_settings(settings, ["events", "batch", "replay"])
+    assert edge.methods == {"replay": {"POST", "GET"}, "events": {"POST"}, "batch": {"GET", "POST", "HEAD"}}
+    assert edge.methods == Edge.from_settings(
+        parse_serve_settings(["--route-methods", "replay=POST,GET", "--route-methods", "events=POST"]),
+        ["events", "batch", "replay"]).methods
+    with pytest.raises(ValueError, match="invalid route methods"):
+        route_methods(["GET", "replay=POST"], ["replay"])
 
 
 def test_csp_directives_and_command(capsys: pytest.CaptureFixture[str]) -> None:
