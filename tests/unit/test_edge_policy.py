@@ -144,6 +144,15 @@ def test_route_methods_from_env_keep_their_commas() -> None:
         route_methods(["GET", "replay=POST"], ["replay"])
 
 
+def test_env_lists_take_spaces_after_commas() -> None:
+    """`GATEWAY_ALLOW_TOKENS="phc_a, phc_b"` means phc_b, not " phc_b" (whose events would all get 403)."""
+    settings = parse_serve_settings([], environ={
+        "GATEWAY_ALLOW_TOKENS": "phc_a, phc_b", "GATEWAY_DROP_EVENTS": "phc_c , phc_d:user",
+        "GATEWAY_PREFIX": "/ingest, /t"})
+    assert settings.allow_tokens == ("phc_a", "phc_b") and settings.drop_events == ("phc_c", "phc_d:user")
+    assert settings.prefix == ("/ingest", "/t")
+
+
 def test_csp_directives_and_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert site_directives("https://gw.example.com/", replay=False) == {
         "script-src": ["https://gw.example.com"], "connect-src": ["https://gw.example.com"]}
