@@ -179,7 +179,9 @@ class ServeSettings:
         metadata={"help": "file holding a bearer token that also grants /metrics access", "parse": Path},
     )
     admin_port: int = field(
-        default=0, metadata={"help": "serve /metrics (and health) on this separate port only (0 = main port)"}
+        default=0,
+        metadata={"help": "serve /metrics and the GDPR endpoints on this separate port only (0 = main port); "
+                          "health probes stay on the main port"},
     )
     tls_cert: Path | None = field(
         default=None,
