@@ -35,6 +35,7 @@ from gateway.settings.serve import DEFAULT_IP_RATE, DEFAULT_IP_RATES
 
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
 PROBE_METHODS = frozenset({"GET", "HEAD"})
+TOKEN_ROUTES = ("events", "batch", "replay")  # the capture families: their requests carry a parsed token
 MANAGEMENT = RoutePolicy("admin", PROBE_METHODS, management=True, bounded=False)
 PROBE = RoutePolicy("health", PROBE_METHODS, bounded=False)
 # Settings `Edge.reload` applies live on SIGHUP (gateway/reload.py adds log_level).
@@ -114,8 +115,8 @@ class Edge:
         with _setting("rate_limit_ip"):
             defaults = {name: DEFAULT_IP_RATES.get(name, DEFAULT_IP_RATE) for name in served}
             by_ip = route_rates(settings.rate_limit_ip, served, defaults)
-        with _setting("rate_limit_token"):
-            by_token = route_rates(settings.rate_limit_token, served, {})
+        with _setting("rate_limit_token"):  # only capture requests are read for their token
+            by_token = route_rates(settings.rate_limit_token, [name for name in served if name in TOKEN_ROUTES], {})
         storage = settings.rate_limit_storage
         if not storage.startswith(("memory://", "redis://", "rediss://", "unix://")):
             raise ConfigError("rate_limit_storage", "expected memory:// or redis://host:port/db", value=storage)

@@ -110,6 +110,8 @@ def test_route_rates() -> None:
         (["--client-ip-header", "CF-Connecting-IP"], "client_ip_header"),
         (["--rate-limit-ip", "events=lots"], "rate_limit_ip"),
         (["--rate-limit-token", "nope=1/second"], "rate_limit_token"),
+        # Only capture requests are read for their token: a per-token flags limit would never apply.
+        (["--upstream", "http://ph:8000", "--rate-limit-token", "flags=1/second"], "rate_limit_token"),
         (["--rate-limit-storage", "memcached://x"], "rate_limit_storage"),
         (["--cors-origins", "example.com"], "cors_origins"),
         (["--route-methods", "events"], "route_methods"),
@@ -129,6 +131,12 @@ def test_edge_settings_from_env() -> None:
         "GATEWAY_MAX_IN_FLIGHT": "64"})
     assert settings.drop_events == ("phc_a", "phc_b:user")
     assert settings.cors_origins == ("*.example.com",) and settings.max_in_flight == 64
+
+
+def test_a_token_rate_for_every_route_limits_the_capture_routes() -> None:
+    settings = parse_serve_settings(["--upstream", "http://ph:8000", "--rate-limit-token", "5/second"])
+    edge = Edge.from_settings(settings, ["events", "batch", "replay", "flags", "api", "logs", "assets"])
+    assert sorted(edge.rate_limits.by_token) == ["batch", "events", "replay"]
 
 
 def test_route_methods_from_env_keep_their_commas() -> None:
