@@ -72,6 +72,10 @@ def build_components(settings: ServeSettings) -> Components:
         privacy = PrivacyPolicy.from_settings(settings)
     except (ValueError, re.error) as exc:
         raise ConfigError("privacy", str(exc)) from exc
+    if privacy is not None and settings.upstream_passthrough:
+        raise ConfigError("upstream_passthrough", "privacy rules (--ip-mode, --mask-*, --property-denylist, --dnt, "
+                          "--inject-geoip-disable) need parsed events; pass-through forwards requests unparsed",
+                          value=True)
     return Components(upstreams, keyring, edge, privacy, flags_api_key, gdpr_audit_key)
 
 

@@ -148,6 +148,16 @@ def test_path_aliases_of_served_routes_are_accepted() -> None:
                           "--path-alias", "/cfg=/array", "--path-alias", "/fz=/ingest/flags"])
 
 
+@pytest.mark.parametrize("privacy", [["--ip-mode", "drop"], ["--mask-emails"], ["--property-denylist", "email"],
+                                     ["--dnt", "drop"], ["--inject-geoip-disable"]])
+def test_privacy_rules_with_passthrough_are_a_config_error(privacy: list[str]) -> None:
+    """Pass-through forwards requests unparsed with the client's IP: privacy rules could not apply, and an
+    operator relying on them would send PostHog what they meant to remove."""
+    with pytest.raises(ConfigError, match="upstream_passthrough"):
+        parse_serve_settings(["--upstream", "http://ph:8000", "--upstream-passthrough", *privacy])
+    parse_serve_settings(["--upstream", "http://ph:8000", *privacy])  # re-batched forwarding applies them
+
+
 def test_upstream_hosts_from_settings() -> None:
     eu = Upstreams.from_settings(parse_serve_settings(["--region", "eu"]))
     assert (str(eu.api), str(eu.assets)) == ("https://eu.i.posthog.com", "https://eu-assets.i.posthog.com")
