@@ -30,6 +30,7 @@ from gateway.edge.ratelimit_sync import RedisRateSync
 from gateway.edge.tls import reload_certificate, server_ssl_context
 from gateway.edge.tokens import TokenPolicy
 from gateway.settings import ConfigError, ServeSettings
+from gateway.settings.check import redact_password
 from gateway.settings.secrets import read_secret
 from gateway.settings.serve import DEFAULT_IP_RATE, DEFAULT_IP_RATES
 
@@ -119,7 +120,8 @@ class Edge:
             by_token = route_rates(settings.rate_limit_token, [name for name in served if name in TOKEN_ROUTES], {})
         storage = settings.rate_limit_storage
         if not storage.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ConfigError("rate_limit_storage", "expected memory:// or redis://host:port/db", value=storage)
+            raise ConfigError("rate_limit_storage", "expected memory:// or redis://host:port/db",
+                              value=redact_password(storage))
         with _setting("cors_origins"):
             cors = CorsPolicy(settings.cors_origins)
         with _setting("admin_token_file"):

@@ -113,7 +113,8 @@ class ServeSettings:
     )
     rate_limit_storage: str = field(
         default="memory://",
-        metadata={"help": "memory:// (per worker) or redis://host:port/db to share limits between replicas"},
+        metadata={"help": "memory:// (per worker) or redis://host:port/db to share limits between replicas",
+                  "url": True},
     )
     rate_limit_sync_interval: float = field(
         default=0.1,
