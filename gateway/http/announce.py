@@ -6,6 +6,7 @@ import logging
 
 from gateway.embedded import warn_if_not_drained
 from gateway.settings import ServeSettings
+from gateway.settings.check import redact_password
 from gateway.spool import layout
 from gateway.spool.reader import lag_bytes, load_cursors
 from gateway.upstream.hosts import Upstreams
@@ -17,9 +18,9 @@ def describe_mode(settings: ServeSettings, upstreams: Upstreams) -> str:
     """Where captured events go: the embedded spool, Kafka, or an upstream PostHog."""
     kafka = settings.kafka_bootstrap_servers
     local = f"Kafka {kafka}" if kafka else "embedded spool"
-    api = upstreams.api
-    if api is None:
+    if upstreams.api is None:
         return local
+    api = redact_password(str(upstreams.api))  # the start line is logged
     if settings.upstream_events_mode == "off":
         return f"{local}, proxying to {api}"
     if settings.upstream_events_mode == "forward":

@@ -308,12 +308,13 @@ class ServeSettings:
     # --- reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py); off unless an upstream is set ---
     upstream: str = field(
         default="",
-        metadata={"help": "PostHog API host to proxy flags, /api, logs and events to, e.g. https://eu.i.posthog.com"},
+        metadata={"help": "PostHog API host to proxy flags, /api, logs and events to, e.g. https://eu.i.posthog.com",
+                  "url": True},
     )
     assets_upstream: str = field(
         default="",
         metadata={"help": "host for /static and /array",
-                  "shown_default": "the cloud assets host of --upstream, else --upstream"},
+                  "shown_default": "the cloud assets host of --upstream, else --upstream", "url": True},
     )
     region: str = field(
         default="",

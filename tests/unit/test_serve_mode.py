@@ -17,6 +17,12 @@ from gateway.upstream.hosts import Upstreams
 UP = "https://posthog.example.com"
 
 
+def test_the_start_line_hides_upstream_credentials() -> None:
+    settings = ServeSettings(upstream="https://gw:s3cret@posthog.internal/ph").validate()
+    assert describe_mode(settings, Upstreams.from_settings(settings)) == (
+        "upstream forward to https://gw:<redacted>@posthog.internal/ph")
+
+
 @pytest.mark.parametrize(
     ("overrides", "mode", "embedded"),
     [
