@@ -60,14 +60,20 @@ class CorsPolicy:
         self.allowed = origin_matcher(origins)
 
     def apply(self, request: web.BaseRequest, headers: MutableMapping[str, str]) -> bool:
-        """Mirror the Origin when it is allowed; returns whether it was."""
+        """Mirror the Origin when it is allowed; returns whether it was. Every answer varies by Origin (a
+        shared cache must not serve a copy made for another origin, or for none), and keeps the Vary it
+        had (a proxied asset's `Accept-Encoding`)."""
+        vary = headers.get("Vary")
+        if not vary:
+            headers["Vary"] = "Origin"
+        elif "origin" not in (name.strip().lower() for name in vary.split(",")):
+            headers["Vary"] = f"{vary}, Origin"
         origin = request.headers.get("Origin")
         if not origin or (self.allowed is not None and not self.allowed(origin)):
             return False
         headers["Access-Control-Allow-Origin"] = origin
         headers["Access-Control-Allow-Credentials"] = "true"
         headers["Access-Control-Expose-Headers"] = "Retry-After"
-        headers["Vary"] = "Origin"
         return True
 
     def preflight(self, request: web.BaseRequest) -> web.Response:

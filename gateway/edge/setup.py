@@ -30,11 +30,13 @@ from gateway.edge.ratelimit_sync import RedisRateSync
 from gateway.edge.tls import reload_certificate, server_ssl_context
 from gateway.edge.tokens import TokenPolicy
 from gateway.settings import ConfigError, ServeSettings
+from gateway.settings.check import redact_password
 from gateway.settings.secrets import read_secret
 from gateway.settings.serve import DEFAULT_IP_RATE, DEFAULT_IP_RATES
 
 DEFAULT_METHODS = frozenset({"GET", "POST", "HEAD"})
 PROBE_METHODS = frozenset({"GET", "HEAD"})
+TOKEN_ROUTES = ("events", "batch", "replay")  # the capture families: their requests carry a parsed token
 MANAGEMENT = RoutePolicy("admin", PROBE_METHODS, management=True, bounded=False)
 PROBE = RoutePolicy("health", PROBE_METHODS, bounded=False)
 # Settings `Edge.reload` applies live on SIGHUP (gateway/reload.py adds log_level).
@@ -69,13 +71,20 @@ def plan_reload(running: ServeSettings, new: ServeSettings) -> ReloadPlan:
 
 
 def route_methods(entries: Iterable[str], routes: Iterable[str]) -> dict[str, frozenset[str]]:
-    """`ROUTE=M1,M2` entries → the methods of each route family (default GET, POST, HEAD)."""
+    """`ROUTE=M1,M2` entries → the methods of each route family (default GET, POST, HEAD). An entry
+    without `=` continues the one before it: the env var's commas split `replay=POST,GET` in two."""
     methods = dict.fromkeys(routes, DEFAULT_METHODS)
+    route = None
     for entry in entries:
-        route, sep, listed = entry.partition("=")
-        if not sep or route not in methods:
+        name, sep, listed = entry.rpartition("=")
+        if sep:
+            route = name.strip()
+            if route not in methods:
+                raise ValueError(f"invalid route methods {entry!r} (expected ROUTE=GET,POST with a served route)")
+            methods[route] = frozenset()
+        elif route is None:
             raise ValueError(f"invalid route methods {entry!r} (expected ROUTE=GET,POST with a served route)")
-        methods[route] = frozenset(m.strip().upper() for m in listed.split(",") if m.strip())
+        methods[route] |= {m.strip().upper() for m in listed.split(",") if m.strip()}
     return methods
 
 
@@ -107,11 +116,12 @@ class Edge:
         with _setting("rate_limit_ip"):
             defaults = {name: DEFAULT_IP_RATES.get(name, DEFAULT_IP_RATE) for name in served}
             by_ip = route_rates(settings.rate_limit_ip, served, defaults)
-        with _setting("rate_limit_token"):
-            by_token = route_rates(settings.rate_limit_token, served, {})
+        with _setting("rate_limit_token"):  # only capture requests are read for their token
+            by_token = route_rates(settings.rate_limit_token, [name for name in served if name in TOKEN_ROUTES], {})
         storage = settings.rate_limit_storage
         if not storage.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ConfigError("rate_limit_storage", "expected memory:// or redis://host:port/db", value=storage)
+            raise ConfigError("rate_limit_storage", "expected memory:// or redis://host:port/db",
+                              value=redact_password(storage))
         with _setting("cors_origins"):
             cors = CorsPolicy(settings.cors_origins)
         with _setting("admin_token_file"):

@@ -6,6 +6,9 @@ import logging
 
 from gateway.embedded import warn_if_not_drained
 from gateway.settings import ServeSettings
+from gateway.settings.check import redact_password
+from gateway.spool import layout
+from gateway.spool.reader import lag_bytes, load_cursors
 from gateway.upstream.hosts import Upstreams
 
 log = logging.getLogger("gateway.serve")
@@ -15,9 +18,9 @@ def describe_mode(settings: ServeSettings, upstreams: Upstreams) -> str:
     """Where captured events go: the embedded spool, Kafka, or an upstream PostHog."""
     kafka = settings.kafka_bootstrap_servers
     local = f"Kafka {kafka}" if kafka else "embedded spool"
-    api = upstreams.api
-    if api is None:
+    if upstreams.api is None:
         return local
+    api = redact_password(str(upstreams.api))  # the start line is logged
     if settings.upstream_events_mode == "off":
         return f"{local}, proxying to {api}"
     if settings.upstream_events_mode == "forward":
@@ -46,3 +49,19 @@ def announce(settings: ServeSettings, upstreams: Upstreams) -> None:
     )
     if is_embedded(settings, upstreams):
         warn_if_not_drained(settings.data_dir, settings.data_dir / "spool", settings.spool_max_bytes)
+    if upstreams.api is None or settings.upstream_events_mode == "off":
+        warn_if_stranded(settings)
+
+
+def warn_if_stranded(settings: ServeSettings) -> None:
+    """Events an earlier run spooled for the upstream (acknowledged while it was away) are only ever
+    sent by the upstream replayer; a configuration without event forwarding has none, so name them."""
+    for spool, directory in layout.spools(settings.data_dir, (layout.UPSTREAM,)):
+        waiting = lag_bytes(directory, load_cursors(directory).get("upstream"))
+        if waiting:
+            log.warning(
+                "%s holds %d bytes of events not yet sent to the upstream, and this configuration does not "
+                "forward events (no --upstream, or --upstream-events-mode off): run with the upstream and "
+                "forward or mirror until readiness is ok again, or they stay there", directory, waiting,
+                extra={"spool": spool.name, "bytes": waiting},
+            )

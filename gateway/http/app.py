@@ -82,8 +82,10 @@ def build_app(
     sampler.add(metrics.IN_FLIGHT, lambda: edge.policy.in_flight)
     spools = SpoolCollector(settings.data_dir, settings.spool_max_bytes)
     readiness_checks = [sink.readiness, drain.readiness]  # the upstream proxy's check joins this list
-    edge.add_probe(app.router, "/_liveness", liveness)
-    edge.add_probe(app.router, "/_readiness", readiness_handler(readiness_checks, edge.serves("flags")))
+    ready = readiness_handler(readiness_checks, edge.serves("flags"))
+    for prefix in ("", *settings.prefix):  # under every mount point, as `gateway check URL/prefix` reads them
+        edge.add_probe(app.router, f"{prefix}/_liveness", liveness)
+        edge.add_probe(app.router, f"{prefix}/_readiness", ready)
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
     GdprEndpoints(settings, edge.client_ip, components.gdpr_audit_key, components.keyring).mount(app, edge)
     app.cleanup_ctx.append(sampler.lifecycle)

@@ -146,7 +146,7 @@ class CaptureHandler:
             request.query,
             request.content_type,
             request.headers.get("Content-Encoding", ""),
-            request.path,
+            unprefixed(request.path, prefix),  # PostHog's route: legacy unwrap and /engage depend on it
             spec,
             context,
             self.privacy is not None and self.privacy.opted_out(request.headers),

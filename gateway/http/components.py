@@ -11,10 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.edge.aliases import aliased_paths
 from gateway.edge.setup import Edge
 from gateway.http.capture import RouteSpec
 from gateway.privacy.policy import PrivacyPolicy
-from gateway.proxy.routes import PROXY_FAMILIES
+from gateway.proxy.routes import PROXY_FAMILIES, PROXY_ROUTES
 from gateway.settings import ConfigError, ServeSettings
 from gateway.settings.secrets import read_secret
 from gateway.spool.crypto import Keyring, SpoolKeyError, load_keyring
@@ -59,6 +60,7 @@ def build_components(settings: ServeSettings) -> Components:
     except ValueError as exc:
         raise ConfigError("upstream", str(exc)) from exc
     edge = Edge.from_settings(settings, route_families(settings, upstreams))  # raises ConfigError naming the setting
+    _check_aliases(settings, edge, upstreams)
     flags_api_key = settings.flags_personal_api_key
     if settings.flags_personal_api_key_file is not None:
         flags_api_key = _secret("flags_personal_api_key_file", settings.flags_personal_api_key_file)
@@ -70,7 +72,28 @@ def build_components(settings: ServeSettings) -> Components:
         privacy = PrivacyPolicy.from_settings(settings)
     except (ValueError, re.error) as exc:
         raise ConfigError("privacy", str(exc)) from exc
+    if privacy is not None and settings.upstream_passthrough:
+        raise ConfigError("upstream_passthrough", "privacy rules (--ip-mode, --mask-*, --property-denylist, --dnt, "
+                          "--inject-geoip-disable) need parsed events; pass-through forwards requests unparsed",
+                          value=True)
     return Components(upstreams, keyring, edge, privacy, flags_api_key, gdpr_audit_key)
+
+
+def _check_aliases(settings: ServeSettings, edge: Edge, upstreams: Upstreams) -> None:
+    """Every --path-alias serves something: its target is (under) a served route, its own path is no route's
+    (the route would shadow it). An alias that serves nothing would answer an SDK 404, losing its events."""
+    families = [(spec.name, spec.paths) for spec in capture_routes(settings)]
+    if upstreams.enabled:
+        families += [(route.family, route.paths) for route in PROXY_ROUTES]
+    paths = [prefix + path for name, paths in families if edge.serves(name)
+             for prefix in ("", *settings.prefix) for path in paths]
+    for alias in edge.aliases:
+        if not any(next(aliased_paths(path, (alias,)), None) for path in paths):
+            raise ConfigError("path_alias", f"{alias.target} is no served route (nor under one)",
+                              value=f"{alias.alias}={alias.target}")
+        if alias.alias in paths:
+            raise ConfigError("path_alias", f"{alias.alias} is a served route already",
+                              value=f"{alias.alias}={alias.target}")
 
 
 def check_components(settings: ServeSettings) -> ServeSettings:

@@ -175,11 +175,17 @@ def merged_values(
         raw: Any = getattr(args, f.name, None)
         if raw is None and env_name(f.name) in environ:
             env_value = environ[env_name(f.name)]
-            raw = env_value.split(f.metadata.get("separator", ",")) if f.metadata.get("repeat") else env_value
+            raw = _env_list(env_value, f.metadata.get("separator", ",")) if f.metadata.get("repeat") else env_value
         if raw is None:
             continue
         values[f.name] = convert(f, raw)
     return values
+
+
+def _env_list(value: str, separator: str) -> list[str]:
+    """A repeatable setting's env value: `a, b` is a and b (a comma list's spaces are never part of a value)."""
+    items = value.split(separator)
+    return [item.strip() for item in items] if separator == "," else items
 
 
 def requested(settings_class: type, args: argparse.Namespace, name: str) -> Any:

@@ -113,7 +113,8 @@ class ServeSettings:
     )
     rate_limit_storage: str = field(
         default="memory://",
-        metadata={"help": "memory:// (per worker) or redis://host:port/db to share limits between replicas"},
+        metadata={"help": "memory:// (per worker) or redis://host:port/db to share limits between replicas",
+                  "url": True},
     )
     rate_limit_sync_interval: float = field(
         default=0.1,
@@ -179,7 +180,9 @@ class ServeSettings:
         metadata={"help": "file holding a bearer token that also grants /metrics access", "parse": Path},
     )
     admin_port: int = field(
-        default=0, metadata={"help": "serve /metrics (and health) on this separate port only (0 = main port)"}
+        default=0,
+        metadata={"help": "serve /metrics and the GDPR endpoints on this separate port only (0 = main port); "
+                          "health probes stay on the main port"},
     )
     tls_cert: Path | None = field(
         default=None,
@@ -305,12 +308,13 @@ class ServeSettings:
     # --- reverse-proxy mode (gateway/proxy, gateway/sinks/upstream.py); off unless an upstream is set ---
     upstream: str = field(
         default="",
-        metadata={"help": "PostHog API host to proxy flags, /api, logs and events to, e.g. https://eu.i.posthog.com"},
+        metadata={"help": "PostHog API host to proxy flags, /api, logs and events to, e.g. https://eu.i.posthog.com",
+                  "url": True},
     )
     assets_upstream: str = field(
         default="",
         metadata={"help": "host for /static and /array",
-                  "shown_default": "the cloud assets host of --upstream, else --upstream"},
+                  "shown_default": "the cloud assets host of --upstream, else --upstream", "url": True},
     )
     region: str = field(
         default="",

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
 import httptools
+from aiohttp import BasicAuth
 from yarl import URL
 
 from gateway.metrics import serve as metrics
@@ -164,6 +165,8 @@ class PostClient:
         if base.explicit_port is not None:
             host_header = f"{host_header}:{self.port}"
         self._host = f"Host: {host_header}\r\n".encode()
+        if (auth := BasicAuth.from_url(base)) is not None:  # credentials in --upstream, as aiohttp sends them
+            self._host += f"Authorization: {auth.encode()}\r\n".encode()
         self._prefix = base.raw_path.rstrip("/").encode()
         self.connections = connections
         self.retries = retries

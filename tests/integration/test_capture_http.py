@@ -120,6 +120,14 @@ def test_lz64_form(gateway: InProcessGateway) -> None:
     assert sent["uuid"] in stored(gateway)
 
 
+@pytest.mark.parametrize("path", ["/e/", "/ingest/e/", "/ingest/capture/"])
+def test_legacy_double_base64_is_unwrapped_under_the_prefix_too(gateway: InProcessGateway, path: str) -> None:
+    """Legacy routes unwrap a second base64 layer; under `--prefix /ingest` they are the same routes."""
+    sent = event()
+    assert post(gateway, path, base64.b64encode(base64.b64encode(orjson.dumps(sent)))).status_code == 200
+    assert sent["uuid"] in stored(gateway)
+
+
 def test_engage_without_event_becomes_identify(gateway: InProcessGateway) -> None:
     sent = {"$token": TOKEN, "$distinct_id": "u9", "uuid": str(uuid.uuid4()), "$set": {"plan": "pro"}}
     assert post(gateway, "/engage/", orjson.dumps(sent)).status_code == 200
@@ -276,9 +284,11 @@ def test_errors_are_counted_in_metrics(gateway: InProcessGateway) -> None:
     assert float(line.split()[-1]) >= 1
 
 
-def test_health_endpoints(gateway: InProcessGateway) -> None:
-    assert requests.get(gateway.url + "/_liveness", timeout=5).json() == {"status": "ok"}
-    ready = requests.get(gateway.url + "/_readiness", timeout=5)
+@pytest.mark.parametrize("base", ["", "/ingest"])
+def test_health_endpoints(gateway: InProcessGateway, base: str) -> None:
+    """Probes are served under every mount point too (`gateway check https://host/ingest` reads them there)."""
+    assert requests.get(gateway.url + base + "/_liveness", timeout=5).json() == {"status": "ok"}
+    ready = requests.get(gateway.url + base + "/_readiness", timeout=5)
     assert ready.status_code == 200 and ready.json()["ready"] is True
 
 

@@ -101,6 +101,16 @@ def test_gateway_with_upstream_checks_flags_and_forwards_no_check_event(tmp_path
         assert upstream.requests_to("/i/v0/e/") == []  # --upstream-events-mode forward: nothing forwarded
 
 
+def test_gateway_under_a_prefix_is_checked_there(tmp_path: Path) -> None:
+    """`gateway check https://host/ingest` (the README's `[/prefix]`): capture, flags and readiness all under it."""
+    with FakePostHog() as upstream, GatewayProcess(tmp_path / "data", "--upstream", upstream.url,
+                                                   "--prefix", "/ingest") as gateway:
+        code, out, err = check(gateway.url + "/ingest")
+        assert code == 0, out + err
+        assert "flags      ok        200 in" in out and "readiness  ok" in out
+        assert len(upstream.requests_to("/flags/")) == 1
+
+
 def test_tls_with_private_ca(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     subprocess.run([sys.executable, "-m", "gateway", "certs", "dev", "--out", str(certs)],

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from gateway.edge.setup import Edge
 from gateway.reload import Reloader
+from gateway.settings import ServeSettings
 from gateway.spool import iter_records
 from tests.support.inprocess import InProcessGateway, free_port, settings_for
 
@@ -351,6 +352,11 @@ def test_management_on_separate_listener(start) -> None:
     assert_error(requests.get(gateway.url + "/metrics", timeout=5), 404, "not_found")
     response = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5)
     assert response.status_code == 200 and "gateway_http_requests_total" in response.text
+    # Health stays where load balancers and the k8s probes look for it: the main port (as `--help` says).
+    assert requests.get(gateway.url + "/_readiness", timeout=5).status_code == 200
+    assert requests.get(f"http://127.0.0.1:{admin_port}/_readiness", timeout=5).status_code == 404
+    assert "health probes stay on the main port" in " ".join(
+        ServeSettings.__dataclass_fields__["admin_port"].metadata["help"].split())
 
 
 def tls_client(cert: Path, minimum: ssl.TLSVersion, maximum: ssl.TLSVersion, ciphers: str = "") -> ssl.SSLContext:

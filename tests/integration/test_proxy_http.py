@@ -105,6 +105,21 @@ def test_compressed_response_reaches_client_decodable(tmp_path: Path, upstream: 
     assert int(plain.headers["Content-Length"]) == len(GZIP_JS)
 
 
+def test_cached_assets_vary_by_encoding_and_origin(tmp_path: Path, upstream: FakePostHog) -> None:
+    """A CDN in front of the gateway keys its copies by `Vary`: the upstream's `Accept-Encoding` must survive
+    the gateway's CORS headers (else gzip bytes reach a client that cannot read them), and `Origin` must be
+    listed whether or not the request had one (else a copy without CORS headers breaks a crossorigin load)."""
+    with gateway_for(tmp_path, upstream) as gateway:
+        answers = [requests.get(gateway.url + "/static/gz.js", headers={"Accept-Encoding": "gzip", **origin},
+                                timeout=10) for origin in ({}, {"Origin": "https://app.example.com"}, {})]
+    for answer in answers:
+        assert answer.status_code == 200 and answer.headers["Content-Encoding"] == "gzip"
+        assert sorted(v.strip() for v in answer.headers["Vary"].split(",")) == ["Accept-Encoding", "Origin"], \
+            answer.headers
+    assert [a.headers["X-Cache"] for a in answers] == ["MISS", "HIT", "HIT"]
+    assert answers[1].headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+
+
 def test_no_redirects_reach_sdks(tmp_path: Path, upstream: FakePostHog) -> None:
     upstream.redirect_flags = True
     with gateway_for(tmp_path, upstream) as gateway:

@@ -332,3 +332,23 @@ def test_as_received_strips_a_prefix_from_the_upstream_path(tmp_path: Path, forw
             gateway.stop()
     (request,) = [r for r in upstream.received if r.method == "POST"]
     assert request.raw_path == "/i/v0/e/?ver=1" and request.body == orjson.dumps(body)
+
+
+def test_upstream_credentials_reach_every_upstream_request(tmp_path: Path) -> None:
+    """`--upstream https://user:pass@posthog.internal` (PostHog behind an authenticating proxy): the event
+    posts carry the same Basic credentials as flags and the start-up ping, or the proxy refuses the events
+    (a final 4xx) while flags work."""
+    with FakePostHog() as upstream:
+        gateway = InProcessGateway(settings_for(
+            tmp_path, upstream=upstream.url.replace("http://", "http://gw:s3cret%21@"), fsync="never")).start()
+        try:
+            assert post(gateway, "/e/", event(), "198.51.100.1").status_code == 200
+            snapshot = event(properties={"token": TOKEN, "$session_id": "s1", "$window_id": "w",
+                                         "$snapshot_data": [{"type": 2, "data": {}, "timestamp": 1}]})
+            assert post(gateway, "/s/", {**snapshot, "event": "$snapshot"}, "198.51.100.1").status_code == 200
+            assert requests.post(gateway.url + "/flags/?v=2", data=b"{}", timeout=10).status_code == 200
+        finally:
+            gateway.stop()
+    expected = "Basic Z3c6czNjcmV0IQ=="  # gw:s3cret!
+    seen = {r.path: r.headers.get("Authorization") for r in upstream.received if r.method == "POST"}
+    assert seen == {"/batch/": expected, "/s/": expected, "/flags/": expected}

@@ -91,6 +91,18 @@ def test_config_check_redacts_the_flags_api_key(capsys: pytest.CaptureFixture[st
     assert 'flags_local_token = ["phc_a", "phc_b"]  # env' in out
 
 
+def test_config_check_and_errors_redact_url_passwords(capsys: pytest.CaptureFixture[str]) -> None:
+    """A shared rate-limit store behind Redis AUTH: its URL's password is a secret like the others."""
+    assert main(["config", "check", "--rate-limit-storage", "rediss://gw:redis-secret@cache:6380/0",
+                 "--upstream", "https://gw:redis-secret@posthog.internal"]) == 0
+    out = capsys.readouterr().out
+    assert "redis-secret" not in out and 'rate_limit_storage = "rediss://gw:<redacted>@cache:6380/0"' in out
+    assert 'upstream = "https://gw:<redacted>@posthog.internal"' in out
+    assert main(["config", "check", "--rate-limit-storage", "memcached://gw:redis-secret@cache"]) == 2
+    err = capsys.readouterr().err
+    assert "rate_limit_storage" in err and "redis-secret" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [

@@ -15,6 +15,7 @@ from gateway.edge.client_ip import ClientIpResolver
 from gateway.edge.cors import origin_matcher
 from gateway.edge.csp import site_directives
 from gateway.edge.ratelimit import Rate, SlidingWindow, route_rates
+from gateway.edge.setup import Edge, route_methods
 from gateway.settings import ConfigError
 from tests.support.settings import parse_serve_settings
 
@@ -109,6 +110,8 @@ def test_route_rates() -> None:
         (["--client-ip-header", "CF-Connecting-IP"], "client_ip_header"),
         (["--rate-limit-ip", "events=lots"], "rate_limit_ip"),
         (["--rate-limit-token", "nope=1/second"], "rate_limit_token"),
+        # Only capture requests are read for their token: a per-token flags limit would never apply.
+        (["--upstream", "http://ph:8000", "--rate-limit-token", "flags=1/second"], "rate_limit_token"),
         (["--rate-limit-storage", "memcached://x"], "rate_limit_storage"),
         (["--cors-origins", "example.com"], "cors_origins"),
         (["--route-methods", "events"], "route_methods"),
@@ -128,6 +131,34 @@ def test_edge_settings_from_env() -> None:
         "GATEWAY_MAX_IN_FLIGHT": "64"})
     assert settings.drop_events == ("phc_a", "phc_b:user")
     assert settings.cors_origins == ("*.example.com",) and settings.max_in_flight == 64
+
+
+def test_a_token_rate_for_every_route_limits_the_capture_routes() -> None:
+    settings = parse_serve_settings(["--upstream", "http://ph:8000", "--rate-limit-token", "5/second"])
+    edge = Edge.from_settings(settings, ["events", "batch", "replay", "flags", "api", "logs", "assets"])
+    assert sorted(edge.rate_limits.by_token) == ["batch", "events", "replay"]
+
+
+def test_route_methods_from_env_keep_their_commas() -> None:
+    """The env var's commas split `ROUTE=M1,M2` too: `replay=POST,GET,events=POST` is two routes' methods,
+    as the flag given twice is."""
+    settings = parse_serve_settings([], environ={"GATEWAY_ROUTE_METHODS": "replay=POST,GET,events=POST"})
+    edge = Edge.from_settings(settings, ["events", "batch", "replay"])
+    assert edge.methods == {"replay": {"POST", "GET"}, "events": {"POST"}, "batch": {"GET", "POST", "HEAD"}}
+    assert edge.methods == Edge.from_settings(
+        parse_serve_settings(["--route-methods", "replay=POST,GET", "--route-methods", "events=POST"]),
+        ["events", "batch", "replay"]).methods
+    with pytest.raises(ValueError, match="invalid route methods"):
+        route_methods(["GET", "replay=POST"], ["replay"])
+
+
+def test_env_lists_take_spaces_after_commas() -> None:
+    """`GATEWAY_ALLOW_TOKENS="phc_a, phc_b"` means phc_b, not " phc_b" (whose events would all get 403)."""
+    settings = parse_serve_settings([], environ={
+        "GATEWAY_ALLOW_TOKENS": "phc_a, phc_b", "GATEWAY_DROP_EVENTS": "phc_c , phc_d:user",
+        "GATEWAY_PREFIX": "/ingest, /t"})
+    assert settings.allow_tokens == ("phc_a", "phc_b") and settings.drop_events == ("phc_c", "phc_d:user")
+    assert settings.prefix == ("/ingest", "/t")
 
 
 def test_csp_directives_and_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,37 @@ def test_path_aliases() -> None:
             parse_aliases(bad)
 
 
+@pytest.mark.parametrize("argv", [
+    ["--path-alias", "/fz=/flags"],                            # no upstream: no flags route to serve
+    ["--path-alias", "/k=/flag"],                              # a typo
+    ["--path-alias", "/k=/_readiness"],                        # probes take no aliases
+    ["--prefix", "/ingest", "--path-alias", "/ingest/k=/ingest/flags"],
+    ["--path-alias", "/e=/batch"],                             # the real /e route would shadow the alias
+    ["--upstream", "http://ph:8000", "--routes", "events", "--routes", "batch", "--path-alias", "/fz=/flags"],
+])
+def test_a_path_alias_that_could_serve_nothing_is_a_config_error(argv: list[str]) -> None:
+    """An alias no request would ever reach (its target not served, or its path taken) fails at start:
+    silently ignored, an SDK following it would get 404 and its events would be lost."""
+    with pytest.raises(ConfigError, match="path_alias"):
+        parse_serve_settings(argv)
+
+
+def test_path_aliases_of_served_routes_are_accepted() -> None:
+    parse_serve_settings(["--upstream", "http://ph:8000", "--prefix", "/ingest", "--path-alias", "/k7q=/i/v0/e",
+                          "--path-alias", "/ingest/k=/ingest/e", "--path-alias", "/a9=/static",
+                          "--path-alias", "/cfg=/array", "--path-alias", "/fz=/ingest/flags"])
+
+
+@pytest.mark.parametrize("privacy", [["--ip-mode", "drop"], ["--mask-emails"], ["--property-denylist", "email"],
+                                     ["--dnt", "drop"], ["--inject-geoip-disable"]])
+def test_privacy_rules_with_passthrough_are_a_config_error(privacy: list[str]) -> None:
+    """Pass-through forwards requests unparsed with the client's IP: privacy rules could not apply, and an
+    operator relying on them would send PostHog what they meant to remove."""
+    with pytest.raises(ConfigError, match="upstream_passthrough"):
+        parse_serve_settings(["--upstream", "http://ph:8000", "--upstream-passthrough", *privacy])
+    parse_serve_settings(["--upstream", "http://ph:8000", *privacy])  # re-batched forwarding applies them
+
+
 def test_upstream_hosts_from_settings() -> None:
     eu = Upstreams.from_settings(parse_serve_settings(["--region", "eu"]))
     assert (str(eu.api), str(eu.assets)) == ("https://eu.i.posthog.com", "https://eu-assets.i.posthog.com")

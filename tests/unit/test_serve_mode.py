@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from pathlib import Path
+
 import pytest
 
-from gateway.http.announce import describe_mode, is_embedded
+from gateway.core.record import Record
+from gateway.http.announce import announce, describe_mode, is_embedded
 from gateway.settings import ServeSettings
+from gateway.spool import Spool
 from gateway.upstream.hosts import Upstreams
 
 UP = "https://posthog.example.com"
+
+
+def test_the_start_line_hides_upstream_credentials() -> None:
+    settings = ServeSettings(upstream="https://gw:s3cret@posthog.internal/ph").validate()
+    assert describe_mode(settings, Upstreams.from_settings(settings)) == (
+        "upstream forward to https://gw:<redacted>@posthog.internal/ph")
 
 
 @pytest.mark.parametrize(
@@ -27,3 +39,31 @@ def test_mode_names_where_events_go(overrides: dict[str, object], mode: str, emb
     upstreams = Upstreams.from_settings(settings)
     assert describe_mode(settings, upstreams) == mode
     assert is_embedded(settings, upstreams) is embedded
+
+
+@pytest.mark.parametrize(("overrides", "warned"), [
+    ({"upstream": UP, "upstream_events_mode": "off"}, True),   # events no longer go upstream
+    ({}, True),                                                # no upstream at all
+    ({"upstream": UP}, False),                                 # forward: the replayer drains it
+    ({"upstream": UP, "upstream_events_mode": "mirror"}, False),
+])
+def test_events_left_in_the_upstream_spool_are_named_when_nothing_forwards_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, overrides: dict[str, object], warned: bool
+) -> None:
+    """Acknowledged events spooled for the upstream (it was down) and a restart that no longer forwards
+    events: nothing will ever send them, so the start says where they are instead of staying silent."""
+
+    async def spool_one() -> None:
+        spool = Spool(tmp_path / "upstream-spool" / "worker-1")
+        await spool.open()
+        await spool.append([Record("upstream-event", None, (("token", b"phc_x"),), b"{}")])
+        await spool.close()
+
+    asyncio.run(spool_one())
+    settings = ServeSettings(data_dir=tmp_path, **overrides).validate()
+    with caplog.at_level(logging.WARNING):
+        announce(settings, Upstreams.from_settings(settings))
+    stranded = [r.getMessage() for r in caplog.records if "upstream-spool" in r.getMessage()]
+    assert bool(stranded) is warned, caplog.text
+    if warned:
+        assert "worker-1" in stranded[0] and "not forward" in stranded[0]
