@@ -24,6 +24,7 @@ from gateway.edge.setup import Edge
 from gateway.flags.answer import LocalFlags, is_evaluation
 from gateway.http.responses import error_response, read_body
 from gateway.metrics import serve as metrics
+from gateway.privacy.ip import IpMode, minimise_ip
 from gateway.proxy.cache import Entry, Freshness, ResponseCache, etag_matches
 from gateway.settings import ServeSettings
 from gateway.upstream.circuit import CircuitOpen
@@ -101,6 +102,7 @@ class Proxy:
         self.settings = settings
         self.bases = {"api": upstreams.api, "assets": upstreams.assets}
         self.client_ip = edge.client_ip
+        self.ip_mode = IpMode(settings.ip_mode)  # proxied requests carry no token: the global mode applies
         self.client = UpstreamClient(
             connections=settings.upstream_connections,
             retries=settings.upstream_retries,
@@ -153,7 +155,7 @@ class Proxy:
             removes the header)."""
             if body is None and request.body_exists:
                 body = await read_body(request, body_limit, settings.body_read_timeout)
-            forwarded = request_headers(request.headers, self.client_ip(request))
+            forwarded = request_headers(request.headers, minimise_ip(self.client_ip(request), self.ip_mode))
             for name, value in (overrides or {}).items():
                 forwarded.popall(name, None)
                 if value:

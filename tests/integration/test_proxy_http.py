@@ -69,6 +69,22 @@ def test_header_hygiene_and_byte_exact_path(tmp_path: Path, upstream: FakePostHo
     assert response.headers["X-Upstream"] == "fake-posthog"
 
 
+@pytest.mark.parametrize(("ip_mode", "forwarded"), [("keep", ["203.0.113.7"]), ("truncate", ["203.0.113.0"]),
+                                                    ("drop", [])])  # fmt: skip
+def test_proxied_requests_carry_the_client_ip_as_ip_mode_allows(
+    tmp_path: Path, upstream: FakePostHog, ip_mode: str, forwarded: list[str]
+) -> None:
+    """`--ip-mode` minimises the client IP PostHog gets with flags, /api and asset requests too (posthog-js
+    asks /flags on every page load), not only the one in the event records."""
+    with gateway_for(tmp_path, upstream, trusted_proxy_hops=1, ip_mode=ip_mode) as gateway:
+        headers = {"X-Forwarded-For": "198.51.100.9, 203.0.113.7", "X-Real-IP": "203.0.113.7"}
+        assert requests.post(gateway.url + "/flags/?v=2", data=b"{}", headers=headers, timeout=10).status_code == 200
+        assert requests.get(gateway.url + "/static/array.js", headers=headers, timeout=10).status_code == 200
+    for seen in upstream.requests_to("/flags/") + upstream.requests_to("/static/array.js"):
+        assert seen.headers.getall("X-Forwarded-For", []) == forwarded
+        assert "X-Real-IP" not in seen.headers
+
+
 def test_flags_get_and_post_pass_through(tmp_path: Path, upstream: FakePostHog) -> None:
     gzipped = gzip.compress(b'{"token":"phc_x","distinct_id":"d"}')
     with gateway_for(tmp_path, upstream) as gateway:
