@@ -51,6 +51,24 @@ def announce(settings: ServeSettings, upstreams: Upstreams) -> None:
         warn_if_not_drained(settings.data_dir, settings.data_dir / "spool", settings.spool_max_bytes)
     if upstreams.api is None or settings.upstream_events_mode == "off":
         warn_if_stranded(settings)
+    elif settings.upstream_events_mode == "forward":
+        warn_if_left_local(settings)
+
+
+def warn_if_left_local(settings: ServeSettings) -> None:
+    """Forward mode writes no local spool: what an earlier run left in one (Kafka's failover backlog, or
+    an embedded spool not yet drained) is delivered only by a run with Kafka or by `gateway sink`."""
+    for spool, directory in layout.spools(settings.data_dir, (layout.MAIN,)):
+        cursors = load_cursors(directory)
+        waiting = min((lag_bytes(directory, position) for position in cursors.values()), default=None)
+        waiting = lag_bytes(directory, None) if waiting is None else waiting
+        if waiting:
+            log.warning(
+                "%s holds %d bytes of events an earlier run spooled locally, and this configuration sends events "
+                "to the upstream only: run with --kafka-bootstrap-servers until its backlog is replayed, or "
+                "`gateway sink --data-dir %s` to move them into ClickHouse, or they stay there",
+                directory, waiting, settings.data_dir, extra={"spool": spool.name, "bytes": waiting},
+            )  # fmt: skip
 
 
 def warn_if_stranded(settings: ServeSettings) -> None:

@@ -67,3 +67,31 @@ def test_events_left_in_the_upstream_spool_are_named_when_nothing_forwards_them(
     assert bool(stranded) is warned, caplog.text
     if warned:
         assert "worker-1" in stranded[0] and "not forward" in stranded[0]
+
+
+@pytest.mark.parametrize(("overrides", "warned"), [
+    ({"upstream": UP}, True),                                       # forward: the local spool is not read
+    ({"upstream": UP, "upstream_passthrough": True}, True),
+    ({"upstream": UP, "upstream_events_mode": "mirror"}, False),    # mirror keeps writing (and draining) it
+    ({"kafka_bootstrap_servers": "k1:9092"}, False),                # Kafka mode replays it
+])
+def test_events_left_in_a_local_spool_are_named_in_forward_mode(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, overrides: dict[str, object], warned: bool
+) -> None:
+    """A Kafka-mode run left a backlog in its failover spool (the broker was down), and the restart forwards
+    events to an upstream instead: nothing replays it, so the start says where it is."""
+
+    async def spool_one() -> None:
+        spool = Spool(tmp_path / "spool" / "worker-0")
+        await spool.open()
+        await spool.append([Record("events_plugin_ingestion", b"phc_x:d", (("token", b"phc_x"),), b"{}")])
+        await spool.close()
+
+    asyncio.run(spool_one())
+    settings = ServeSettings(data_dir=tmp_path, **overrides).validate()
+    with caplog.at_level(logging.WARNING):
+        announce(settings, Upstreams.from_settings(settings))
+    left = [r.getMessage() for r in caplog.records if "spooled locally" in r.getMessage()]
+    assert bool(left) is warned, caplog.text
+    if warned:
+        assert "worker-0" in left[0] and "--kafka-bootstrap-servers" in left[0]
