@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, gateway_env
 from tests.support.spools import fill_worker_spools
 
@@ -116,3 +117,21 @@ def test_wrong_directory_is_a_one_line_error_not_an_idle_sink(tmp_path: Path, la
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"gateway: error: {flag} ({directory}): {why}"]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created or locked
+
+
+def test_clickhouse_unreachable_or_missing_database_at_start_is_a_one_line_error(
+    tmp_path: Path, clickhouse_http_url: str
+) -> None:
+    data_dir = tmp_path / "gateway-data"
+    fill_worker_spools(data_dir, 1, 10)
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = run(sink("--data-dir", str(data_dir), "--clickhouse-url", closed))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gateway: error: --clickhouse ({closed}): cannot reach "
+                                                   "ClickHouse: connection lost"), result.stderr
+    result = run(sink("--init-schema", "--clickhouse-url", clickhouse_http_url, "--table", "no_such_db.events"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gateway: error: --clickhouse ({clickhouse_http_url}): "
+                                                   "creating `no_such_db`.`events` failed: Code: 81"), result.stderr
