@@ -24,7 +24,7 @@ from gateway.recordings.storage import BlockStore, S3Config, open_store
 from gateway.settings.recordings import RecordingsSettings
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
-from gateway.spool.crypto import load_keyring
+from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.layout import MAIN, spools
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,8 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
         try:
             async with running(_retention_loop(settings, events, store)):
                 await sink.run(stop)
+        except SpoolKeyError as error:  # a segment sealed with a key --spool-encryption-key-file lacks
+            raise StartupError("spool", settings.data_dir, str(error), exit_code=CONFIG_EXIT) from error
         finally:
             await dead_letters.close()
             if runner is not None:

@@ -27,7 +27,7 @@ from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import SpoolLocked
-from gateway.spool.crypto import load_keyring
+from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.layout import MAIN, is_spool, spools
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
                 await worker.run(stop)
         except SpoolLocked as error:
             raise StartupError("spool", settings.spool_dir or settings.data_dir, str(error)) from error
+        except SpoolKeyError as error:  # a segment sealed with a key --spool-encryption-key-file lacks
+            raise StartupError("spool", settings.spool_dir or settings.data_dir, str(error),
+                               exit_code=CONFIG_EXIT) from error
         finally:
             await dead_letters.close()
         if isinstance(source, RebuildSource):
