@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -121,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(exc.line(), file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `gateway spool dump | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 1
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -101,3 +101,22 @@ async def open_writer(dsn: str, max_in_flight: int, compression: str) -> Writer:
 
         return await ChdbWriter.open(dsn.removeprefix("chdb://") or ".")
     raise ValueError(f"unsupported ClickHouse DSN {dsn!r}: use http(s)://… or chdb://path")
+
+
+async def open_at_start(dsn: str, max_in_flight: int, compression: str) -> Writer:
+    """`open_writer` for a command starting up: a server it cannot reach is one error line, not a traceback."""
+    from gateway.core.startup import StartupError
+    from gateway.settings.check import redact_password
+
+    try:
+        return await open_writer(dsn, max_in_flight, compression)
+    except WriteError as error:
+        raise StartupError("--clickhouse", redact_password(dsn), f"cannot reach ClickHouse: {error}") from error
+
+
+def creation_failed(dsn: str, what: str, error: WriteError) -> Exception:
+    """The one-line start-up error for a table the server refused to create (e.g. no such database)."""
+    from gateway.core.startup import StartupError
+    from gateway.settings.check import redact_password
+
+    return StartupError("--clickhouse", redact_password(dsn), f"creating {what} failed: {error}")

@@ -3,16 +3,17 @@
 - `apply_ttl`: `ALTER TABLE … MODIFY TTL` (or `REMOVE TTL` for 0 days), on servers with table TTL
   (ClickHouse ≥ 19.6, chdb). The server then removes expired rows in merges.
 - `expire`: for servers without TTL (18.16): drops every monthly partition (`toYYYYMM(timestamp)`)
-  that ends before the cutoff — instant, no rewrite — then deletes the remaining older rows of the
-  boundary month with a mutation, so nothing older than the cutoff is left. Run it daily (cron or a
-  systemd timer); it works on TTL servers too.
+  that ends (in the partition's time zone) before the cutoff — instant, no rewrite — then deletes the
+  remaining older rows of the boundary month with a mutation, so nothing older than the cutoff is left.
+  Run it daily (cron or a systemd timer); it works on TTL servers too.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from zoneinfo import ZoneInfo
 
 from gateway.clickhouse.schema import quote_string, ttl_clause
 from gateway.clickhouse.table import EventsTable
@@ -41,12 +42,26 @@ class Expiry:
     deleted_rows: int
 
 
-def _month_end(partition: str) -> datetime | None:
+def _month_end(partition: str, zone: tzinfo) -> datetime | None:
     match = _MONTH_PARTITION.match(partition)
     if match is None:
         return None
     year, month = int(match[1]), int(match[2])
-    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+    return datetime(year + month // 12, month % 12 + 1, 1, tzinfo=zone)
+
+
+async def _partition_zone(table: EventsTable) -> tzinfo:
+    """The time zone `toYYYYMM(timestamp)` uses: the column's own (`DateTime64(6, 'UTC')`), else the
+    server's (18.16's plain `DateTime`); a month there may end hours after it ends in UTC."""
+    found = await table.writer.select(
+        "SELECT type, timezone() FROM system.columns WHERE name = 'timestamp'"
+        f" AND database = {quote_string(table.database)} AND table = {quote_string(table.table)}"
+    )
+    if not found:
+        return UTC
+    column_type, server_zone = found[0]
+    named = re.search(r"'([^'\\]+)", column_type)  # DateTime(\'Etc/GMT+5\') in TSV
+    return ZoneInfo(named[1] if named else server_zone)
 
 
 async def expire(table: EventsTable, days: int, timeout: float, now: datetime | None = None) -> Expiry:
@@ -56,9 +71,10 @@ async def expire(table: EventsTable, days: int, timeout: float, now: datetime | 
         "SELECT DISTINCT partition FROM system.parts WHERE active"
         f" AND database = {quote_string(table.database)} AND table = {quote_string(table.table)}"
     )
+    zone = await _partition_zone(table)
     dropped = []
     for (partition,) in partitions:
-        end = _month_end(partition)
+        end = _month_end(partition, zone)
         if end is not None and end <= cutoff:
             await table.writer.command(f"ALTER TABLE {table.name} DROP PARTITION {partition}")
             dropped.append(partition)

@@ -13,7 +13,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway.clickhouse.writer import open_writer
+from gateway.clickhouse.writer import WriteError, creation_failed, open_at_start, open_writer
 from gateway.core.background import running
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.recordings.export import write_session
@@ -24,7 +24,7 @@ from gateway.recordings.storage import BlockStore, S3Config, open_store
 from gateway.settings.recordings import RecordingsSettings
 from gateway.sinkworker.dlq import DeadLetters, FileDeadLetters, KafkaDeadLetters
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
-from gateway.spool.crypto import load_keyring
+from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.layout import MAIN, spools
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,22 @@ def s3_config(settings: RecordingsSettings) -> S3Config:
 
 
 @contextlib.asynccontextmanager
-async def opened(settings: RecordingsSettings, create: bool = False) -> AsyncIterator[tuple[ReplayEvents, BlockStore]]:
-    """The metadata table (created if `create`) and the block store; both closed on exit."""
-    writer = await open_writer(settings.clickhouse, max_in_flight=1, compression="none")
+async def opened(
+    settings: RecordingsSettings, create: bool = False, at_start: bool = False
+) -> AsyncIterator[tuple[ReplayEvents, BlockStore]]:
+    """The metadata table (created if `create`) and the block store; both closed on exit. `at_start`
+    (the sink): ClickHouse errors become one start-up error line."""
+    opening = open_at_start if at_start else open_writer
+    writer = await opening(settings.clickhouse, max_in_flight=1, compression="none")
     try:
         events = ReplayEvents(writer, settings.database, settings.replay_table)
         if create:
-            await events.create()
+            try:
+                await events.create()
+            except WriteError as error:
+                if not at_start:
+                    raise
+                raise creation_failed(settings.clickhouse, events.name, error) from error
         store = await open_store(settings.recordings_storage, s3_config(settings))
         try:
             yield events, store
@@ -57,7 +66,7 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
     if not kafka and not spools(settings.data_dir, (MAIN,)):
         raise StartupError("--data-dir", settings.data_dir, "not a gateway data dir: it has no spool/worker-N "
                            "(run `gateway serve --data-dir` with it first)", exit_code=CONFIG_EXIT)
-    async with opened(settings, create=True) as (events, store):
+    async with opened(settings, create=True, at_start=True) as (events, store):
         source, dead_letters = await _source_and_dlq(settings)
         config = SinkConfig(
             topic=settings.replay_topic, block_max_bytes=settings.block_max_bytes,
@@ -70,6 +79,8 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
         try:
             async with running(_retention_loop(settings, events, store)):
                 await sink.run(stop)
+        except SpoolKeyError as error:  # a segment sealed with a key --spool-encryption-key-file lacks
+            raise StartupError("spool", settings.data_dir, str(error), exit_code=CONFIG_EXIT) from error
         finally:
             await dead_letters.close()
             if runner is not None:

@@ -114,17 +114,19 @@ class RecordingsSink:
     async def run(self, stop: asyncio.Event) -> None:
         await self._source.start(self)
         try:
-            while not stop.is_set():
-                async with self._lock:  # a fetch too: what it returns was fetched for the current assignment
-                    messages = await self._source.fetch(0.2, self._config.fetch_max_records)
-                    await self._consume(messages, stop)
-                    await self._flush_due(stop)
-                    await self._commit()
-            try:  # one attempt each: on SIGTERM during an outage, exit and re-read them next time
+            try:  # once stopped, one attempt each: on SIGTERM during an outage, exit and re-read them next time
+                while not stop.is_set():
+                    async with self._lock:  # a fetch too: what it returns was fetched for the current assignment
+                        messages = await self._source.fetch(0.2, self._config.fetch_max_records)
+                        await self._consume(messages, stop)
+                        await self._flush_due(stop)
+                        await self._commit()
                 async with self._lock:
                     await self._flush(list(self._buffers), stop)
                     await self._commit()
             except (StorageError, WriteError, OSError) as exc:
+                if not stop.is_set():
+                    raise
                 log.warning("recordings sink stopped with %d sessions unstored (re-read on restart): %s",
                             len(self._buffers), exc)
                 self.clean_exit = False

@@ -117,6 +117,8 @@ class SinkSettings:
             (self.fetch_max_records >= 1, "fetch_max_records", "must be at least 1"),
             (0 <= self.metrics_port <= 65535, "metrics_port", "must be 0..65535"),
             (self.shutdown_timeout >= 0, "shutdown_timeout", "must be ≥ 0"),
+            (self.team_map or not self.strict_teams, "strict_teams",
+             "needs --team-map: without one every token is unknown and every event goes to the DLQ"),
         ]
         for ok, name, problem in checks:
             if not ok:

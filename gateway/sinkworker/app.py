@@ -11,7 +11,7 @@ from pathlib import Path
 from prometheus_client import start_http_server
 
 from gateway.clickhouse.schema import events_table_ddl, table_name
-from gateway.clickhouse.writer import Writer, open_writer
+from gateway.clickhouse.writer import WriteError, Writer, creation_failed, open_at_start
 from gateway.core.background import running
 from gateway.core.gc_tuning import settle_gc
 from gateway.core.startup import CONFIG_EXIT, StartupError
@@ -27,7 +27,7 @@ from gateway.sinkworker.sources import DataDirSource, Source, SpoolSource
 from gateway.sinkworker.teams import TeamResolver, parse_team_map
 from gateway.sinkworker.worker import SinkWorker, WorkerConfig
 from gateway.spool import SpoolLocked
-from gateway.spool.crypto import load_keyring
+from gateway.spool.crypto import SpoolKeyError, load_keyring
 from gateway.spool.layout import MAIN, is_spool, spools
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,9 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
                 await worker.run(stop)
         except SpoolLocked as error:
             raise StartupError("spool", settings.spool_dir or settings.data_dir, str(error)) from error
+        except SpoolKeyError as error:  # a segment sealed with a key --spool-encryption-key-file lacks
+            raise StartupError("spool", settings.spool_dir or settings.data_dir, str(error),
+                               exit_code=CONFIG_EXIT) from error
         finally:
             await dead_letters.close()
         if isinstance(source, RebuildSource):
@@ -95,11 +98,13 @@ async def _open_table(settings: SinkSettings) -> Writer:
             settings.clickhouse_urls, max_in_flight=settings.insert_concurrency, compression=settings.compression,
             database=settings.database, table=settings.table, cluster=settings.cluster,
             retention_days=settings.retention_days, create=settings.init_schema)
-    writer = await open_writer(settings.clickhouse, settings.insert_concurrency, settings.compression)
+    writer = await open_at_start(settings.clickhouse, settings.insert_concurrency, settings.compression)
     try:
         await writer.command(events_table_ddl(writer.caps, settings.database, settings.table, settings.retention_days))
-    except BaseException:
+    except BaseException as error:
         await writer.close()
+        if isinstance(error, WriteError):
+            raise creation_failed(settings.clickhouse, table_name(settings.database, settings.table), error) from error
         raise
     return writer
 

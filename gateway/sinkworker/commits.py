@@ -42,6 +42,13 @@ class CommitTracker:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def abandon(self) -> None:
+        """Forget the batches still in flight (their store tasks were cancelled): nothing of them, nor of
+        any batch after them, is committed, and waiting for idle returns."""
+        self._pending.clear()
+        self._finished.clear()
+        self._idle.set()
+
     async def wait_idle(self) -> None:
         """Until every submitted batch is stored."""
         await self._idle.wait()

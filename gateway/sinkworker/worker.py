@@ -305,6 +305,7 @@ class SinkWorker:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tracker.abandon()  # else the revocation of source.stop() waits for them forever
         await self._commit()
 
     # Retries ------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ import pytest
 
 from gateway.cli import main
 from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.table import EventsTable
 from gateway.clickhouse.writer import open_writer
+from gateway.gdpr.retention import Expiry, expire
 
 REPO = Path(__file__).resolve().parents[2]
 ALICE, BOB = "alice@example.com", "bob"
@@ -132,3 +134,33 @@ def test_expire_and_retention(target, tmp_path: Path) -> None:
     assert expiry["action"] == "expire" and old_month in expiry["dropped_partitions"]
     status = run(dsn, "retention", "--table", table, "--days", "90", *audit)
     assert status == (0 if dsn.startswith("chdb") else 2)  # 18.16 has no table TTL: use expire
+
+
+def test_expire_keeps_a_month_that_ends_after_the_cutoff_in_the_partitions_time_zone(clickhouse_http_url: str) -> None:
+    """18.16's `DateTime` is partitioned by month in the server's time zone (here the column's, 5 h behind
+    UTC): October's partition holds events up to 1 November 05:00 UTC, so a cutoff at 03:00 UTC must
+    delete its older rows, not drop it with the newer ones."""
+    table = f"gdpr_tz_{os.getpid()}"
+    newer = datetime(2026, 11, 1, 4, tzinfo=UTC)  # 31 October 23:00 at UTC-5: partition 202610
+    older = datetime(2026, 10, 15, tzinfo=UTC)
+    cutoff = datetime(2026, 11, 1, 3, tzinfo=UTC)
+
+    async def scenario() -> tuple[Expiry, list[list[str]]]:
+        writer = await open_writer(clickhouse_http_url, 1, "none")
+        try:
+            ddl = events_table_ddl(writer.caps, "default", table)
+            await writer.command(ddl.replace("timestamp DateTime,", "timestamp DateTime('Etc/GMT+5'),", 1))
+            for index, moment in enumerate((newer, older)):
+                await writer.command(f"INSERT INTO default.{table} (uuid, timestamp) SELECT "
+                                     f"toUUID('00000000-0000-4000-8000-00000000000{index}'), "
+                                     f"toDateTime({int(moment.timestamp())})")
+            expiry = await expire(EventsTable(writer, "default", table), 30, 60, now=cutoff + timedelta(days=30))
+            left = await writer.select(f"SELECT toUnixTimestamp(timestamp) FROM default.{table}")
+            return expiry, left
+        finally:
+            await writer.command(f"DROP TABLE IF EXISTS default.{table}")
+            await writer.close()
+
+    expiry, left = asyncio.run(scenario())
+    assert expiry.dropped_partitions == [] and expiry.deleted_rows == 1
+    assert left == [[str(int(newer.timestamp()))]]

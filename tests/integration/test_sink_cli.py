@@ -7,6 +7,7 @@ directory (exit 2) instead of idling, and a second sink on the same chdb path fa
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -15,6 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.core.record import Record
+from gateway.spool import Spool
+from gateway.spool.crypto import Keyring, SpoolKey
+from tests.sinkworker.helpers import TOPIC, captured_value
+from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, gateway_env
 from tests.support.spools import fill_worker_spools
 
@@ -116,3 +122,41 @@ def test_wrong_directory_is_a_one_line_error_not_an_idle_sink(tmp_path: Path, la
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [f"gateway: error: {flag} ({directory}): {why}"]
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing created or locked
+
+
+def test_clickhouse_unreachable_or_missing_database_at_start_is_a_one_line_error(
+    tmp_path: Path, clickhouse_http_url: str
+) -> None:
+    data_dir = tmp_path / "gateway-data"
+    fill_worker_spools(data_dir, 1, 10)
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = run(sink("--data-dir", str(data_dir), "--clickhouse-url", closed))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gateway: error: --clickhouse ({closed}): cannot reach "
+                                                   "ClickHouse: connection lost"), result.stderr
+    result = run(sink("--init-schema", "--clickhouse-url", clickhouse_http_url, "--table", "no_such_db.events"))
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gateway: error: --clickhouse ({clickhouse_http_url}): "
+                                                   "creating `no_such_db`.`events` failed: Code: 81"), result.stderr
+
+
+def test_encrypted_spool_without_its_key_is_a_one_line_error(tmp_path: Path) -> None:
+    data_dir = tmp_path / "gateway-data"
+
+    async def fill() -> None:
+        spool = Spool(data_dir / "spool" / "worker-0", keyring=Keyring([SpoolKey("k1", bytes(32))], "test"))
+        await spool.open()
+        await spool.append([Record(TOPIC, b"k", (), captured_value(0))])
+        await spool.close()
+
+    asyncio.run(fill())
+    why = f"spool segment {data_dir}/spool/worker-0/00000000000000000001.seg is encrypted"
+    for command in (sink("--data-dir", str(data_dir), "--clickhouse", f"chdb://{tmp_path / 'chdb'}"),
+                    [sys.executable, "-m", "gateway", "recordings", "sink", "--data-dir", str(data_dir),
+                     "--clickhouse", f"chdb://{tmp_path / 'chdb-replay'}"]):
+        result = run(command)
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # JSON logs aside
+        assert len(errors) == 1 and errors[0].startswith(f"gateway: error: spool ({data_dir}): {why}"), result.stderr

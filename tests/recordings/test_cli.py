@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.support.cli_docs import README, documented_flags, long_flags, readme_section, sub_parser
+from tests.support.inprocess import free_port
 from tests.support.processes import run_gateway
 
 
@@ -33,3 +34,14 @@ def test_bad_settings_exit_2_with_one_line() -> None:
     result = run_gateway("recordings", "sink", "--block-max-bytes", "lots")
     assert result.returncode == 2
     assert "block_max_bytes (lots): expected a size" in result.stderr
+
+
+def test_clickhouse_unreachable_at_sink_start_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "spool" / "worker-0").mkdir(parents=True)
+    (tmp_path / "spool" / "worker-0" / "write.lock").touch()
+    closed = f"http://127.0.0.1:{free_port()}"
+    result = run_gateway("recordings", "sink", "--data-dir", str(tmp_path), "--clickhouse", closed)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"gateway: error: --clickhouse ({closed}): cannot reach "
+                                                   "ClickHouse: connection lost"), result.stderr

@@ -124,3 +124,11 @@ def test_readme_documents_every_flag() -> None:
         documented = documented_flags(section)
         flags = long_flags(sub_parser(command))
         assert flags - documented == set(), f"gateway {command} flags missing from README.md's tables"
+
+
+def test_strict_teams_without_a_team_map_is_refused() -> None:
+    """Every token would be unknown: the sink would send every event to the DLQ."""
+    with pytest.raises(ConfigError, match="strict_teams"):
+        command_settings("sink", ["--strict-teams"], {}).validate()
+    settings = command_settings("sink", ["--strict-teams", "--team-map", "phc_a=1"], {}).validate()
+    assert settings.strict_teams and settings.team_map == "phc_a=1"
