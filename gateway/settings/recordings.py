@@ -9,7 +9,6 @@ from gateway.settings import shared
 from gateway.settings.fields import ConfigError, MiB, command_settings, size
 from gateway.settings.sink import DEFAULT_CLICKHOUSE
 
-REPLAY_TOPIC = "session_recording_snapshot_item_events"
 DEFAULT_RETENTION_DAYS = 30
 
 
@@ -32,7 +31,7 @@ class RecordingsSettings:
         "help": "token→team_id map: token=id,... or JSON object (inline or file path), as gateway sink's"})
     kafka_bootstrap_servers: str = shared.kafka_bootstrap_servers(
         "", "the replay topic; empty = read the spools of --data-dir (embedded mode)")
-    replay_topic: str = field(default=REPLAY_TOPIC, metadata={"help": "replay topic"})
+    replay_topic: str = field(default=shared.REPLAY_TOPIC, metadata={"help": "replay topic"})
     recordings_group_id: str = field(default="gateway-recordings", metadata={"help": "Kafka consumer group"})
     session_timeout_ms: int = field(default=10_000, metadata={"help": "consumer group session timeout"})
     data_dir: Path = shared.data_dir(  # noqa: RUF009 (a field())

@@ -10,6 +10,7 @@ from typing import Any
 from gateway.settings.fields import choice
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+REPLAY_TOPIC = "session_recording_snapshot_item_events"  # gateway serve's --topic-replay default
 
 
 def log_level(help_text: str = "debug | info | warning | error, any case") -> Any:

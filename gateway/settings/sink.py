@@ -67,6 +67,9 @@ class SinkSettings:
     spool_dir: str = field(default="", metadata={
         "help": "drain this one spool directory (e.g. DATA_DIR/spool/worker-0) instead of Kafka or --data-dir"})
     spool_reader_name: str = field(default="sink", metadata={"help": "name of the persisted spool cursor"})
+    replay_topic: str = field(default=shared.REPLAY_TOPIC, metadata={
+        "help": "spools: the session recordings' topic (gateway serve's --topic-replay), kept for `gateway "
+                "recordings sink` until it has read them"})
     spool_encryption_key_file: Path | None = shared.spool_encryption_key_file(  # noqa: RUF009 (a field())
         "keys of an encrypted spool, as gateway serve's")
     dlq_topic: str = field(default=DEFAULT_DLQ_TOPIC, metadata={"help": "dead-letter Kafka topic"})

@@ -16,7 +16,6 @@ from gateway.core.background import running
 from gateway.core.gc_tuning import settle_gc
 from gateway.core.startup import CONFIG_EXIT, StartupError
 from gateway.settings import SinkSettings
-from gateway.settings.recordings import REPLAY_TOPIC
 from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.confluent import ConfluentSource
@@ -117,7 +116,7 @@ async def _source_and_dlq(settings: SinkSettings, stop: asyncio.Event) -> tuple[
     dead_letters: DeadLetters
     if settings.spool_dir:
         source = SpoolSource(settings.spool_dir, settings.spool_reader_name, load_keyring(key_file),
-                             foreign=_session_recordings)  # fmt: skip
+                             foreign=_is_topic(settings.replay_topic))  # fmt: skip
         spool = Path(settings.spool_dir)
         dead_letters = FileDeadLetters(settings.dlq_dir or spool.with_name(spool.name + "-dlq"))
     elif settings.kafka_bootstrap_servers:
@@ -135,14 +134,14 @@ async def _source_and_dlq(settings: SinkSettings, stop: asyncio.Event) -> tuple[
             dead_letters = await KafkaDeadLetters.start(settings.kafka_bootstrap_servers, settings.dlq_topic)
     else:
         source = DataDirSource(settings.data_dir, settings.spool_reader_name, load_keyring(key_file),
-                               foreign=_session_recordings)  # fmt: skip
+                               foreign=_is_topic(settings.replay_topic))  # fmt: skip
         dead_letters = FileDeadLetters(settings.dlq_dir or settings.data_dir / "sink-dlq")
     return source, dead_letters
 
 
-def _session_recordings(topic: str) -> bool:
-    """Records of the spools that `gateway recordings sink` reads (under its default replay topic)."""
-    return topic == REPLAY_TOPIC
+def _is_topic(name: str) -> Callable[[str], bool]:
+    """Whether a record is of topic `name` (the session recordings `gateway recordings sink` reads)."""
+    return lambda topic: topic == name
 
 
 def check_spool_settings(settings: SinkSettings) -> None:

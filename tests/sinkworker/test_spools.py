@@ -289,3 +289,15 @@ def test_a_lone_events_reader_restarted_inside_a_segment_still_deletes_what_it_r
         assert segments > 4 and len(list(spool_dir.glob("*.seg"))) == 1  # the active segment
 
     asyncio.run(scenario())
+
+
+def test_the_sink_keeps_the_recordings_of_its_replay_topic(tmp_path: Path) -> None:
+    """`gateway sink --replay-topic` names the records its spool readers keep for the recordings sink."""
+    from gateway.settings import SinkSettings
+    from gateway.sinkworker.app import _source_and_dlq
+
+    for topic in ("session_recording_snapshot_item_events", "custom_replay"):
+        settings = SinkSettings(data_dir=tmp_path, replay_topic=topic).validate()
+        source, _ = asyncio.run(_source_and_dlq(settings, asyncio.Event()))
+        assert isinstance(source, DataDirSource)
+        assert source._foreign is not None and source._foreign(topic) and not source._foreign(TOPIC)
