@@ -52,18 +52,9 @@ def test_events_left_in_the_upstream_spool_are_named_when_nothing_forwards_them(
 ) -> None:
     """Acknowledged events spooled for the upstream (it was down) and a restart that no longer forwards
     events: nothing will ever send them, so the start says where they are instead of staying silent."""
-
-    async def spool_one() -> None:
-        spool = Spool(tmp_path / "upstream-spool" / "worker-1")
-        await spool.open()
-        await spool.append([Record("upstream-event", None, (("token", b"phc_x"),), b"{}")])
-        await spool.close()
-
-    asyncio.run(spool_one())
-    settings = ServeSettings(data_dir=tmp_path, **overrides).validate()
-    with caplog.at_level(logging.WARNING):
-        announce(settings, Upstreams.from_settings(settings))
-    stranded = [r.getMessage() for r in caplog.records if "upstream-spool" in r.getMessage()]
+    record = Record("upstream-event", None, (("token", b"phc_x"),), b"{}")
+    warnings = warnings_at_start(tmp_path / "upstream-spool" / "worker-1", record, overrides, caplog)
+    stranded = [message for message in warnings if "upstream-spool" in message]
     assert bool(stranded) is warned, caplog.text
     if warned:
         assert "worker-1" in stranded[0] and "not forward" in stranded[0]
@@ -80,18 +71,27 @@ def test_events_left_in_a_local_spool_are_named_in_forward_mode(
 ) -> None:
     """A Kafka-mode run left a backlog in its failover spool (the broker was down), and the restart forwards
     events to an upstream instead: nothing replays it, so the start says where it is."""
-
-    async def spool_one() -> None:
-        spool = Spool(tmp_path / "spool" / "worker-0")
-        await spool.open()
-        await spool.append([Record("events_plugin_ingestion", b"phc_x:d", (("token", b"phc_x"),), b"{}")])
-        await spool.close()
-
-    asyncio.run(spool_one())
-    settings = ServeSettings(data_dir=tmp_path, **overrides).validate()
-    with caplog.at_level(logging.WARNING):
-        announce(settings, Upstreams.from_settings(settings))
-    left = [r.getMessage() for r in caplog.records if "spooled locally" in r.getMessage()]
+    record = Record("events_plugin_ingestion", b"phc_x:d", (("token", b"phc_x"),), b"{}")
+    warnings = warnings_at_start(tmp_path / "spool" / "worker-0", record, overrides, caplog)
+    left = [message for message in warnings if "spooled locally" in message]
     assert bool(left) is warned, caplog.text
     if warned:
         assert "worker-0" in left[0] and "--kafka-bootstrap-servers" in left[0]
+
+
+def warnings_at_start(
+    spool_dir: Path, record: Record, overrides: dict[str, object], caplog: pytest.LogCaptureFixture
+) -> list[str]:
+    """What `announce` warns of, for a data dir (the spool's grandparent) whose spool holds `record`."""
+
+    async def spool_one() -> None:
+        spool = Spool(spool_dir)
+        await spool.open()
+        await spool.append([record])
+        await spool.close()
+
+    asyncio.run(spool_one())
+    settings = ServeSettings(data_dir=spool_dir.parent.parent, **overrides).validate()
+    with caplog.at_level(logging.WARNING):
+        announce(settings, Upstreams.from_settings(settings))
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
