@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -151,14 +151,21 @@ def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
     def stored(url: str) -> int:
         return counts(url, table)[0]
 
+    def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+        """`wait_for`, with the sink's log when it fails (a rare stall after a failover)."""
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
+
     with log_path.open("ab") as log:
         sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
     try:
         send(waves[0])
-        wait_for(lambda: stored(cluster.http_urls[0]) > 0, 60, "first rows stored")
+        until(lambda: stored(cluster.http_urls[0]) > 0, 60, "first rows stored")
         first.kill()  # mid-run: the sink is inserting wave 0 into the first replica
         send(waves[1])
-        wait_for(lambda: stored(cluster.http_urls[1]) >= 12000, 90, "waves 0-1 stored on the second replica")
+        until(lambda: stored(cluster.http_urls[1]) >= 12000, 90, "waves 0-1 stored on the second replica")
 
         first.start()  # catches up from the second replica
         caught_up(cluster.http_urls[0], table)
@@ -173,10 +180,9 @@ def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
         assert group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS) >= len(waves[2])
         cluster.start()
         send(waves[3])
-        wait_for(lambda: stored(cluster.http_urls[0]) >= 18000 and stored(cluster.http_urls[1]) >= 18000, 120,
-                 "every wave stored on both replicas")  # fmt: skip
-        wait_for(lambda: group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS) == 0, 30,
-                 "lag drained")
+        until(lambda: stored(cluster.http_urls[0]) >= 18000 and stored(cluster.http_urls[1]) >= 18000, 120,
+              "every wave stored on both replicas")  # fmt: skip
+        until(lambda: group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS) == 0, 30, "lag drained")
         sink.send_signal(signal.SIGTERM)
         assert sink.wait(30) == 0
     finally:
