@@ -286,9 +286,9 @@ class SpoolSource:
             if position.offset == HEADER_SIZE:
                 self._from_start.add(position.segment)
             read = self._messages(position, scan, now_ms)
-            foreign = self._foreign
-            if foreign is not None and any(foreign(message.topic) for message in read):
-                self._held_foreign.add(position.segment)
+            foreign, segment = self._foreign, position.segment
+            if foreign is not None and segment not in self._held_foreign and any(foreign(m.topic) for m in read):
+                self._held_foreign.add(segment)
             messages += read
             records += len(scan.records)
             self._note_frames(position.segment, scan)

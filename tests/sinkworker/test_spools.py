@@ -213,27 +213,38 @@ def message_fields(message: object) -> tuple[object, ...]:
     return tuple(getattr(message, name) for name in names)
 
 
+REPLAY = "session_recording_snapshot_item_events"
+
+
+def small_segments(spool_dir: Path, groups: list[list[Record]]) -> int:
+    """A spool of 4 KB segments holding `groups` (one append each); how many segments it has."""
+    spool_dir.mkdir()
+
+    async def write() -> None:
+        spool = Spool(spool_dir, segment_bytes=4 * 1024)
+        await spool.open()
+        for group in groups:
+            await spool.append(group)
+        await spool.close()
+
+    asyncio.run(write())
+    return len(list(spool_dir.glob("*.seg")))
+
+
 @pytest.mark.parametrize("first", ["sink", "recordings"])
 def test_a_reader_alone_keeps_what_the_other_reader_never_read(tmp_path: Path, first: str) -> None:
     """An embedded spool holds events (`gateway sink`, reader `sink`) and session recordings (`gateway
     recordings sink`, reader `recordings`). Whichever runs first, alone, must not delete segments holding
     the other's records before the other has read them; segments holding only its own records go."""
     spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    replay = "session_recording_snapshot_item_events"
-
-    async def fill() -> None:
-        spool = Spool(spool_dir, segment_bytes=4 * 1024)
-        await spool.open()
-        for start in range(0, 60, 10):  # events only: several segments
-            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 10)])
-        for start in range(60, 120, 10):  # then recordings and events mixed
-            await spool.append([Record(replay if i % 2 else TOPIC, b"k", (), captured_value(i))
-                                for i in range(start, start + 10)])  # fmt: skip
-        await spool.close()
+    events_only = [[Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 10)]
+                   for start in range(0, 60, 10)]  # fmt: skip
+    mixed = [[Record(REPLAY if i % 2 else TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 10)]
+             for start in range(60, 120, 10)]  # fmt: skip
+    segments = small_segments(spool_dir, events_only + mixed)
 
     def source(name: str) -> SpoolSource:
-        own = (lambda topic: topic == replay) if name == "recordings" else (lambda topic: topic != replay)
+        own = (lambda topic: topic == REPLAY) if name == "recordings" else (lambda topic: topic != REPLAY)
         return SpoolSource(spool_dir, name, foreign=lambda topic: not own(topic))
 
     async def drain(name: str) -> list[str]:
@@ -246,8 +257,6 @@ def test_a_reader_alone_keeps_what_the_other_reader_never_read(tmp_path: Path, f
         await reader.stop()
         return [m.topic for m in messages]
 
-    asyncio.run(fill())
-    segments = len(list(spool_dir.glob("*.seg")))
     assert segments > 4
     other = "recordings" if first == "sink" else "sink"
     assert len(asyncio.run(drain(first))) == 120
@@ -256,7 +265,7 @@ def test_a_reader_alone_keeps_what_the_other_reader_never_read(tmp_path: Path, f
     else:  # segments of events only are gone, those holding recordings stay
         assert 1 < len(list(spool_dir.glob("*.seg"))) < segments
     topics = asyncio.run(drain(other))
-    wanted = [t for t in topics if (t == replay) == (other == "recordings")]
+    wanted = [t for t in topics if (t == REPLAY) == (other == "recordings")]
     assert len(wanted) == (30 if other == "recordings" else 90)
     asyncio.run(drain(first))  # both cursors exist now: everything read by both is deleted
     assert len(list(spool_dir.glob("*.seg"))) == 1  # the active segment
@@ -266,22 +275,18 @@ def test_a_lone_events_reader_restarted_inside_a_segment_still_deletes_what_it_r
     """No recordings: the spool keeps shrinking behind `gateway sink` across restarts (it looks at the part of
     its cursor's segment it read before the restart, which it did not read in this run)."""
     spool_dir = tmp_path / "spool"
-    spool_dir.mkdir()
-    replay = "session_recording_snapshot_item_events"
+    segments = small_segments(
+        spool_dir, [[Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 5)]
+                    for start in range(0, 120, 5)]
+    )  # fmt: skip
 
     async def scenario() -> None:
-        spool = Spool(spool_dir, segment_bytes=4 * 1024)
-        await spool.open()
-        for start in range(0, 120, 5):
-            await spool.append([Record(TOPIC, b"k", (), captured_value(i)) for i in range(start, start + 5)])
-        await spool.close()
-        segments = len(list(spool_dir.glob("*.seg")))
-        first = SpoolSource(spool_dir, foreign=lambda topic: topic == replay)
+        first = SpoolSource(spool_dir, foreign=lambda topic: topic == REPLAY)
         await first.start(None)  # type: ignore[arg-type]  # a spool has no assignment
         head = (await first.read(7))[-1]  # stops inside the first segment
         await first.commit({(head.topic, head.partition): head.offset + 1})
         await first.stop()
-        again = SpoolSource(spool_dir, foreign=lambda topic: topic == replay)
+        again = SpoolSource(spool_dir, foreign=lambda topic: topic == REPLAY)
         await again.start(None)  # type: ignore[arg-type]
         last = (await again.read(10_000))[-1]
         await again.commit({(last.topic, last.partition): last.offset + 1})
@@ -296,7 +301,7 @@ def test_the_sink_keeps_the_recordings_of_its_replay_topic(tmp_path: Path) -> No
     from gateway.settings import SinkSettings
     from gateway.sinkworker.app import _source_and_dlq
 
-    for topic in ("session_recording_snapshot_item_events", "custom_replay"):
+    for topic in (REPLAY, "custom_replay"):
         settings = SinkSettings(data_dir=tmp_path, replay_topic=topic).validate()
         source, _ = asyncio.run(_source_and_dlq(settings, asyncio.Event()))
         assert isinstance(source, DataDirSource)
