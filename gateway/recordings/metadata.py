@@ -129,6 +129,16 @@ class ReplayEvents:
             "JSONEachRow")
         return [orjson.loads(line) for line in body.splitlines() if line.strip()]
 
+    async def named(self, keys: Sequence[str], chunk: int = 1000) -> set[str]:
+        """The block keys among `keys` that a row names."""
+        found: set[str] = set()
+        for start in range(0, len(keys), chunk):
+            listed = ", ".join(map(quote_string, keys[start:start + chunk]))
+            rows = await self.writer.select(
+                f"SELECT DISTINCT block_urls[1] FROM {self.name} WHERE block_urls[1] IN ({listed})")
+            found.update(row[0] for row in rows)
+        return found
+
     async def blocks_where(self, where: str) -> list[StoredBlock]:
         rows = await self.writer.select(
             f"SELECT DISTINCT block_urls[1], session_id, team_id, distinct_id FROM {self.name} WHERE {where}")

@@ -3,7 +3,8 @@
 In that order a crash in between leaves rows whose blocks are gone, which the next run deletes
 (deleting a missing object is not an error); never a block that no row points to and no run finds.
 Retention also deletes objects older than the cutoff that no row names (a block stored just before a
-crash whose row was never written, then superseded).
+crash whose row was never written, then superseded); an old object that a kept row names stays (its
+events end after the cutoff: a client clock ahead, events flushed late).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ async def expire(events: ReplayEvents, store: BlockStore, days: int, timeout: fl
     """Remove recordings whose last event is more than `days` days old, and stale unnamed objects."""
     cutoff = (now or datetime.now(UTC)) - timedelta(days=days)
     removal = await remove(events, store, f"max_last_timestamp < toDateTime({int(cutoff.timestamp())})", timeout)
-    stale = [item.key async for item in store.list("sessions/") if item.modified < cutoff.timestamp()]
-    await store.delete(stale)
+    old = [item.key async for item in store.list("sessions/") if item.modified < cutoff.timestamp()]
+    named = await events.named(old)  # a block written before the cutoff may hold events after it
+    await store.delete([key for key in old if key not in named])
     return removal
 
 
