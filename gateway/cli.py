@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 import orjson
 
+from gateway import version_line
 from gateway.check import add_check_command
 from gateway.config_check import add_config_command
 from gateway.core.startup import StartupError
@@ -43,6 +44,7 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="gateway", description="PostHog-compatible ingestion gateway")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the capture gateway")

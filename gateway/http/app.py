@@ -20,6 +20,7 @@ from gateway.http.dispatch import FRONT_KEY, Front
 from gateway.http.health import liveness, metrics_handler, readiness_handler
 from gateway.http.lifecycle import Drain
 from gateway.metrics import serve as metrics
+from gateway.metrics.build import record_build
 from gateway.metrics.export import GaugeSampler, MetricsExporter
 from gateway.proxy.passthrough import passthrough_handler
 from gateway.proxy.routes import Proxy
@@ -86,6 +87,7 @@ def build_app(
     for prefix in ("", *settings.prefix):  # under every mount point, as `gateway check URL/prefix` reads them
         edge.add_probe(app.router, f"{prefix}/_liveness", liveness)
         edge.add_probe(app.router, f"{prefix}/_readiness", ready)
+    record_build()
     edge.add_management(app, "/metrics", metrics_handler(MetricsExporter([spools], sampler)))
     GdprEndpoints(settings, edge.client_ip, components.gdpr_audit_key, components.keyring).mount(app, edge)
     app.cleanup_ctx.append(sampler.lifecycle)

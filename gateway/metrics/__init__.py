@@ -10,6 +10,7 @@ used or not (in multiprocess mode only those with values):
 - `clickhouse`: ClickHouse replica health; exported by the sink worker and by `gateway serve` (its
   GDPR endpoint deletes through the same writers).
 - `recordings`: `gateway recordings sink --recordings-http-port`.
+- `build`: `gateway_build_info{version, python}`, exported by every process above.
 
 And how `gateway serve` exports them: `multiproc` (one scrape of any worker shows all workers) and
 `export` (the /metrics exposition, per-worker gauge sampling, hot-path local counters). This file

@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway.clickhouse.writer import WriteError, creation_failed, open_at_start, open_writer
 from gateway.core.background import running
 from gateway.core.startup import CONFIG_EXIT, StartupError
+from gateway.metrics.build import record_build
 from gateway.recordings.export import write_session
 from gateway.recordings.metadata import ReplayEvents
 from gateway.recordings.retention import expire
@@ -130,6 +131,7 @@ async def _health_server(sink: RecordingsSink, port: int) -> web.AppRunner:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    record_build()
     app = web.Application()
     app.add_routes([web.get("/ready", ready), web.get("/metrics", metrics)])
     runner = web.AppRunner(app, access_log=None)

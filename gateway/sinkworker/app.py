@@ -15,6 +15,7 @@ from gateway.clickhouse.writer import WriteError, Writer, creation_failed, open_
 from gateway.core.background import running
 from gateway.core.gc_tuning import settle_gc
 from gateway.core.startup import CONFIG_EXIT, StartupError
+from gateway.metrics.build import record_build
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
@@ -46,6 +47,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
             log.info("events table %s.%s ready", settings.database, settings.table)
             return 0
         if settings.metrics_port:
+            record_build()
             start_http_server(settings.metrics_port)
         source, dead_letters = await _source_and_dlq(settings, stop)
         encoder = RowEncoder(

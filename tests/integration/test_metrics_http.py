@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import uuid
 from pathlib import Path
 
@@ -48,6 +50,8 @@ def test_one_scrape_counts_requests_served_by_every_worker(tmp_path: Path) -> No
             assert scrape[("gateway_http_requests_total", (("route", "events"), ("status", "200")))] == 40
             assert scrape[("capture_events_ingested_total", (("route", "events"),))] == 40
             assert scrape[("capture_event_batch_size_count", (("route", "events"),))] == 40
+            build = (("python", platform.python_version()), ("version", importlib.metadata.version("posthog-gateway")))
+            assert scrape[("gateway_build_info", build)] == 1
             spooled = {s: scrape[("gateway_spool_bytes", (("kind", "main"), ("spool", s)))]
                        for s in ("worker-0", "worker-1")}
             assert all(size > 0 for size in spooled.values()), f"one worker served everything: {spooled}"

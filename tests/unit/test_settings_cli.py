@@ -1,8 +1,10 @@
-"""The real `gateway` command: a configuration error is one stderr line and exit code 2; unknown
+"""The real `gateway` command: `--version`; a configuration error is one stderr line and exit code 2; unknown
 GATEWAY_* variables are warned about at start; `gateway sink --log-level DEBUG` logs debug JSON lines."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import subprocess
 import sys
 import time
@@ -46,6 +48,13 @@ def test_a_configuration_error_is_one_line_and_exit_2(args: list[str], env: dict
     result = gateway(*args, env=env)
     assert (result.returncode, result.stderr) == (2, line + "\n")
     assert result.stdout == ""
+
+
+def test_version_names_the_installed_distribution_and_python() -> None:
+    result = gateway("--version")
+    assert result.returncode == 0, result.stderr
+    installed = importlib.metadata.version("posthog-gateway")
+    assert result.stdout == f"gateway {installed} (Python {platform.python_version()})\n"
 
 
 def test_sink_check_prints_the_effective_settings() -> None:
