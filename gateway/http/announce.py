@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway import version
+from gateway import __version__
 from gateway.embedded import warn_if_not_drained
 from gateway.settings import ServeSettings
 from gateway.settings.check import redact_password
@@ -46,7 +46,7 @@ def announce(settings: ServeSettings, upstreams: Upstreams) -> None:
         "gateway serving on %s: %s, data dir %s, %d worker(s), TLS %s, admin endpoints on %s",
         address, mode, settings.data_dir, settings.workers, "on" if tls else "off", admin,
         extra={"address": address, "mode": mode, "data_dir": str(settings.data_dir), "workers": settings.workers,
-               "tls": tls, "admin": admin, "version": version()},
+               "tls": tls, "admin": admin, "version": __version__},
     )
     if is_embedded(settings, upstreams):
         warn_if_not_drained(settings.data_dir, settings.data_dir / "spool", settings.spool_max_bytes)

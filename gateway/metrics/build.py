@@ -6,7 +6,7 @@ import platform
 
 from prometheus_client import Gauge
 
-from gateway import version
+from gateway import __version__
 
 BUILD_INFO = Gauge(
     "gateway_build_info", "Always 1; the labels say which gateway version and Python run", ["version", "python"],
@@ -15,4 +15,4 @@ BUILD_INFO = Gauge(
 
 
 def record_build() -> None:
-    BUILD_INFO.labels(version(), platform.python_version()).set(1)
+    BUILD_INFO.labels(__version__, platform.python_version()).set(1)
