@@ -115,9 +115,10 @@ class FailoverSink:
 
     async def start(self) -> None:
         await self.spool.start()
-        try:
-            await asyncio.wait_for(self.remote.ping(), self.ack_timeout)
-        except Exception as exc:  # remote down at boot: serve from the spool until it is back
+        try:  # remote down (or unhealthy) at boot: serve from the spool until the replayer finds it back
+            if not await asyncio.wait_for(self.remote.ping(), self.ack_timeout):
+                raise RuntimeError("its health check failed")
+        except Exception as exc:
             log.warning("%s unavailable at start (%s); spooling", self.name, exc)
             self._set_mode(Mode.SPOOLING)
         directory = self.spool.spool.directory
