@@ -24,7 +24,8 @@ _HEADER_LIST = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0
 @lru_cache(maxsize=64)
 def allow_methods(methods: frozenset[str]) -> str:
     """A route's methods as Access-Control-Allow-Methods: what `--route-methods` lets through, and OPTIONS."""
-    ordered = sorted(methods, key=lambda m: (_METHOD_ORDER.index(m) if m in _METHOD_ORDER else len(_METHOD_ORDER), m))
+    rank = {method: index for index, method in enumerate(_METHOD_ORDER)}
+    ordered = sorted(methods - {"OPTIONS"}, key=lambda method: (rank.get(method, len(rank)), method))
     return ", ".join([*ordered, "OPTIONS"])
 
 

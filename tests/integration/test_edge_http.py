@@ -101,7 +101,7 @@ def test_options_answered_locally_on_every_route(start, path: str) -> None:
 def test_preflight_advertises_the_methods_each_route_accepts(start) -> None:
     """`--route-methods` is what the preflight's Access-Control-Allow-Methods says: a POST-only route does not
     advertise GET, a route given PUT advertises it (a browser sends a non-safelisted method only if listed)."""
-    gateway = start(route_methods=("events=POST", "replay=POST,PUT"))
+    gateway = start(route_methods=("events=POST", "replay=POST,PUT,OPTIONS"))
     expected = {"/e/": "POST, OPTIONS", "/s/": "POST, PUT, OPTIONS", "/batch/": "GET, HEAD, POST, OPTIONS"}
     for path, methods in expected.items():
         preflight = requests.options(gateway.url + path, timeout=5, headers={
