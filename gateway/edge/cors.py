@@ -13,12 +13,20 @@ from functools import lru_cache
 
 from aiohttp import web
 
-ALLOW_METHODS = "GET, POST, OPTIONS"
+_METHOD_ORDER = ("GET", "HEAD", "POST")  # the usual ones first, any other alphabetically, OPTIONS last
 MAX_ALLOW_HEADERS_LENGTH = 2048
 PREFLIGHT_MAX_AGE = "86400"
 PREFLIGHT_BODY = b'{"status":"Ok"}'
 # Header names only (RFC 9110 tokens) separated by commas: nothing else is echoed back.
 _HEADER_LIST = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+(\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*$")
+
+
+@lru_cache(maxsize=64)
+def allow_methods(methods: frozenset[str]) -> str:
+    """A route's methods as Access-Control-Allow-Methods: what `--route-methods` lets through, and OPTIONS."""
+    rank = {method: index for index, method in enumerate(_METHOD_ORDER)}
+    ordered = sorted(methods - {"OPTIONS"}, key=lambda method: (rank.get(method, len(rank)), method))
+    return ", ".join([*ordered, "OPTIONS"])
 
 
 def origin_matcher(patterns: Iterable[str]):
@@ -76,10 +84,11 @@ class CorsPolicy:
         headers["Access-Control-Expose-Headers"] = "Retry-After"
         return True
 
-    def preflight(self, request: web.BaseRequest) -> web.Response:
+    def preflight(self, request: web.BaseRequest, methods: frozenset[str]) -> web.Response:
+        """The answer to an OPTIONS on a route that accepts `methods`."""
         response = web.Response(status=200, body=PREFLIGHT_BODY, content_type="application/json")
         if self.apply(request, response.headers):
-            response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+            response.headers["Access-Control-Allow-Methods"] = allow_methods(methods)
             requested = request.headers.get("Access-Control-Request-Headers", "")
             if len(requested) <= MAX_ALLOW_HEADERS_LENGTH and _HEADER_LIST.match(requested):
                 response.headers["Access-Control-Allow-Headers"] = requested

@@ -80,7 +80,7 @@ class EdgePolicy:
             request = request.clone(rel_url=URL(route.alias.rewrite(request.raw_path), encoded=True))
         method = request.method
         if method == "OPTIONS":
-            return self._finish(request, self.cors.preflight(request))
+            return self._finish(request, self.cors.preflight(request, route.methods))
         if method not in route.methods:
             return self._refuse(request, route.name, MethodNotAllowed(f"method {method[:20]} not allowed"))
         if route.management and not self.admin.allows(request):

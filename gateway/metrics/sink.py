@@ -41,7 +41,11 @@ BATCH_BYTES = Histogram(
     buckets=(1e3, 1e4, 1e5, 1e6, 4e6, 16e6, 64e6, 256e6),
 )
 INSERTS_IN_FLIGHT = Gauge("gateway_sink_inserts_in_flight", "Batches submitted and not yet stored")
-CONSUMER_LAG = Gauge("gateway_sink_consumer_lag", "High watermark minus next offset", ["topic", "partition"])
+CONSUMER_LAG = Gauge(
+    "gateway_sink_consumer_lag",
+    "Messages not yet stored: end offset (high watermark) minus the offset stored and committed",
+    ["topic", "partition"],
+)
 COMMITS = Counter("gateway_sink_commits_total", "Offset commits", ["result"])
 INGESTION_LAG = Histogram(
     "gateway_sink_ingestion_lag_seconds",

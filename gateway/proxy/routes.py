@@ -149,10 +149,13 @@ class Proxy:
         follow = route.target == "assets"
 
         async def fetch(
-            request: web.Request, overrides: Mapping[str, str] | None = None, body: bytes | None = None
+            request: web.Request,
+            overrides: Mapping[str, str] | None = None,
+            body: bytes | None = None,
+            method: str | None = None,
         ) -> UpstreamResponse:
-            """Forward `request` (with `body` if already read); `overrides` replace headers (an empty value
-            removes the header)."""
+            """Forward `request` (with `body` if already read, as `method` if given); `overrides` replace
+            headers (an empty value removes the header)."""
             if body is None and request.body_exists:
                 body = await read_body(request, body_limit, settings.body_read_timeout)
             forwarded = request_headers(request.headers, minimise_ip(self.client_ip(request), self.ip_mode))
@@ -160,14 +163,15 @@ class Proxy:
                 forwarded.popall(name, None)
                 if value:
                     forwarded[name] = value
+            method = method or request.method
             return await self.client.request(
-                request.method,
+                method,
                 _upstream_url(base, upstream_path(request)),
                 route=route.family,
                 headers=forwarded,
                 body=body,
                 timeout=timeout,
-                follow_redirects=follow and request.method in ("GET", "HEAD"),
+                follow_redirects=follow and method in ("GET", "HEAD"),
             )
 
         def upstream_path(request: web.Request) -> str:
@@ -175,7 +179,7 @@ class Proxy:
 
         async def handle(request: web.Request) -> web.StreamResponse:
             try:
-                if route.cacheable and self.cache is not None and request.method == "GET":
+                if route.cacheable and self.cache is not None and request.method in ("GET", "HEAD"):
                     return await self._cached(request, upstream_path(request), fetch)
                 body = None
                 # --- local flag evaluation (gateway/flags): answer here when no server-side data is needed ---
@@ -208,7 +212,8 @@ class Proxy:
         self, request: web.Request, path: str, fetch: Callable[..., Awaitable[UpstreamResponse]]
     ) -> web.Response:
         """Serve from the cache when fresh (or stale while the upstream fails), else fetch and store; entries
-        are keyed by the upstream `path` (with its query)."""
+        are keyed by the upstream `path` (with its query). A HEAD is answered like a GET (aiohttp leaves the
+        body out): the upstream is asked a GET, so the answer can be stored, as nginx's proxy_cache does."""
         assert self.cache is not None
         encoding = _encoding_class(request)
         key = (path, encoding)
@@ -225,7 +230,7 @@ class Proxy:
         if entry is not None and entry.etag:
             headers["If-None-Match"] = entry.etag
         try:
-            upstream = await fetch(request, headers)
+            upstream = await fetch(request, headers, method="GET")
         except (CircuitOpen, UpstreamError, GatewayError):
             if entry is not None and entry.usable_on_error(now):
                 return self._serve(request, entry, "stale")
@@ -267,7 +272,7 @@ class Proxy:
 
         async def revalidate() -> None:
             try:
-                upstream = await fetch(request, headers)
+                upstream = await fetch(request, headers, method="GET")
                 if upstream.status == 304:
                     self.cache.put(key, entry.refreshed(upstream.headers, self.cache.clock()))
                 else:

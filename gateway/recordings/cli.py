@@ -75,6 +75,8 @@ def _report_errors(command: str, run: object) -> int:
     except (SessionNotFound, LookupError) as exc:
         print(f"gateway recordings {command}: {exc.args[0] if exc.args else exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `export --out - | head`: gateway/cli.py stops quietly, as `spool dump` does
+        raise
     except (StorageError, WriteError, OSError) as exc:
         print(f"gateway recordings {command}: {exc}", file=sys.stderr)
         return 2

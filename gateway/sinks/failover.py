@@ -116,9 +116,11 @@ class FailoverSink:
     async def start(self) -> None:
         await self.spool.start()
         try:
-            await asyncio.wait_for(self.remote.ping(), self.ack_timeout)
-        except Exception as exc:  # remote down at boot: serve from the spool until it is back
-            log.warning("%s unavailable at start (%s); spooling", self.name, exc)
+            problem = "" if await asyncio.wait_for(self.remote.ping(), self.ack_timeout) else "health check failed"
+        except Exception as exc:
+            problem = str(exc) or type(exc).__name__
+        if problem:  # remote down (or unhealthy) at boot: serve from the spool until the replayer finds it back
+            log.warning("%s unavailable at start (%s); spooling", self.name, problem)
             self._set_mode(Mode.SPOOLING)
         directory = self.spool.spool.directory
         if await asyncio.to_thread(self._has_backlog, directory):

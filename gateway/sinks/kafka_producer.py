@@ -13,24 +13,36 @@ consumers co-partition with us. Records without a key (the overflow topic) stick
 until its open batch is handed to aiokafka, then move on to the next partition (round-robin over the
 partitions with a leader), as the Java client's sticky partitioner does for null keys: batches stay
 large and keyless records spread over every partition.
+
+A client retired after a failure (`reset`, e.g. its broker died) is stopped in the background: it may
+deliver what it still holds for RETIRED_GRACE_S, then what is left is failed (its requests timed out, so
+their records are in the spool: at least once) and its connections are closed. An idempotent client
+retries a batch forever, so without that a stalled client would stay open, and at shutdown be left
+pending with its connections (`stop` gives retired clients STOP_GRACE_S, then closes them the same way).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 from gateway.core.record import Record
 from gateway.metrics import serve as metrics
 from gateway.metrics.export import LocalGauge, LocalHistogram
+
+log = logging.getLogger(__name__)
+RETIRED_GRACE_S = 30.0  # how long a retired client may go on delivering what it holds
+STOP_GRACE_S = 10.0  # at stop, how long batches on their way and retired clients are waited for
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -103,7 +115,7 @@ class ReconnectingProducer:
         self._producer: AIOKafkaProducer | None = None  # created on the event loop, on first use
         self.generation = 0  # clients retired so far: a failure seen under an older one is not the current's
         self._connect_lock = asyncio.Lock()
-        self._retired: set[asyncio.Task] = set()
+        self._retired: dict[asyncio.Task, asyncio.Event] = {}  # retired clients' stopping tasks → "abandon now"
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._partition_counts: dict[str, list[int]] = {}  # topic → its partitions, as of the last metadata
         self._sticky: dict[str, tuple[int, _OpenBatch]] = {}  # topic → where its keyless records gather
@@ -327,18 +339,28 @@ class ReconnectingProducer:
         self._partitions = {}  # senders of the old client finish (or fail) their own batches
         self._partition_counts = {}
         self._sticky = {}
-        task = asyncio.get_running_loop().create_task(asyncio.wait_for(producer.stop(), 30))
-        self._retired.add(task)
-        task.add_done_callback(self._retired.discard)
-        task.add_done_callback(_consume_exception)
+        abandon = asyncio.Event()
+        task = asyncio.get_running_loop().create_task(_stop_retired(producer, RETIRED_GRACE_S, abandon))
+        self._retired[task] = abandon
+        task.add_done_callback(self._retired_stopped)
+
+    def _retired_stopped(self, task: asyncio.Task) -> None:
+        self._retired.pop(task, None)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.warning("a retired Kafka client did not close cleanly: %r", error)
 
     async def stop(self) -> None:
-        if self._senders:
-            await asyncio.wait(self._senders, timeout=10)
+        """Stop the client, after the batches on their way (STOP_GRACE_S at most); retired clients get
+        as long to deliver what they hold, then are closed regardless."""
+        pending = {*self._senders, *self._retired}
+        if pending:
+            await asyncio.wait(pending, timeout=STOP_GRACE_S)
+        for abandon in self._retired.values():
+            abandon.set()
+        if self._retired:
+            await asyncio.wait(list(self._retired), timeout=STOP_GRACE_S)
         if self._producer is not None:
             await self._producer.stop()
-        if self._retired:
-            await asyncio.wait(self._retired, timeout=10)
 
 
 def _batches(producer: AIOKafkaProducer, records: list[Record]) -> Iterator[BatchBuilder]:
@@ -352,6 +374,28 @@ def _batches(producer: AIOKafkaProducer, records: list[Record]) -> Iterator[Batc
     yield batch
 
 
-def _consume_exception(task: asyncio.Task) -> None:
-    if not task.cancelled():
-        task.exception()
+async def _stop_retired(producer: AIOKafkaProducer, grace: float, abandon: asyncio.Event) -> None:
+    """Stop a retired client, letting it deliver what it holds for `grace` seconds (or until `abandon` is
+    set); then abandon what it still holds and close its connections, so that its stop() returns."""
+    stopping = asyncio.ensure_future(producer.stop())
+    abandoned = asyncio.ensure_future(abandon.wait())
+    await asyncio.wait((stopping, abandoned), timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+    abandoned.cancel()
+    if not stopping.done():
+        _fail_batches(producer)
+        await producer.client.close()  # its requests in flight fail at once
+    try:
+        await stopping
+    except Exception as error:  # what aiokafka's sender made of the batches failed under it
+        log.debug("retired Kafka client stopped: %r", error)
+
+
+def _fail_batches(producer: AIOKafkaProducer) -> None:
+    """Fail the batches a client holds, as aiokafka does itself when its sender dies (it has no public
+    abort). Its sender may then fail on a batch it meant to send again: that failure is left to stop()
+    (which raises it), not to the sender's own callback (which trips over the transaction state of a
+    producer without transactions)."""
+    sender = producer._sender
+    if sender.sender_task is not None:
+        sender.sender_task.remove_done_callback(sender._fail_all)
+    producer._message_accumulator.fail_all(KafkaConnectionError("Kafka client retired"))

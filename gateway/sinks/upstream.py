@@ -216,12 +216,15 @@ class UpstreamRemote:
         self._delivered: set[bytes] = set()  # digests of posts that landed in a batch that then failed
 
     async def ping(self) -> bool:
-        """Any HTTP answer below 500 from the upstream's root means it is reachable."""
+        """Any HTTP answer below 500 from the upstream's root means it is reachable; a 5xx raises
+        UpstreamStatus (unhealthy: the start warning names the status)."""
         response = await self.client.request(
             "GET", self.base / "", route="events", headers={"User-Agent": USER_AGENT}, body=None,
             timeout=self.timeout,
         )
-        return response.status < 500
+        if response.status >= 500:
+            raise UpstreamStatus(f"upstream answered {response.status} to GET /")
+        return True
 
     async def produce(self, records: Sequence[Record] | ReceivedRequest) -> None:
         """Post every record (a request forwarded as received: its one post); on a partial failure,

@@ -13,13 +13,20 @@ worker stores and commits everything consumed from those partitions before librd
 (the callback makes the worker's commits meanwhile), and on assignment the worker resets its replay
 guard before any message of the new partitions is returned. Same group, manual commits after
 storage, exactly-once as with `KafkaSource`.
+
+`gateway_sink_consumer_lag` is a partition's end offset minus its committed offset, which the worker
+advances only past stored rows: messages consumed but not stored (inserts failing) still count. End
+offsets come with fetched messages; while the source is paused (nothing is fetched), they are asked
+for every LAG_REFRESH_S, so the lag keeps growing through a ClickHouse outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -37,6 +44,7 @@ from gateway.sinkworker.rows import SourceMessage
 from gateway.sinkworker.sources import AssignmentListener, read_at
 
 log = logging.getLogger(__name__)
+LAG_REFRESH_S = 5.0
 
 
 class KafkaMessage(msgspec.Struct, frozen=True, gc=False):
@@ -71,7 +79,9 @@ class ConfluentSource:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sink-consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: AssignmentListener | None = None
-        self._lag: dict[TP, int] = {}
+        self._ends: dict[TP, int] = {}  # end offset (high watermark) last seen, per assigned partition
+        self._committed: dict[TP, int] = {}  # next offset after what is stored and committed
+        self._ends_asked = 0.0  # monotonic time end offsets were last asked for while paused
         self._paused = False
         self._rebalanced = False  # during the consume() in progress
         # Commits for the consumer thread (None: a revocation's end). librdkafka holds a commit from another
@@ -128,12 +138,15 @@ class ConfluentSource:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         log.info("partitions revoked: %s", _names(tps))
         self._rebalanced = True
-        for tp in tps:
-            self._lag.pop(tp, None)
         done = asyncio.run_coroutine_threadsafe(self._listener.revoked(tps), self._loop)
         done.add_done_callback(lambda _: self._commits.put(None))
         self._serve_commits(consumer, until=True)
         done.result()
+        for topic, partition in tps:  # another member reports them now
+            self._ends.pop((topic, partition), None)
+            self._committed.pop((topic, partition), None)
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(topic, str(partition))
 
     def _serve_commits(self, consumer: Consumer, until: bool = False) -> None:
         """Make the commits asked for (on the consumer thread); `until`: wait for more until the sentinel."""
@@ -172,12 +185,36 @@ class ConfluentSource:
             offset = message.offset()
             append(KafkaMessage(tp[0], tp[1], offset, message.timestamp()[1], message.value(), message))
             last[tp] = offset
-        for (topic, partition), offset in last.items():
-            _, high = self._consumer.get_watermark_offsets(CTopicPartition(topic, partition), cached=True)
+        for tp in last:
+            if tp not in self._committed:  # first read since assigned: it starts at the committed offset
+                self._committed[tp] = next(m.offset for m in messages if (m.topic, m.partition) == tp)
+            _, high = self._consumer.get_watermark_offsets(CTopicPartition(*tp), cached=True)
             if high is not None and high >= 0:
-                lag = self._lag[(topic, partition)] = max(0, high - offset - 1)
-                CONSUMER_LAG.labels(topic, str(partition)).set(lag)
+                self._ends[tp] = high
+                self._report_lag(tp)
+        if self._paused and self._ends and time.monotonic() - self._ends_asked >= LAG_REFRESH_S:
+            self._ends_asked = time.monotonic()
+            await self._run(self._ask_ends, self._consumer)
         return messages
+
+    def _ask_ends(self, consumer: Consumer) -> None:
+        """End offsets from the brokers (a paused partition's cached one is not updated)."""
+        for tp in list(self._ends):
+            try:
+                _, high = consumer.get_watermark_offsets(CTopicPartition(*tp), timeout=1.0, cached=False)
+            except KafkaException as error:
+                log.debug("end offset of %s/%d not known: %s", *tp, error)
+                continue
+            if high is not None and high >= 0 and tp in self._ends:
+                self._ends[tp] = high
+                self._report_lag(tp)
+
+    def _report_lag(self, tp: TP) -> None:
+        CONSUMER_LAG.labels(tp[0], str(tp[1])).set(self._lag_of(tp))
+
+    def _lag_of(self, tp: TP) -> int:
+        end = self._ends.get(tp)
+        return 0 if end is None else max(0, end - self._committed.get(tp, end))
 
     def _consume(self, consumer: Consumer, max_records: int, timeout_s: float) -> list[CMessage]:
         self._serve_commits(consumer)
@@ -189,7 +226,7 @@ class ConfluentSource:
         return found
 
     def lag(self) -> int:
-        return sum(self._lag.values())
+        return sum(self._lag_of(tp) for tp in list(self._ends))
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         assert self._consumer is not None and self._loop is not None
@@ -206,6 +243,10 @@ class ConfluentSource:
         failed = [tp for tp in results or () if tp.error is not None]
         if failed:
             raise KafkaError(f"commit failed for {len(failed)} partitions: {failed[0].error}")
+        for tp, offset in offsets.items():
+            if tp in self._committed:  # still assigned
+                self._committed[tp] = max(offset, self._committed.get(tp, offset))
+                self._report_lag(tp)
 
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await read_at(self._bootstrap_servers, where)

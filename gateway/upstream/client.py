@@ -3,7 +3,8 @@
 One keep-alive pool (aiohttp `ClientSession`) per use. Responses are read whole and passed on as
 received: `auto_decompress=False` keeps the upstream's bytes and its `Content-Encoding` together, and
 `Content-Length` is dropped so aiohttp recomputes it from those same bytes (never stale, never
-double-encoded). The upstream's Host and TLS SNI come from its URL; cookies are neither sent nor kept.
+double-encoded), except in the answer to a HEAD, which has no bytes. The upstream's Host and TLS SNI
+come from its URL; cookies are neither sent nor kept.
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ def request_headers(incoming: CIMultiDictProxy[str], client_ip: str) -> CIMultiD
     return headers
 
 
-def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """The upstream's headers minus hop-by-hop, cookies, its CORS headers and a stale Content-Length."""
-    drop = _DROP_RESPONSE | _connection_tokens(upstream)
+def response_headers(upstream: CIMultiDictProxy[str], head: bool = False) -> CIMultiDict[str]:
+    """The upstream's headers minus hop-by-hop, cookies, its CORS headers and a stale Content-Length.
+
+    The answer to a HEAD keeps its Content-Length: it is the length of the body a GET would get, and there
+    are no bytes to recompute it from."""
+    drop = (_DROP_RESPONSE - {"content-length"} if head else _DROP_RESPONSE) | _connection_tokens(upstream)
     return CIMultiDict(
         (name, value)
         for name, value in upstream.items()
@@ -180,4 +184,4 @@ class UpstreamClient:
                     await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
                     attempt += 1
                     continue
-            return UpstreamResponse(status, response_headers(response.headers), data)
+            return UpstreamResponse(status, response_headers(response.headers, head=method == "HEAD"), data)

@@ -65,7 +65,7 @@ def test_method_policy_applies_on_a_directly_served_path(gateway: InProcessGatew
     assert status == 405 and orjson.loads(body)["code"] == "method_not_allowed"
     assert headers["X-Request-Id"] and headers["Access-Control-Allow-Origin"] == ORIGIN
     status, headers, _ = call(gateway, "OPTIONS", "/e/", **{"Access-Control-Request-Method": "POST"})
-    assert status == 200 and headers["Access-Control-Allow-Methods"] == "GET, POST, OPTIONS"
+    assert status == 200 and headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST, OPTIONS"
 
 
 def test_chunked_body_received_whole_is_held_to_the_route_limit(gateway: InProcessGateway) -> None:

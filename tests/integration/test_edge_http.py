@@ -98,6 +98,19 @@ def test_options_answered_locally_on_every_route(start, path: str) -> None:
     assert response.headers["Access-Control-Allow-Origin"] == "https://a.example"
 
 
+def test_preflight_advertises_the_methods_each_route_accepts(start) -> None:
+    """`--route-methods` is what the preflight's Access-Control-Allow-Methods says: a POST-only route does not
+    advertise GET, a route given PUT advertises it (a browser sends a non-safelisted method only if listed)."""
+    gateway = start(route_methods=("events=POST", "replay=POST,PUT,OPTIONS"))
+    expected = {"/e/": "POST, OPTIONS", "/s/": "POST, PUT, OPTIONS", "/batch/": "GET, HEAD, POST, OPTIONS"}
+    for path, methods in expected.items():
+        preflight = requests.options(gateway.url + path, timeout=5, headers={
+            "Origin": "https://a.example", "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Methods"] == methods, path
+    assert_error(requests.get(gateway.url + "/e/", timeout=5), 405, "method_not_allowed")
+
+
 def test_token_allowlist(start) -> None:
     gateway = start(allow_tokens=(TOKEN, "phc_other"))
     assert post(gateway, event()).status_code == 200

@@ -5,19 +5,24 @@ half-way and is retried still lands the first copy of every record in order."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
 import uuid
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from unittest import mock
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import NotLeaderForPartitionError
+from aiokafka.errors import KafkaConnectionError, NotLeaderForPartitionError, RequestTimedOutError
 from aiokafka.partitioner import murmur2
+from aiokafka.protocol.produce import ProduceRequest
 
 from gateway.core.record import Record
+from gateway.sinks import kafka_producer
 from gateway.sinks.factory import producer_config
-from gateway.sinks.kafka_producer import ReconnectingProducer
+from gateway.sinks.kafka_producer import AckTimeout, ReconnectingProducer
 from tests.services.kafka_broker import KafkaBroker
 from tests.support.inprocess import settings_for
 from tests.support.kafka import consume_all
@@ -135,3 +140,70 @@ def test_a_straggler_failure_does_not_retire_the_client_that_replaced_its_own(
             await producer.stop()
 
     asyncio.run(scenario())
+
+
+def stalled_leader(client: AIOKafkaProducer, stalled: asyncio.Event) -> None:
+    """Once `stalled` is set, `client`'s produce requests get no answer, as from a leader that died without
+    closing its connections: each fails when its connection is closed, or after a long request timeout."""
+    send, close = client.client.send, client.client.close
+    unanswered: list[asyncio.Future] = []
+
+    async def stalled_send(node_id: int, request: object, **kwargs: object) -> object:
+        if not (stalled.is_set() and isinstance(request, ProduceRequest)):
+            return await send(node_id, request, **kwargs)
+        unanswered.append(asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(unanswered[-1], 60)
+        except TimeoutError:
+            raise RequestTimedOutError() from None
+
+    async def closing() -> None:
+        for future in unanswered:
+            if not future.done():
+                future.set_exception(KafkaConnectionError("connection closed"))
+        await close()
+
+    client.client.send, client.client.close = stalled_send, closing  # type: ignore[method-assign]
+
+
+def test_shutdown_after_a_failover_leaves_no_client_open(
+    kafka: KafkaBroker, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client retired while its leader does not answer (an idempotent client retries forever) is closed at
+    shutdown: no connection, transport or task of it is left for the event loop's end to complain about."""
+    monkeypatch.setattr(kafka_producer, "STOP_GRACE_S", 0.5)
+    topic = f"t{uuid.uuid4().hex[:10]}-retired"
+    asyncio.run(kafka.create_topics([topic], partitions=1))
+    settings = settings_for(tmp_path, kafka_bootstrap_servers=kafka.bootstrap_servers)
+    clients: list[AIOKafkaProducer] = []
+    left_running: list[asyncio.Task] = []
+
+    async def scenario() -> None:
+        stalled = asyncio.Event()
+
+        def make_client() -> AIOKafkaProducer:
+            clients.append(AIOKafkaProducer(**producer_config(settings)))
+            if len(clients) == 1:
+                stalled_leader(clients[0], stalled)
+            return clients[-1]
+
+        producer = ReconnectingProducer(make_client)
+        await producer.produce(request_records(topic, 0))
+        stalled.set()
+        with pytest.raises(AckTimeout):
+            await producer.produce(request_records(topic, 1), deadline=asyncio.get_running_loop().time() + 0.5)
+        producer.reset(producer.generation)  # what KafkaSink does after a failed delivery: a fresh client
+        await producer.produce(request_records(topic, 2))
+        assert len(clients) == 2
+        await producer.stop()
+        await asyncio.sleep(0.1)  # let cancelled helpers finish
+        left_running.extend(task for task in asyncio.all_tasks() if task is not asyncio.current_task())
+
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        asyncio.run(scenario())
+        clients.clear()
+        gc.collect()
+    assert not left_running
+    assert not [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not [r.getMessage() for r in caplog.records if r.name.startswith(("asyncio", "gateway"))]

@@ -163,6 +163,24 @@ def test_static_bytes_identical_cached_and_conditional(tmp_path: Path, upstream:
     assert upstream.requests_to(f"/array/{TOKEN}/config")  # remote config goes to the assets host
 
 
+@pytest.mark.parametrize("cache_bytes", [0, 4 * 1024 * 1024])
+@pytest.mark.parametrize("path", ["/static/array.js", f"/array/{TOKEN}/config"])
+def test_head_on_an_asset_carries_the_get_headers_without_a_body(
+    tmp_path: Path, upstream: FakePostHog, cache_bytes: int, path: str
+) -> None:
+    """A HEAD answers the headers a GET would (Content-Length, Content-Type, ETag), with no body: loaders and
+    CDNs check an asset's size and validators this way, cached or not."""
+    with gateway_for(tmp_path, upstream, proxy_cache_bytes=cache_bytes) as gateway:
+        heads = [requests.head(gateway.url + path, timeout=10)]
+        get = requests.get(gateway.url + path, timeout=10)
+        heads.append(requests.head(gateway.url + path, timeout=10))
+    assert get.status_code == 200 and int(get.headers["Content-Length"]) == len(get.content) > 0
+    for head in heads:
+        assert head.status_code == 200 and head.content == b""
+        for name in ("Content-Length", "Content-Type", "ETag", "Cache-Control"):
+            assert head.headers.get(name) == get.headers[name], (name, head.headers, get.headers)
+
+
 def test_stale_asset_served_when_upstream_down(tmp_path: Path, upstream: FakePostHog) -> None:
     upstream.asset_max_age = 1
     with gateway_for(tmp_path, upstream, upstream_retries=0) as gateway:

@@ -19,9 +19,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import GroupCoordinatorNotAvailableError
+from prometheus_client import REGISTRY
 
 from gateway.clickhouse.http_writer import HttpWriter
 from gateway.clickhouse.schema import events_table_ddl, table_name
+from gateway.clickhouse.writer import ErrorKind, WriteError
+from gateway.sinkworker import confluent
 from gateway.sinkworker.batch import FlushPolicy
 from gateway.sinkworker.confluent import ConfluentSource
 from gateway.sinkworker.dlq import KafkaDeadLetters
@@ -149,6 +152,69 @@ def test_kafka_crash_between_insert_and_commit_then_restart(
     assert counts(clickhouse_http_url, table) == (total, total)
     dead = asyncio.run(consume(kafka.bootstrap_servers, dlq_topic, 1))
     assert dict(dead[0].headers)["dlq_reason"] == b"invalid_json" and dead[0].value == b"\x00garbage"
+
+
+class FailingInserts:
+    """A writer whose inserts fail (as when ClickHouse refuses them) while `failing` is set."""
+
+    def __init__(self, writer: HttpWriter) -> None:
+        self.writer = writer
+        self.failing = True
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.writer, name)
+
+    async def insert(self, *args: object, **kwargs: object) -> None:
+        if self.failing:
+            raise WriteError(ErrorKind.TRANSIENT, "Code: 999, e.displayText() = simulated outage")
+        await self.writer.insert(*args, **kwargs)
+
+
+def test_consumer_lag_counts_messages_not_stored(
+    kafka: KafkaBroker, clickhouse_http_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gateway_sink_consumer_lag` is end offset minus committed offset: while inserts fail, the messages
+    consumed but not stored count, and so do those produced while the paused source fetches nothing."""
+    monkeypatch.setattr(confluent, "LAG_REFRESH_S", 0.3)
+    topic, dlq_topic, table, group = unique("capture"), unique("dlq"), unique("events"), unique("sink")
+
+    def lag() -> float | None:
+        return REGISTRY.get_sample_value("gateway_sink_consumer_lag", {"topic": topic, "partition": "0"})
+
+    async def wait_until(condition: Callable[[], bool], task: asyncio.Task[None]) -> None:
+        async with asyncio.timeout(30):
+            while not condition():
+                assert not task.done(), task
+                await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        await kafka.create_topics([topic], partitions=1)
+        writer = FailingInserts(await create_table(clickhouse_http_url, table))
+        dead = await KafkaDeadLetters.start(kafka.bootstrap_servers, dlq_topic)
+        source = ConfluentSource.create(kafka.bootstrap_servers, [topic], group, SESSION_TIMEOUT_MS)
+        config = WorkerConfig(table_name("default", table), FlushPolicy(max_rows=100, max_age_s=0.2),
+                              max_in_flight=1, fetch_max_records=100, retry_base_s=0.05, retry_max_s=0.2)
+        worker = SinkWorker(source, writer, dead, RowEncoder(TeamResolver({}), subsecond=False), config)
+        await produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in range(500)], 1)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        try:
+            await wait_until(lambda: lag() == 500, task)  # nothing stored, whatever was consumed
+            await asyncio.sleep(1.5)  # the source pauses (batch full, the insert slot busy), its fetches end
+            await produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in range(500, 550)], 1)
+            await wait_until(lambda: lag() == 550, task)  # the source is paused: end offsets are asked for
+            writer.failing = False
+            await wait_until(lambda: lag() == 0, task)
+            assert worker.rows_written == 550
+            stop.set()
+            await task
+        finally:
+            stop.set()
+            await dead.close()
+            await writer.close()
+
+    asyncio.run(scenario())
+    assert counts(clickhouse_http_url, table) == (550, 550)
 
 
 async def consume(bootstrap: str, topic: str, count: int) -> list:

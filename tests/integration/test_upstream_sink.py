@@ -4,6 +4,7 @@ spooled while the upstream is down or slow and replayed in order, pass-through a
 from __future__ import annotations
 
 import gzip
+import logging
 import time
 import uuid
 from collections import Counter
@@ -167,6 +168,34 @@ def test_outage_spools_then_replays_everything(tmp_path: Path, outage: str) -> N
     spooled = list(iter_records(tmp_path / "upstream-spool" / "worker-0"))
     assert spooled and {r.topic for r in spooled} == {"upstream-event"}
     assert {orjson.loads(r.value)["uuid"] for r in spooled} <= set(sent)
+
+
+@pytest.mark.parametrize("outage", ["stopped", "status_503"])
+def test_upstream_down_at_start_is_reported_and_spooled(
+    tmp_path: Path, outage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream answering 5xx at start is as unhealthy as one not answering: the start warning says so,
+    readiness is degraded and events are spooled, until the replayer finds it healthy."""
+    with FakePostHog() as upstream:
+        if outage == "stopped":
+            upstream.stop()
+        else:
+            upstream.status_override = 503
+        with caplog.at_level(logging.WARNING, logger="gateway"):
+            gateway = start_gateway(tmp_path, upstream, upstream_ack_timeout_ms=300, upstream_retries=0)
+        try:
+            readiness = requests.get(gateway.url + "/_readiness", timeout=5).json()
+            assert readiness["status"] == "degraded" and "upstream" in readiness["detail"], readiness
+            e = event()
+            assert post(gateway, "/e/", e, "198.51.100.1").status_code == 200
+            if outage == "stopped":
+                upstream.start()
+            upstream.status_override = None
+            wait_for(lambda: [e["uuid"]] == [f["uuid"] for _, _, f in forwarded(upstream)])
+            wait_for(lambda: requests.get(gateway.url + "/_readiness", timeout=5).json()["status"] == "ok")
+        finally:
+            gateway.stop()
+    assert [r for r in caplog.records if "upstream unavailable at start" in r.getMessage()]
 
 
 def test_upstream_refusal_is_the_clients_answer(tmp_path: Path) -> None:

@@ -94,6 +94,31 @@ def test_embedded_sink_split_dlq_export_erasure_and_retention(tmp_path: Path) ->
     assert run_gateway("recordings", "export", "session-old", *common).returncode == 1
 
 
+def test_export_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`gateway recordings export … --out - | head -c 10`: like `gateway spool dump | head`, the export stops
+    when its reader has gone (exit 1), without an error line or a BrokenPipeError traceback."""
+    data = tmp_path / "data"
+    with GatewayProcess(data) as gateway:  # ~240 KB of events: more than a pipe's buffer holds
+        post_snapshots(gateway.url, "session-erin", "erin", rrweb_session(now_ms() - 60_000, padding=20_000))
+    sink = sink_process(data, "--block-max-age", "0.2", "--recordings-retention-interval", "0")
+    try:
+        wait_for(lambda: list((data / "recordings" / "sessions").glob("*/session-erin/*")), timeout=60,
+                 what="a block of the session")
+        time.sleep(1)
+    finally:
+        sink.terminate()
+        assert sink.wait(30) == 0, (data.parent / "recordings-sink.log").read_text()[-3000:]
+    export = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "recordings", "export", "session-erin", "--out", "-", "--data-dir",
+         str(data), "--clickhouse", f"chdb://{data}/chdb"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=gateway_env(), cwd=REPO_ROOT)
+    assert export.stdout is not None and export.stderr is not None
+    assert export.stdout.read(10) == b"[\n{\"type\":"
+    export.stdout.close()  # what `head -c 10` does once it has its bytes
+    assert export.wait(60) == 1
+    assert export.stderr.read() == b""
+
+
 def metric(url: str, name: str) -> float:
     """A counter's value from /metrics, 0 while the process is not listening yet."""
     try:
