@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge
 
-CONSUMER_LAG = Gauge("recordings_consumer_lag", "replay-topic messages not yet consumed", ["partition"])
+CONSUMER_LAG = Gauge(
+    "recordings_consumer_lag", "replay-topic messages not yet stored (end offset minus committed offset)", ["partition"]
+)
 ITEMS_STORED = Counter("recordings_snapshot_items_stored_total", "rrweb events stored in blocks")
 BLOCKS_STORED = Counter("recordings_blocks_stored_total", "blocks written to storage")
 BLOCK_BYTES = Counter("recordings_block_bytes_total", "compressed bytes written to storage")

@@ -7,6 +7,8 @@ partitions; on assignment it forgets what it knew of them.
 
 from __future__ import annotations
 
+import contextlib
+
 from gateway.metrics.recordings import CONSUMER_LAG
 from gateway.sinkworker.sources import KafkaSource, group_consumer
 
@@ -21,3 +23,7 @@ class ReplayTopicSource(KafkaSource):
 
     def lag_measured(self, topic: str, partition: int, lag: int) -> None:
         CONSUMER_LAG.labels(str(partition)).set(lag)
+
+    def lag_forgotten(self, topic: str, partition: int) -> None:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(str(partition))

@@ -20,6 +20,7 @@ as `SpooledEvent`s (spooled.py: the row is built from the event, the record only
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -91,11 +92,14 @@ class Source(Protocol):
 
 
 class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, listener: AssignmentListener) -> None:
+    def __init__(self, listener: AssignmentListener, forget: Callable[[set[TP]], None]) -> None:
         self._listener = listener
+        self._forget = forget
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._listener.revoked({(tp.topic, tp.partition) for tp in revoked})
+        partitions = {(tp.topic, tp.partition) for tp in revoked}
+        await self._listener.revoked(partitions)  # its last commits still count for these partitions
+        self._forget(partitions)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._listener.assigned({(tp.topic, tp.partition) for tp in assigned})
@@ -120,7 +124,11 @@ def group_consumer(
 
 class KafkaSource:
     """A manually committing member of a consumer group on aiokafka (the recordings sink's base; the events
-    sink consumes with `ConfluentSource`)."""
+    sink consumes with `ConfluentSource`).
+
+    Its lag is a partition's end offset minus its committed offset, which the sink advances only past what
+    it stored: messages consumed but not stored (storage down) still count.
+    """
 
     lag_unit = "messages"
 
@@ -128,10 +136,11 @@ class KafkaSource:
         self._consumer = consumer
         self._topics = list(topics)
         self._bootstrap_servers = bootstrap_servers
-        self._lag: dict[TP, int] = {}
+        self._ends: dict[TP, int] = {}  # end offset (high watermark) last seen, per assigned partition
+        self._committed: dict[TP, int] = {}  # next offset after what is stored and committed
 
     async def start(self, listener: AssignmentListener) -> None:
-        self._consumer.subscribe(topics=self._topics, listener=_Rebalance(listener))
+        self._consumer.subscribe(topics=self._topics, listener=_Rebalance(listener, self._forget))
         await self._consumer.start()
 
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
@@ -139,22 +148,46 @@ class KafkaSource:
         messages: list[SourceMessage] = []
         for tp, records in batches.items():
             messages += records
+            key = (tp.topic, tp.partition)
+            self._committed.setdefault(key, records[0].offset)  # first read since assigned: the committed offset
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                lag = self._lag[(tp.topic, tp.partition)] = highwater - records[-1].offset - 1
-                self.lag_measured(tp.topic, tp.partition, lag)
+                self._ends[key] = highwater
+                self._report_lag(key)
         return messages
 
     def lag_measured(self, topic: str, partition: int, lag: int) -> None:
         CONSUMER_LAG.labels(topic, str(partition)).set(lag)
 
+    def lag_forgotten(self, topic: str, partition: int) -> None:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(topic, str(partition))
+
     def lag(self) -> int:
-        return sum(self._lag.values())
+        return sum(self._lag_of(tp) for tp in list(self._ends))
+
+    def _lag_of(self, tp: TP) -> int:
+        end = self._ends.get(tp)
+        return 0 if end is None else max(0, end - self._committed.get(tp, end))
+
+    def _report_lag(self, tp: TP) -> None:
+        self.lag_measured(tp[0], tp[1], self._lag_of(tp))
+
+    def _forget(self, partitions: set[TP]) -> None:
+        """Revoked partitions: another member reports their lag now."""
+        for tp in partitions:
+            self._ends.pop(tp, None)
+            self._committed.pop(tp, None)
+            self.lag_forgotten(*tp)
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         await self._consumer.commit(
             {TopicPartition(topic, part): off for (topic, part), off in offsets.items()}
         )
+        for tp, offset in offsets.items():
+            if tp in self._committed:  # still assigned
+                self._committed[tp] = max(offset, self._committed[tp])
+                self._report_lag(tp)
 
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await read_at(self._bootstrap_servers, where)
