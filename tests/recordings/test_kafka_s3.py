@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import orjson
@@ -35,7 +36,7 @@ def test_kafka_sink_survives_crash_and_storage_outage(
     tmp_path: Path, kafka, clickhouse_http_url: str, s3_server: S3Server
 ) -> None:
     asyncio.run(kafka.create_topics([REPLAY, DLQ]))
-    database = f"rec_{tmp_path.name[-8:].replace('-', '_')}".lower()
+    database = f"rec_{uuid.uuid4().hex[:12]}"
     requests.post(clickhouse_http_url, data=f"CREATE DATABASE {database}".encode(), timeout=10).raise_for_status()
     table = f"{database}.session_replay_events"
     prefix = f"s3://{BUCKET}/{database}"

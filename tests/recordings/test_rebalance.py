@@ -10,6 +10,7 @@ and ClickHouse 18.16 from tests/services.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 
 import orjson
@@ -42,7 +43,7 @@ class HeldStore(DirectoryStore):
 
 
 def test_revocation_during_a_flush(tmp_path: Path, kafka, clickhouse_http_url: str) -> None:
-    database = f"rebalance_{tmp_path.name[-8:].replace('-', '_')}".lower()
+    database = f"rebalance_{uuid.uuid4().hex[:12]}"
     requests.post(clickhouse_http_url, data=f"CREATE DATABASE {database}".encode(), timeout=10).raise_for_status()
     topic, group = f"replay_{database}", f"g_{database}"
     asyncio.run(kafka.create_topics([topic], partitions=1))
@@ -128,7 +129,7 @@ class ObservedSink(RecordingsSink):
 
 def test_member_joining_during_a_flush(tmp_path: Path, kafka, clickhouse_http_url: str) -> None:
     """A real rebalance: a second sink joins the group while the first holds a block put."""
-    database = f"joining_{tmp_path.name[-8:].replace('-', '_')}".lower()
+    database = f"joining_{uuid.uuid4().hex[:12]}"
     requests.post(clickhouse_http_url, data=f"CREATE DATABASE {database}".encode(), timeout=10).raise_for_status()
     topic, group = f"replay_{database}", f"g_{database}"
     asyncio.run(kafka.create_topics([topic], partitions=2))
