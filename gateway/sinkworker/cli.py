@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import uvloop
 
+from gateway.core import stack_dump
 from gateway.settings import ConfigError, SinkSettings, add_arguments, add_config_argument, load
 from gateway.settings.check import effective_config, redacted
 from gateway.settings.fields import check_env, warn_unknown_env
@@ -82,6 +83,7 @@ def run_sink(settings: SinkSettings, on_running: Callable[[], None] = lambda: No
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        stack_dump.install(loop)
         from gateway.sinkworker.app import serve  # heavy: kept out of `gateway --help` and `serve`
 
         return await serve(settings, stop, on_running)

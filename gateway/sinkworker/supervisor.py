@@ -1,15 +1,17 @@
 """`gateway sink --processes N`: N sink processes in one Kafka consumer group, supervised by the parent.
 
 The rules are `gateway serve`'s for its workers (gateway/child_processes.py): SIGTERM/SIGINT are
-forwarded (each child stores and commits what it consumed, then exits); a start-up failure stops the
-others with that error; a child that dies after it ran is restarted with back-off, and a crash loop
-stops the sink with one line. Exit status: the first failure's, else 1 if a child did not stop cleanly
+forwarded (each child stores and commits what it consumed, then exits), SIGUSR2 is passed on (each
+child logs its stacks, gateway/core/stack_dump.py); a start-up failure stops the others with that
+error; a child that dies after it ran is restarted with back-off, and a crash loop stops the sink
+with one line. Exit status: the first failure's, else 1 if a child did not stop cleanly
 (batches left unstored at its shutdown timeout), else 0.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -30,6 +32,7 @@ class SinkSupervisor(ChildSupervisor):
     group_name = "sink"
     ready_word = "running"
     log_key = "sink_process"
+    passed_on = (signal.SIGUSR2,)
 
     def __init__(self, settings: SinkSettings, child_main: ChildMain, policy: RestartPolicy | None = None) -> None:
         super().__init__(settings.processes, policy)
@@ -37,6 +40,7 @@ class SinkSupervisor(ChildSupervisor):
         self.child_main = child_main
 
     def run_child(self, index: int, first_start: bool, on_ready: Callable[[], None]) -> int:
+        signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # not the parent's handler; the sink's own once it runs
         settings = replace(self.settings, processes=1)
         if settings.metrics_port:
             settings = replace(settings, metrics_port=settings.metrics_port + index)

@@ -1,8 +1,8 @@
 """`gateway sink --data-dir` as a user runs it: the real command, its exit code and its one stderr line.
 
-It drains every worker spool of the data dir into chdb, logs progress at INFO, refuses a wrong
-directory (exit 2) instead of idling, and a second sink on the same chdb path fails with one line
-(exit 1) instead of chdb's traceback.
+It drains every worker spool of the data dir into chdb, logs progress at INFO (and its stacks on
+SIGUSR2), refuses a wrong directory (exit 2) instead of idling, and a second sink on the same chdb
+path fails with one line (exit 1) instead of chdb's traceback.
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ def test_sink_drains_every_worker_spool_of_the_data_dir_once_and_logs_progress(r
     content = wait_for_line(log, f"sink progress: {WORKERS * PER_SPOOL} rows written", process)
     assert "draining spool main/worker-0" in content and "draining spool main/worker-1" in content
     assert "lag 0 bytes" in content
+    # A bad-day tool: SIGUSR2 logs where the worker loop waits, and the sink runs on.
+    process.send_signal(signal.SIGUSR2)
+    dump = wait_for_line(log, "stack dump on SIGUSR2", process)[len(content):]
+    assert "in _poll" in dump and "thread MainThread" in dump
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
     assert f"sink stopped: {WORKERS * PER_SPOOL} rows written, lag 0 bytes" in log.read_text()

@@ -1,7 +1,7 @@
 """Several `gateway sink` processes in one consumer group: real Kafka, ClickHouse 18.16 over HTTP.
 
-- `--processes N`: the parent supervises N children (a killed child is restarted, SIGTERM stops them
-  all cleanly, a crash loop stops the sink with one line).
+- `--processes N`: the parent supervises N children (a killed child is restarted, SIGUSR2 makes each
+  log its stacks, SIGTERM stops them all cleanly, a crash loop stops the sink with one line).
 - Three separate sink processes over a 12-partition topic while events keep arriving: started one
   after another, one stopped (SIGTERM), one killed -9 mid-batch, one added back. Every rebalance
   must keep rows exactly-once: plain count() = distinct uuids = events produced, and the group's
@@ -162,6 +162,11 @@ def test_processes_children_share_the_group_and_a_killed_one_is_restarted(
         wait_for(lambda: group.counts()[0] >= produced, 60, f"{produced} rows")
         time.sleep(1)  # a duplicate would arrive now
         assert second in children(sink.pid)
+        running = children(sink.pid)
+        sink.send_signal(signal.SIGUSR2)  # passed on: each child logs its stacks and runs on
+        wait_for(lambda: group.logs[0].read_text(errors="replace").count("stack dump on SIGUSR2:\ntask ") == 2, 10,
+                 "a stack dump from each child")  # fmt: skip
+        assert children(sink.pid) == running and sink.poll() is None
         sink.send_signal(signal.SIGTERM)
         assert sink.wait(60) == 0, group.log_text()
     finally:
