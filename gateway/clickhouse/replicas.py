@@ -77,7 +77,9 @@ class ReplicaWriter:
         first = writer._writers[up[0]]
         assert first is not None
         writer.caps = first.caps
-        if insert_quorum and not writer.caps.parallel_quorum:
+        if insert_quorum and not writer.caps.parallel_quorum and max_in_flight > 1:
+            log.info("insert quorum %d on ClickHouse %s: one insert at a time (no parallel quorum inserts "
+                     "before 21.1)", insert_quorum, ".".join(map(str, writer.caps.version)))
             writer.max_in_flight = 1
         return writer
 

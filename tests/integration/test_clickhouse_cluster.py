@@ -322,3 +322,62 @@ def test_quorum_inserts_on_18_16(cluster: ClickHouseCluster, monkeypatch: pytest
     for url in cluster.http_urls:
         caught_up(url, table)
         assert counts(url, table) == (1200, 1200), url
+
+
+def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_it_returns(
+    cluster: ClickHouseCluster, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    table, topic, group = unique("events"), unique("quorum"), unique("sink")
+    init_schema(cluster, table)
+    asyncio.run(kafka.create_topics([topic], partitions=PARTITIONS))
+    (first_url, second_url), first = cluster.http_urls, cluster.nodes[0]
+    log_path = tmp_path / "sink.log"
+    command = [
+        sys.executable, "-m", "gateway", "sink", "--cluster", cluster.cluster, "--insert-quorum", "2",
+        "--clickhouse-url", ",".join(cluster.http_urls), "--table", table,
+        "--kafka-bootstrap-servers", kafka.bootstrap_servers, "--topics", topic, "--group-id", group,
+        "--dlq-dir", str(tmp_path / "dlq"), "--batch-rows", "200", "--fetch-max-records", "200",
+        "--batch-age-ms", "100", "--insert-concurrency", "2", "--session-timeout-ms", "6000", "--log-level", "warning",
+    ]  # fmt: skip
+    waves = [range(0, 12000), range(12000, 15000)]  # wave 0: 60 inserts, one at a time
+
+    def send(wave: range) -> None:
+        asyncio.run(produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in wave], PARTITIONS))
+
+    def lag() -> int:
+        return group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS)
+
+    def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
+
+    with log_path.open("ab") as log:
+        sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
+    try:
+        send(waves[0])
+        until(lambda: counts(first_url, table)[0] > 0, 60, "first rows stored")
+        first.kill()  # mid-run: the sink is inserting wave 0 through the first replica
+        until(lambda: active_replicas(second_url, table) == 1, 30, "the first replica's session expired")
+        stored, behind = counts(second_url, table)[0], lag()
+        assert behind > 0, "wave 0 was not being stored when the replica was killed"
+        send(waves[1])
+        time.sleep(5)
+        # One replica is fewer than the quorum: nothing more is stored, nothing committed, the sink retries.
+        assert sink.poll() is None
+        assert counts(second_url, table)[0] == stored
+        assert lag() == behind + len(waves[1])
+
+        first.start()
+        until(lambda: lag() == 0, 120, "every message committed once the replica returned")
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(30) == 0
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    output = log_path.read_text(errors="replace")
+    assert "Code: 285" in output, output[-3000:]  # "Number of alive replicas (1) is less than requested quorum (2)"
+    assert output.count("failing over to") <= 1, output[-3000:]  # from the dead replica once, then no flapping
+    for url in cluster.http_urls:  # acknowledged only once both held it: no catching up needed
+        assert counts(url, table) == (15000, 15000), url
