@@ -72,15 +72,16 @@ def _reason(exc: OSError) -> str:
 
 
 class WorkerSupervisor(ChildSupervisor):
-    """Parent of `settings.workers` workers (gateway/child_processes.py); also passes SIGHUP on, and logs
-    the start-up line once every worker serves."""
+    """Parent of `settings.workers` workers (gateway/child_processes.py); also passes SIGHUP (reload) and
+    SIGUSR2 (each worker logs its stacks, gateway/core/stack_dump.py) on, and logs the start-up line once
+    every worker serves."""
 
     log = log
     child_name = process_name = "worker"
     group_name = "gateway"
     ready_word = "serving"
     log_key = "worker"
-    passed_on = (signal.SIGHUP,)
+    passed_on = (signal.SIGHUP, signal.SIGUSR2)
 
     def __init__(self, settings: ServeSettings, components: Components, load: Loader | None) -> None:
         super().__init__(settings.workers)

@@ -95,9 +95,10 @@ async def catch_up(writer: ReplicaWriter, table: str, timeout: float = SYNC_TIME
 
 
 async def open_cluster(urls: Sequence[str], *, max_in_flight: int, compression: str, database: str, table: str,
-                       cluster: str, retention_days: int, create: bool) -> ReplicaWriter:
-    """Connect to the replicas and prepare the replicated table (see `prepare_cluster_table`)."""
-    writer = await ReplicaWriter.connect(urls, max_in_flight, compression)
+                       cluster: str, retention_days: int, create: bool, insert_quorum: int = 0) -> ReplicaWriter:
+    """Connect to the replicas and prepare the replicated table (see `prepare_cluster_table`); every insert
+    waits for `insert_quorum` replicas (0: off)."""
+    writer = await ReplicaWriter.connect(urls, max_in_flight, compression, insert_quorum)
     try:
         await prepare_cluster_table(writer, database=database, table=table, cluster=cluster,
                                     retention_days=retention_days, create=create)

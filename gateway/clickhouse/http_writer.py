@@ -26,18 +26,23 @@ class HttpWriter:
     """Writer for a ClickHouse HTTP endpoint (`http://user:pass@host:8123/?database=db`)."""
 
     def __init__(
-        self, url: str, session: aiohttp.ClientSession, params: dict[str, str], max_in_flight: int, gzip: bool
+        self, url: str, session: aiohttp.ClientSession, params: dict[str, str], max_in_flight: int, gzip: bool,
+        insert_settings: Mapping[str, str] | None = None,
     ) -> None:
         self._url = url
         self._session = session
         self._params = params
         self.max_in_flight = max_in_flight
         self._gzip = gzip
+        self._insert_settings = dict(insert_settings or {})
         self.caps = ServerCaps((0,))
 
     @classmethod
-    async def connect(cls, dsn: str, max_in_flight: int = 4, compression: str = "none") -> HttpWriter:
-        """Open the pool and probe the server version."""
+    async def connect(
+        cls, dsn: str, max_in_flight: int = 4, compression: str = "none",
+        insert_settings: Mapping[str, str] | None = None,
+    ) -> HttpWriter:
+        """Open the pool and probe the server version. `insert_settings` are ClickHouse settings of every insert."""
         parts = urlsplit(dsn)
         headers = {}
         if parts.username:
@@ -51,7 +56,7 @@ class HttpWriter:
         session = aiohttp.ClientSession(
             connector=connector, headers=headers, timeout=aiohttp.ClientTimeout(total=300, connect=10)
         )
-        writer = cls(url, session, dict(parse_qsl(parts.query)), max_in_flight, compression == "gzip")
+        writer = cls(url, session, dict(parse_qsl(parts.query)), max_in_flight, compression == "gzip", insert_settings)
         try:
             writer.caps = ServerCaps.from_version((await writer.select("SELECT version()"))[0][0])
         except BaseException:
@@ -73,7 +78,7 @@ class HttpWriter:
     async def insert(
         self, table: str, body: Body, dedup_token: str | None, columns: Sequence[str] = ()
     ) -> None:
-        params = {"query": insert_statement(table, columns)}
+        params = {**self._insert_settings, "query": insert_statement(table, columns)}
         if dedup_token is not None and self.caps.dedup_token:
             params["insert_deduplication_token"] = dedup_token
         await self._post(params, body, compress=self._gzip)

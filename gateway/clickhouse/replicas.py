@@ -8,6 +8,12 @@ retries, nothing is committed meanwhile. Bad-data errors are the rows' fault, ne
 A retried insert may land on another replica than the failed attempt: the replicated tables'
 block deduplication (hashes kept in ZooKeeper, shared by the replicas) drops a retried identical
 block whichever replica stored it first.
+
+With an insert quorum N, an insert returns only once N replicas hold it. A quorum error (too few live
+replicas, a previous quorum insert still pending, quorum not reached in time) is the cluster's state,
+the same on every replica: it is raised without failing over, and the worker retries with backoff.
+ClickHouse before 21.1 takes one quorum insert per table at a time ("Another quorum insert has been
+already started", code 286, immediately): the writer then takes one insert at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ from gateway.metrics.clickhouse import CLICKHOUSE_REPLICA_UP
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# How long an insert waits for its quorum before failing with code 319 (ClickHouse's default: 10 min).
+# A retry of the same block is deduplicated, or refused (286) while that quorum is still pending.
+QUORUM_TIMEOUT_MS = 60_000
 
 
 def redact(url: str) -> str:
@@ -37,19 +46,21 @@ def redact(url: str) -> str:
 class ReplicaWriter:
     """A Writer over replicas `urls`, failing over in list order and wrapping around."""
 
-    def __init__(self, urls: Sequence[str], max_in_flight: int, compression: str) -> None:
+    def __init__(self, urls: Sequence[str], max_in_flight: int, compression: str, insert_quorum: int = 0) -> None:
         self.urls = list(urls)
         self.max_in_flight = max_in_flight
         self._compression = compression
+        self._insert_settings = quorum_settings(insert_quorum)
         self._writers: list[HttpWriter | None] = [None] * len(self.urls)
         self._current = 0
         self.caps = ServerCaps((0,))
 
     @classmethod
-    async def connect(cls, urls: Sequence[str], max_in_flight: int = 4, compression: str = "none") -> ReplicaWriter:
+    async def connect(cls, urls: Sequence[str], max_in_flight: int = 4, compression: str = "none",
+                      insert_quorum: int = 0) -> ReplicaWriter:
         """Connect to every replica; one that is down is logged (degraded) and retried when needed.
-        None reachable is a start-up error (exit 1)."""
-        writer = cls(urls, max_in_flight, compression)
+        None reachable is a start-up error (exit 1). Every insert waits for `insert_quorum` replicas (0: off)."""
+        writer = cls(urls, max_in_flight, compression, insert_quorum)
         errors = []
         for index in range(len(urls)):
             try:
@@ -66,6 +77,10 @@ class ReplicaWriter:
         first = writer._writers[up[0]]
         assert first is not None
         writer.caps = first.caps
+        if insert_quorum and not writer.caps.parallel_quorum and max_in_flight > 1:
+            log.info("insert quorum %d on ClickHouse %s: one insert at a time (no parallel quorum inserts "
+                     "before 21.1)", insert_quorum, ".".join(map(str, writer.caps.version)))
+            writer.max_in_flight = 1
         return writer
 
     @property
@@ -87,7 +102,8 @@ class ReplicaWriter:
         writer = self._writers[index]
         if writer is None:
             try:
-                writer = await HttpWriter.connect(self.urls[index], self.max_in_flight, self._compression)
+                writer = await HttpWriter.connect(self.urls[index], self.max_in_flight, self._compression,
+                                                  self._insert_settings)
             except WriteError:
                 CLICKHOUSE_REPLICA_UP.labels(redact(self.urls[index])).set(0)
                 raise
@@ -104,7 +120,7 @@ class ReplicaWriter:
             try:
                 result = await call(await self._writer(index))
             except WriteError as failure:
-                if failure.kind is ErrorKind.BAD_DATA:
+                if failure.kind is ErrorKind.BAD_DATA or failure.quorum:
                     raise
                 error = failure
                 CLICKHOUSE_REPLICA_UP.labels(redact(self.urls[index])).set(0)
@@ -134,3 +150,10 @@ class ReplicaWriter:
         for writer in self._writers:
             if writer is not None:
                 await writer.close()
+
+
+def quorum_settings(insert_quorum: int) -> dict[str, str]:
+    """The ClickHouse settings of an insert acknowledged only once `insert_quorum` replicas hold it."""
+    if not insert_quorum:
+        return {}
+    return {"insert_quorum": str(insert_quorum), "insert_quorum_timeout": str(QUORUM_TIMEOUT_MS)}

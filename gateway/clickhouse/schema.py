@@ -41,6 +41,11 @@ class ServerCaps:
         return self.version >= (19, 6)
 
     @property
+    def parallel_quorum(self) -> bool:
+        """Several `insert_quorum` inserts into one table at a time (`insert_quorum_parallel`, on by default)."""
+        return self.version >= (21, 1)
+
+    @property
     def dedup_token(self) -> bool:
         """`insert_deduplication_token` honoured on non-replicated MergeTree."""
         return self.version >= (22, 2)

@@ -16,6 +16,9 @@ from gateway.clickhouse.schema import ServerCaps
 
 # ClickHouse error codes meaning "this input is malformed" (ErrorCodes.cpp).
 BAD_DATA_CODES = frozenset({6, 26, 27, 32, 33, 36, 38, 41, 53, 69, 70, 72, 117, 131, 321, 376, 691})
+# Codes of an `insert_quorum` insert that the cluster, not the replica asked, could not satisfy: too few
+# live replicas (285), another quorum insert still pending (286), quorum not reached in time (319).
+QUORUM_CODES = frozenset({285, 286, 319})
 _CODE = re.compile(r"Code:\s*(\d+)")
 CHUNK_BYTES = 1024 * 1024
 # An insert body: bytes, or the rows themselves, sent in chunks without joining them into one copy.
@@ -45,9 +48,15 @@ class ErrorKind(StrEnum):
 class WriteError(Exception):
     """A failed statement, classified for the retry policy."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.code = code  # the server's error code, None when the server did not answer
+
+    @property
+    def quorum(self) -> bool:
+        """The insert quorum was not met: the same on every replica, so not a reason to fail over."""
+        return self.code in QUORUM_CODES
 
 
 def insert_statement(table: str, columns: Sequence[str]) -> str:
@@ -60,8 +69,8 @@ def insert_statement(table: str, columns: Sequence[str]) -> str:
 def classify(message: str) -> WriteError:
     """Build a WriteError from a server error text (`Code: N. DB::Exception: ...`)."""
     match = _CODE.search(message)
-    bad = match is not None and int(match.group(1)) in BAD_DATA_CODES
-    return WriteError(ErrorKind.BAD_DATA if bad else ErrorKind.TRANSIENT, message[:2000])
+    code = int(match.group(1)) if match else None
+    return WriteError(ErrorKind.BAD_DATA if code in BAD_DATA_CODES else ErrorKind.TRANSIENT, message[:2000], code)
 
 
 class Writer(Protocol):

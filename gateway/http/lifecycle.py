@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from gateway.core import stack_dump
 from gateway.core.readiness import Readiness
 from gateway.edge.listener import Listener
 from gateway.http.dispatch import install_dispatcher
@@ -97,6 +98,7 @@ async def serve_until_signalled(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        stack_dump.install(loop)
         on_serving()
         await stop.wait()
         drain.active = True

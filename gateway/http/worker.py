@@ -35,6 +35,7 @@ def run_worker(
     With `load`, SIGHUP re-reads the configuration and applies policy settings live (gateway/reload.py).
     """
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reloader's handler is installed
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # not the supervisor's handler; the stack dump's once serving
     if components is None:
         components = build_components(settings)
     sink = build_sink(settings, worker, components.upstreams, components.keyring)

@@ -10,6 +10,7 @@ import sys
 
 import uvloop
 
+from gateway.core import stack_dump
 from gateway.settings import ConfigError, add_arguments, add_config_argument, load
 from gateway.settings.check import effective_config
 from gateway.settings.fields import check_env, warn_unknown_env
@@ -60,6 +61,7 @@ def recordings_command(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        stack_dump.install(loop)
         return await app.run_sink(settings, stop)
 
     return uvloop.run(main())

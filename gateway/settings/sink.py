@@ -47,6 +47,9 @@ class SinkSettings:
         "replicas of one shard, failed over in order (needs --cluster)", "url": True, "repeat": True, "split": True})
     cluster: str = field(default="", metadata={
         "help": "ClickHouse cluster (remote_servers) of the replicas: replicated tables, created ON CLUSTER"})
+    insert_quorum: int = field(default=0, metadata={
+        "help": "--cluster: acknowledge an insert (and commit its offsets) only once this many replicas hold it; "
+                "inserts block while fewer are up, one insert at a time on ClickHouse < 21.1; 0 = off"})
     database: str = field(default="default", metadata={"help": "database of the events table"})
     table: str = field(default="events", metadata={
         "help": "events table: NAME or DATABASE.NAME (letters, digits, _)"})
@@ -131,6 +134,7 @@ class SinkSettings:
                 raise ConfigError("clickhouse_url", "expected http(s)://[user:pass@]host:port", value=url)
         if len(self.clickhouse_url) > 1 and not self.cluster:
             raise ConfigError("clickhouse_url", "several URLs are replicas of a cluster: give --cluster NAME too")
+        self._check_quorum()
         settings = self._checked_rebuild()._split_table()
         target = settings.clickhouse_url[0] if settings.clickhouse_url else settings.clickhouse
         if not target.startswith(("chdb://", "http://", "https://")):
@@ -144,6 +148,19 @@ class SinkSettings:
     def clickhouse_urls(self) -> tuple[str, ...]:
         """Every ClickHouse target: the replicas, or the one --clickhouse."""
         return self.clickhouse_url or (self.clickhouse,)
+
+    def _check_quorum(self) -> None:
+        quorum = self.insert_quorum
+        if quorum == 0:
+            return
+        if quorum < 2:
+            raise ConfigError("insert_quorum", "must be 0 (off) or at least 2 (the replica taking an insert is one)",
+                              value=quorum)
+        if not self.cluster:
+            raise ConfigError("insert_quorum", "needs --cluster NAME and the replicas' --clickhouse-url", value=quorum)
+        if quorum > len(self.clickhouse_url):
+            raise ConfigError("insert_quorum", f"more than the {len(self.clickhouse_url)} replicas given by "
+                              "--clickhouse-url: no insert could ever succeed", value=quorum)
 
     def _split_table(self) -> SinkSettings:
         """`--table DATABASE.NAME` names the database too; anything but identifiers is refused."""

@@ -98,7 +98,7 @@ async def _open_table(settings: SinkSettings) -> Writer:
         return await open_cluster(
             settings.clickhouse_urls, max_in_flight=settings.insert_concurrency, compression=settings.compression,
             database=settings.database, table=settings.table, cluster=settings.cluster,
-            retention_days=settings.retention_days, create=settings.init_schema)
+            retention_days=settings.retention_days, create=settings.init_schema, insert_quorum=settings.insert_quorum)
     writer = await open_at_start(settings.clickhouse, settings.insert_concurrency, settings.compression)
     try:
         await writer.command(events_table_ddl(writer.caps, settings.database, settings.table, settings.retention_days))

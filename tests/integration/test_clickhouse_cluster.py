@@ -5,12 +5,15 @@ both replicas; bad cluster configuration is a one-line error. Under a running si
 SIGKILLed: the sink fails over to the other, nothing is lost or doubled, and the replicas catch up
 with each other once it is back (parts only the killed one had reach the other then); with both down
 the sink commits nothing until one returns. A retried identical block adds no rows whichever replica
-gets it. GDPR export reads the cluster, delete removes rows on every replica.
+gets it. GDPR export reads the cluster, delete removes rows on every replica. With `--insert-quorum 2`
+an insert returns only once both replicas hold it: with one replica down the sink stores and commits
+nothing, and once it returns every row is stored exactly once on both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -23,8 +26,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from gateway.clickhouse import replicas
 from gateway.clickhouse.replicas import ReplicaWriter
 from gateway.clickhouse.schema import table_name
+from gateway.clickhouse.writer import ErrorKind, WriteError
 from gateway.sinkworker.rows import ROWBINARY_COLUMNS, RowEncoder
 from gateway.sinkworker.teams import TeamResolver
 from tests.integration.test_sink_clickhouse import produce
@@ -76,6 +81,18 @@ def rows_of(url: str, table: str, wave: range) -> int:
 
 def caught_up(url: str, table: str) -> None:
     clickhouse_query(url, f"SYSTEM SYNC REPLICA default.{table}", timeout=60)
+
+
+def rowbinary(wave: range) -> bytes:
+    """The sink's RowBinary rows of the events `wave`."""
+    encoder = RowEncoder(TeamResolver({}), subsecond=False)
+    return b"".join(encoder.encode_binary(record(captured_value(i), offset=i)) or b"" for i in wave)
+
+
+def active_replicas(url: str, table: str) -> int:
+    """Replicas of `table` with a live ZooKeeper session (what a quorum insert counts)."""
+    sql = f"SELECT active_replicas FROM system.replicas WHERE database = 'default' AND table = '{table}'"
+    return int(clickhouse_query(url, sql))
 
 
 def test_init_schema_creates_replicated_and_distributed_tables(cluster: ClickHouseCluster) -> None:
@@ -244,3 +261,122 @@ def test_gdpr_export_and_delete_on_every_replica(cluster: ClickHouseCluster, tmp
         assert clickhouse_query(url, f"SELECT count() FROM default.{table} WHERE {where}").strip() == "0"
         assert counts(url, table) == (38, 38)
     assert os.path.getsize(tmp_path / "audit.jsonl") > 0
+
+
+def test_quorum_inserts_on_18_16(cluster: ClickHouseCluster, monkeypatch: pytest.MonkeyPatch,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    """What ClickHouse 18.16 answers a quorum-2 insert: concurrent ones are refused (286), one that cannot
+    reach its quorum in time has an unknown outcome (319) though it is stored on one replica, with a replica
+    down every insert is refused (285) without the writer failing over; the retried block is stored once."""
+    table = unique("events")
+    init_schema(cluster, table)
+    a, b = cluster.http_urls
+    name = table_name("default", table)
+    waves = [range(i * 200, (i + 1) * 200) for i in range(6)]
+    monkeypatch.setattr(replicas, "QUORUM_TIMEOUT_MS", 3000)
+
+    async def insert(writer: ReplicaWriter, wave: range) -> WriteError | None:
+        try:
+            await writer.insert(name, rowbinary(wave), None, ROWBINARY_COLUMNS)
+        except WriteError as error:
+            assert error.kind is ErrorKind.TRANSIENT and error.quorum, error
+            return error
+        return None
+
+    async def scenario() -> None:
+        writer = await ReplicaWriter.connect([a, b], insert_quorum=2)
+        reversed_writer = await ReplicaWriter.connect([b, a], insert_quorum=2)
+        try:
+            assert writer.max_in_flight == 1  # 18.16: one quorum insert per table at a time
+            assert await insert(writer, waves[0]) is None
+            assert [rows_of(url, table, waves[0]) for url in (a, b)] == [200, 200]  # acknowledged: on both
+
+            failed = await asyncio.gather(*(insert(writer, wave) for wave in waves[1:5]))
+            refused = [wave for wave, error in zip(waves[1:5], failed, strict=True) if error is not None]
+            assert refused and all(error is None or error.code == 286 for error in failed), failed
+            for wave in refused:  # refused before anything was written: a retry stores them
+                assert rows_of(a, table, wave) == 0 and await insert(writer, wave) is None
+
+            cluster.nodes[1].kill()
+            unknown = await insert(writer, waves[5])  # b's session is still live: the insert waits for it
+            assert unknown is not None and unknown.code == 319, unknown
+            assert rows_of(a, table, waves[5]) == 200  # stored on a, not acknowledged
+            wait_for(lambda: active_replicas(a, table) == 1, 30, "b's ZooKeeper session expired")
+            with caplog.at_level(logging.WARNING, logger=replicas.__name__):
+                for _ in range(3):
+                    error = await insert(reversed_writer, waves[5])
+                    assert error is not None and error.code == 285, error
+            assert reversed_writer.current_url == a  # failed over from the dead b once, then stayed on a
+            assert sum("failing over" in r.message for r in caplog.records) == 1, caplog.text
+
+            cluster.nodes[1].start()
+            deadline = time.monotonic() + 60
+            while (error := await insert(writer, waves[5])) is not None:  # 286 until b fetched the part
+                assert time.monotonic() < deadline, error
+                await asyncio.sleep(0.5)
+        finally:
+            await writer.close()
+            await reversed_writer.close()
+
+    asyncio.run(scenario())
+    for url in cluster.http_urls:
+        caught_up(url, table)
+        assert counts(url, table) == (1200, 1200), url
+
+
+def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_it_returns(
+    cluster: ClickHouseCluster, kafka: KafkaBroker, tmp_path: Path
+) -> None:
+    table, topic, group = unique("events"), unique("quorum"), unique("sink")
+    init_schema(cluster, table)
+    asyncio.run(kafka.create_topics([topic], partitions=PARTITIONS))
+    (first_url, second_url), first = cluster.http_urls, cluster.nodes[0]
+    log_path = tmp_path / "sink.log"
+    command = [
+        sys.executable, "-m", "gateway", "sink", "--cluster", cluster.cluster, "--insert-quorum", "2",
+        "--clickhouse-url", ",".join(cluster.http_urls), "--table", table,
+        "--kafka-bootstrap-servers", kafka.bootstrap_servers, "--topics", topic, "--group-id", group,
+        "--dlq-dir", str(tmp_path / "dlq"), "--batch-rows", "200", "--fetch-max-records", "200",
+        "--batch-age-ms", "100", "--insert-concurrency", "2", "--session-timeout-ms", "6000", "--log-level", "warning",
+    ]  # fmt: skip
+    waves = [range(0, 12000), range(12000, 15000)]  # wave 0: 60 inserts, one at a time
+
+    def send(wave: range) -> None:
+        asyncio.run(produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in wave], PARTITIONS))
+
+    def lag() -> int:
+        return group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS)
+
+    def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+        try:
+            wait_for(predicate, timeout, what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
+
+    with log_path.open("ab") as log:
+        sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
+    try:
+        send(waves[0])
+        until(lambda: counts(first_url, table)[0] > 0, 60, "first rows stored")
+        first.kill()  # mid-run: the sink is inserting wave 0 through the first replica
+        until(lambda: active_replicas(second_url, table) == 1, 30, "the first replica's session expired")
+        stored, behind = counts(second_url, table)[0], lag()
+        assert behind > 0, "wave 0 was not being stored when the replica was killed"
+        send(waves[1])
+        time.sleep(5)
+        # One replica is fewer than the quorum: nothing more is stored, nothing committed, the sink retries.
+        assert sink.poll() is None
+        assert counts(second_url, table)[0] == stored
+        assert lag() == behind + len(waves[1])
+
+        first.start()
+        until(lambda: lag() == 0, 120, "every message committed once the replica returned")
+        sink.send_signal(signal.SIGTERM)
+        assert sink.wait(30) == 0
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+    output = log_path.read_text(errors="replace")
+    assert output.count("failing over to") <= 1, output[-3000:]  # from the dead replica once, then no flapping
+    for url in cluster.http_urls:  # acknowledged only once both held it: no catching up needed
+        assert counts(url, table) == (15000, 15000), url

@@ -1,4 +1,5 @@
-"""Signals on a real `gateway serve`: SIGHUP reloads policy and TLS live, SIGTERM drains in-flight requests."""
+"""Signals on a real `gateway serve`: SIGHUP reloads policy and TLS live, SIGTERM drains in-flight requests,
+SIGUSR2 makes every worker log its stacks."""
 
 from __future__ import annotations
 
@@ -87,6 +88,22 @@ def test_sighup_reaches_every_worker(tmp_path: Path) -> None:
             response = requests.post(gateway.url + "/e/", data=event_body(), timeout=5,
                                      headers={"Origin": NEW_ORIGIN, "Connection": "close"})
             assert response.headers.get("Access-Control-Allow-Origin") == NEW_ORIGIN
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigusr2_logs_the_stacks_of_every_worker_which_serve_on(tmp_path: Path, workers: int) -> None:
+    with GatewayProcess(tmp_path / "data", "--workers", str(workers), "--log-format", "text") as gateway:
+        wait_for(lambda: "gateway serving on" in gateway.log(), log=gateway.log)  # every worker serves
+        gateway.process.send_signal(signal.SIGUSR2)  # with several workers: passed on by the supervisor
+        def log() -> str:  # whole: each dump is a few KB
+            return gateway.log_path.read_text(errors="replace")
+
+        wait_for(lambda: log().count("stack dump on SIGUSR2:\ntask ") == workers, log=log)
+        assert log().count("in serve_until_signalled") == workers and "thread MainThread" in log()
+        for _ in range(5):
+            response = requests.post(gateway.url + "/e/", data=event_body(), timeout=5, headers={"Connection": "close"})
+            assert response.status_code == 200
+        assert gateway.process.poll() is None
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -1,9 +1,11 @@
 """Embedded mode end to end: `gateway serve` (spool) → `gateway recordings sink` (chdb + a directory) →
 export, DLQ, a large session split into blocks, `gateway gdpr export|delete` and retention; next to
-`gateway sink` on the same spool; and a large backlog drained with /metrics answering throughout."""
+`gateway sink` on the same spool; and a large backlog drained with /metrics answering throughout. SIGUSR2
+makes the recordings sink log its stacks."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -44,6 +46,11 @@ def test_embedded_sink_split_dlq_export_erasure_and_retention(tmp_path: Path) ->
         dlq_dir = data / "recordings-dlq"
         wait_for(lambda: list(dlq_dir.glob("*.jsonl")), timeout=60, what="dead letters of the bad items")
         time.sleep(1)
+        # A bad-day tool: SIGUSR2 logs where the sink's tasks wait, and the sink runs on.
+        log = data.parent / "recordings-sink.log"
+        sink.send_signal(signal.SIGUSR2)
+        wait_for(lambda: "stack dump on SIGUSR2:\ntask " in log.read_text(errors="replace"), 10, "a stack dump")
+        assert "thread MainThread" in log.read_text(errors="replace") and sink.poll() is None
     finally:
         sink.terminate()
         assert sink.wait(30) == 0, (data.parent / "recordings-sink.log").read_text()[-3000:]

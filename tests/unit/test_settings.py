@@ -132,3 +132,22 @@ def test_strict_teams_without_a_team_map_is_refused() -> None:
         command_settings("sink", ["--strict-teams"], {}).validate()
     settings = command_settings("sink", ["--strict-teams", "--team-map", "phc_a=1"], {}).validate()
     assert settings.strict_teams and settings.team_map == "phc_a=1"
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--insert-quorum", "2"], "needs --cluster NAME"),
+    (["--insert-quorum", "1", "--cluster", "c", "--clickhouse-url", "http://a,http://b"], "at least 2"),
+    (["--insert-quorum", "3", "--cluster", "c", "--clickhouse-url", "http://a,http://b"], "more than the 2 replicas"),
+    (["--insert-quorum", "2", "--cluster", "c", "--clickhouse", "http://a"], "more than the 0 replicas"),
+])
+def test_insert_quorum_needs_a_cluster_of_enough_replicas(argv: list[str], says: str) -> None:
+    with pytest.raises(ConfigError, match="insert_quorum") as raised:
+        command_settings("sink", argv, {}).validate()
+    assert says in str(raised.value)
+
+
+def test_insert_quorum_from_flag_or_env() -> None:
+    replicas = ["--cluster", "c", "--clickhouse-url", "http://a,http://b"]
+    assert command_settings("sink", replicas, {}).validate().insert_quorum == 0
+    assert command_settings("sink", [*replicas, "--insert-quorum", "2"], {}).validate().insert_quorum == 2
+    assert command_settings("sink", replicas, {"GATEWAY_INSERT_QUORUM": "2"}).validate().insert_quorum == 2
