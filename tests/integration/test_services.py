@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import ConsumerRecord
 
-from tests.services.base import free_port
+from tests.services.base import Service, ServiceError, free_port, pid_alive
 from tests.services.clickhouse_server import clickhouse_query
+from tests.services.fixtures import SessionServices
 from tests.services.kafka_broker import KafkaBroker
 from tests.services.nginx_server import NginxServer, nginx_test
 
@@ -121,3 +125,26 @@ def test_nginx_config_check_and_serve(tmp_path: Path) -> None:
     finally:
         server.stop()
     assert not server.running
+
+
+@dataclass(kw_only=True)
+class HalfStarting(Service):
+    """Starts its first process, then fails, as a cluster whose second node cannot bind does."""
+
+    name = "half-starting"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.pid = subprocess.Popen(["sleep", "60"], start_new_session=True).pid
+        raise ServiceError("second node: address already in use")
+
+
+def test_a_service_that_fails_half_way_through_starting_is_stopped_with_the_session(tmp_path: Path) -> None:
+    services = SessionServices(tmp_path)
+    with pytest.raises(ServiceError):
+        services.get(HalfStarting)
+    (started,) = services.started
+    pid = started.pid
+    assert pid is not None and pid_alive(pid)
+    services.stop_started()
+    assert not pid_alive(pid)

@@ -44,8 +44,8 @@ class SessionServices:
             if service.running:
                 return service
         service = cls(root=self.root / cls.name)
+        self.started.append(service)  # stopped at the session's end even if it fails half-way through starting
         service.start()
-        self.started.append(service)
         return service
 
     def stop_started(self) -> None:
