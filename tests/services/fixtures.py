@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.services.base import STATE_FILE, Service, load_state
+from tests.services.base import STATE_FILE, Service, ServiceError, load_state
 from tests.services.clickhouse_cluster import ClickHouseCluster
 from tests.services.clickhouse_server import ClickHouseServer
 from tests.services.kafka_broker import KafkaBroker
@@ -22,6 +22,7 @@ from tests.services.redis_server import RedisServer
 from tests.services.s3_server import S3Server
 
 S = TypeVar("S", bound=Service)
+START_ATTEMPTS = 2  # a service that fails to start is stopped and started once more, on new ports
 
 
 class SessionServices:
@@ -43,10 +44,17 @@ class SessionServices:
             service = cls.from_record(record, state_file=STATE_FILE)
             if service.running:
                 return service
-        service = cls(root=self.root / cls.name)
-        self.started.append(service)  # stopped at the session's end even if it fails half-way through starting
-        service.start()
-        return service
+        for attempt in range(START_ATTEMPTS):
+            service = cls(root=self.root / (cls.name if attempt == 0 else f"{cls.name}-{attempt}"))
+            self.started.append(service)  # stopped at the session's end even if it fails half-way through starting
+            try:
+                service.start()
+                return service
+            except ServiceError:  # e.g. a port found free was taken before the server bound it
+                service.stop()
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def stop_started(self) -> None:
         """Stop the services this session started (not the reused ones)."""
