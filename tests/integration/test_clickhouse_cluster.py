@@ -21,6 +21,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -95,6 +96,26 @@ def active_replicas(url: str, table: str) -> int:
     return int(clickhouse_query(url, sql))
 
 
+def table_and_topic(cluster: ClickHouseCluster, kafka: KafkaBroker, name: str) -> tuple[str, str, str]:
+    """A fresh replicated events table, topic and consumer group."""
+    table, topic, group = unique("events"), unique(name), unique("sink")
+    init_schema(cluster, table)
+    asyncio.run(kafka.create_topics([topic], partitions=PARTITIONS))
+    return table, topic, group
+
+
+def send_wave(kafka: KafkaBroker, topic: str, wave: range) -> None:
+    asyncio.run(produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in wave], PARTITIONS))
+
+
+def wait_showing_log(log_path: Path, predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """`wait_for`, with the sink's log when it fails."""
+    try:
+        wait_for(predicate, timeout, what)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
+
+
 def test_init_schema_creates_replicated_and_distributed_tables(cluster: ClickHouseCluster) -> None:
     table = unique("events")
     init_schema(cluster, table)
@@ -155,9 +176,7 @@ def test_retried_identical_block_adds_no_rows_on_either_replica(cluster: ClickHo
 def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
     cluster: ClickHouseCluster, kafka: KafkaBroker, tmp_path: Path
 ) -> None:
-    table, topic, group = unique("events"), unique("cluster"), unique("sink")
-    init_schema(cluster, table)
-    asyncio.run(kafka.create_topics([topic], partitions=PARTITIONS))
+    table, topic, group = table_and_topic(cluster, kafka, "cluster")
     first, (first_url, second_url) = cluster.nodes[0], cluster.http_urls
     log_path = tmp_path / "sink.log"
     command = [
@@ -169,18 +188,10 @@ def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
     ]  # fmt: skip
     waves = [range(0, 6000), range(6000, 12000), range(12000, 15000), range(15000, 18000)]
 
-    def send(wave: range) -> None:
-        asyncio.run(produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in wave], PARTITIONS))
+    send, until = partial(send_wave, kafka, topic), partial(wait_showing_log, log_path)
 
     def stored(url: str) -> int:
         return counts(url, table)[0]
-
-    def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-        """`wait_for`, with the sink's log when it fails."""
-        try:
-            wait_for(predicate, timeout, what)
-        except AssertionError as error:
-            raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
 
     with log_path.open("ab") as log:
         sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
@@ -327,9 +338,7 @@ def test_quorum_inserts_on_18_16(cluster: ClickHouseCluster, monkeypatch: pytest
 def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_it_returns(
     cluster: ClickHouseCluster, kafka: KafkaBroker, tmp_path: Path
 ) -> None:
-    table, topic, group = unique("events"), unique("quorum"), unique("sink")
-    init_schema(cluster, table)
-    asyncio.run(kafka.create_topics([topic], partitions=PARTITIONS))
+    table, topic, group = table_and_topic(cluster, kafka, "quorum")
     (first_url, second_url), first = cluster.http_urls, cluster.nodes[0]
     log_path = tmp_path / "sink.log"
     command = [
@@ -341,17 +350,10 @@ def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_
     ]  # fmt: skip
     waves = [range(0, 12000), range(12000, 15000)]  # wave 0: 60 inserts, one at a time
 
-    def send(wave: range) -> None:
-        asyncio.run(produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in wave], PARTITIONS))
+    send, until = partial(send_wave, kafka, topic), partial(wait_showing_log, log_path)
 
     def lag() -> int:
         return group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS)
-
-    def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-        try:
-            wait_for(predicate, timeout, what)
-        except AssertionError as error:
-            raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
 
     with log_path.open("ab") as log:
         sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
