@@ -7,9 +7,8 @@ partitions; on assignment it forgets what it knew of them.
 
 from __future__ import annotations
 
-import contextlib
-
 from gateway.metrics.recordings import CONSUMER_LAG
+from gateway.sinkworker.lag import PartitionLag
 from gateway.sinkworker.sources import KafkaSource, group_consumer
 
 
@@ -19,11 +18,4 @@ class ReplayTopicSource(KafkaSource):
             bootstrap_servers, group_id, session_timeout_ms, fetch_max_bytes=32 * 1024 * 1024,
             max_poll_interval_ms=24 * 3600 * 1000,  # a storage outage pauses polling for its whole length
         )
-        super().__init__(consumer, [topic], bootstrap_servers)
-
-    def lag_measured(self, topic: str, partition: int, lag: int) -> None:
-        CONSUMER_LAG.labels(str(partition)).set(lag)
-
-    def lag_forgotten(self, topic: str, partition: int) -> None:
-        with contextlib.suppress(KeyError):
-            CONSUMER_LAG.remove(str(partition))
+        super().__init__(consumer, [topic], bootstrap_servers, PartitionLag(CONSUMER_LAG, lambda tp: (str(tp[1]),)))

@@ -23,7 +23,6 @@ for every LAG_REFRESH_S, so the lag keeps growing through a ClickHouse outage.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import time
@@ -40,6 +39,7 @@ from confluent_kafka import TopicPartition as CTopicPartition
 from gateway.metrics.sink import CONSUMER_LAG
 from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
+from gateway.sinkworker.lag import PartitionLag
 from gateway.sinkworker.rows import SourceMessage
 from gateway.sinkworker.sources import AssignmentListener, read_at
 
@@ -79,8 +79,7 @@ class ConfluentSource:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sink-consumer")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: AssignmentListener | None = None
-        self._ends: dict[TP, int] = {}  # end offset (high watermark) last seen, per assigned partition
-        self._committed: dict[TP, int] = {}  # next offset after what is stored and committed
+        self._lag = PartitionLag(CONSUMER_LAG, lambda tp: (tp[0], str(tp[1])))
         self._ends_asked = 0.0  # monotonic time end offsets were last asked for while paused
         self._paused = False
         self._rebalanced = False  # during the consume() in progress
@@ -142,11 +141,7 @@ class ConfluentSource:
         done.add_done_callback(lambda _: self._commits.put(None))
         self._serve_commits(consumer, until=True)
         done.result()
-        for topic, partition in tps:  # another member reports them now
-            self._ends.pop((topic, partition), None)
-            self._committed.pop((topic, partition), None)
-            with contextlib.suppress(KeyError):
-                CONSUMER_LAG.remove(topic, str(partition))
+        self._lag.forget(tps)  # another member reports them now
 
     def _serve_commits(self, consumer: Consumer, until: bool = False) -> None:
         """Make the commits asked for (on the consumer thread); `until`: wait for more until the sentinel."""
@@ -186,35 +181,26 @@ class ConfluentSource:
             append(KafkaMessage(tp[0], tp[1], offset, message.timestamp()[1], message.value(), message))
             last[tp] = offset
         for tp in last:
-            if tp not in self._committed:  # first read since assigned: it starts at the committed offset
-                self._committed[tp] = next(m.offset for m in messages if (m.topic, m.partition) == tp)
+            if tp not in self._lag:
+                self._lag.started(tp, next(m.offset for m in messages if (m.topic, m.partition) == tp))
             _, high = self._consumer.get_watermark_offsets(CTopicPartition(*tp), cached=True)
             if high is not None and high >= 0:
-                self._ends[tp] = high
-                self._report_lag(tp)
-        if self._paused and self._ends and time.monotonic() - self._ends_asked >= LAG_REFRESH_S:
+                self._lag.ended(tp, high)
+        if self._paused and self._lag.partitions() and time.monotonic() - self._ends_asked >= LAG_REFRESH_S:
             self._ends_asked = time.monotonic()
             await self._run(self._ask_ends, self._consumer)
         return messages
 
     def _ask_ends(self, consumer: Consumer) -> None:
         """End offsets from the brokers (a paused partition's cached one is not updated)."""
-        for tp in list(self._ends):
+        for tp in self._lag.partitions():
             try:
                 _, high = consumer.get_watermark_offsets(CTopicPartition(*tp), timeout=1.0, cached=False)
             except KafkaException as error:
                 log.debug("end offset of %s/%d not known: %s", *tp, error)
                 continue
-            if high is not None and high >= 0 and tp in self._ends:
-                self._ends[tp] = high
-                self._report_lag(tp)
-
-    def _report_lag(self, tp: TP) -> None:
-        CONSUMER_LAG.labels(tp[0], str(tp[1])).set(self._lag_of(tp))
-
-    def _lag_of(self, tp: TP) -> int:
-        end = self._ends.get(tp)
-        return 0 if end is None else max(0, end - self._committed.get(tp, end))
+            if high is not None and high >= 0 and tp in self._lag:
+                self._lag.ended(tp, high)
 
     def _consume(self, consumer: Consumer, max_records: int, timeout_s: float) -> list[CMessage]:
         self._serve_commits(consumer)
@@ -226,7 +212,7 @@ class ConfluentSource:
         return found
 
     def lag(self) -> int:
-        return sum(self._lag_of(tp) for tp in list(self._ends))
+        return self._lag.total()
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         assert self._consumer is not None and self._loop is not None
@@ -243,10 +229,7 @@ class ConfluentSource:
         failed = [tp for tp in results or () if tp.error is not None]
         if failed:
             raise KafkaError(f"commit failed for {len(failed)} partitions: {failed[0].error}")
-        for tp, offset in offsets.items():
-            if tp in self._committed:  # still assigned
-                self._committed[tp] = max(offset, self._committed.get(tp, offset))
-                self._report_lag(tp)
+        self._lag.committed(offsets)
 
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await read_at(self._bootstrap_servers, where)

@@ -20,7 +20,6 @@ as `SpooledEvent`s (spooled.py: the row is built from the event, the record only
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -32,10 +31,10 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from gateway.metrics.sink import CONSUMER_LAG
 from gateway.sinkworker.batch import Coordinates
 from gateway.sinkworker.batch import TopicPartition as TP
 from gateway.sinkworker.frames import SpooledFrame, spooled_messages
+from gateway.sinkworker.lag import PartitionLag
 from gateway.sinkworker.rows import SourceMessage
 from gateway.sinkworker.spooled import SpooledEvent
 from gateway.spool import SpoolPosition, SpoolReader
@@ -124,23 +123,19 @@ def group_consumer(
 
 class KafkaSource:
     """A manually committing member of a consumer group on aiokafka (the recordings sink's base; the events
-    sink consumes with `ConfluentSource`).
-
-    Its lag is a partition's end offset minus its committed offset, which the sink advances only past what
-    it stored: messages consumed but not stored (storage down) still count.
-    """
+    sink consumes with `ConfluentSource`). Its lag (`lag`) counts messages not yet stored."""
 
     lag_unit = "messages"
 
-    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], bootstrap_servers: str = "") -> None:
+    def __init__(self, consumer: AIOKafkaConsumer, topics: Sequence[str], bootstrap_servers: str,
+                 lag: PartitionLag) -> None:
         self._consumer = consumer
         self._topics = list(topics)
         self._bootstrap_servers = bootstrap_servers
-        self._ends: dict[TP, int] = {}  # end offset (high watermark) last seen, per assigned partition
-        self._committed: dict[TP, int] = {}  # next offset after what is stored and committed
+        self._lag = lag
 
     async def start(self, listener: AssignmentListener) -> None:
-        self._consumer.subscribe(topics=self._topics, listener=_Rebalance(listener, self._forget))
+        self._consumer.subscribe(topics=self._topics, listener=_Rebalance(listener, self._lag.forget))
         await self._consumer.start()
 
     async def fetch(self, timeout_s: float, max_records: int) -> Sequence[SourceMessage]:
@@ -149,45 +144,20 @@ class KafkaSource:
         for tp, records in batches.items():
             messages += records
             key = (tp.topic, tp.partition)
-            self._committed.setdefault(key, records[0].offset)  # first read since assigned: the committed offset
+            self._lag.started(key, records[0].offset)
             highwater = self._consumer.highwater(tp)
             if highwater is not None:
-                self._ends[key] = highwater
-                self._report_lag(key)
+                self._lag.ended(key, highwater)
         return messages
 
-    def lag_measured(self, topic: str, partition: int, lag: int) -> None:
-        CONSUMER_LAG.labels(topic, str(partition)).set(lag)
-
-    def lag_forgotten(self, topic: str, partition: int) -> None:
-        with contextlib.suppress(KeyError):
-            CONSUMER_LAG.remove(topic, str(partition))
-
     def lag(self) -> int:
-        return sum(self._lag_of(tp) for tp in list(self._ends))
-
-    def _lag_of(self, tp: TP) -> int:
-        end = self._ends.get(tp)
-        return 0 if end is None else max(0, end - self._committed.get(tp, end))
-
-    def _report_lag(self, tp: TP) -> None:
-        self.lag_measured(tp[0], tp[1], self._lag_of(tp))
-
-    def _forget(self, partitions: set[TP]) -> None:
-        """Revoked partitions: another member reports their lag now."""
-        for tp in partitions:
-            self._ends.pop(tp, None)
-            self._committed.pop(tp, None)
-            self.lag_forgotten(*tp)
+        return self._lag.total()
 
     async def commit(self, offsets: dict[TP, int]) -> None:
         await self._consumer.commit(
             {TopicPartition(topic, part): off for (topic, part), off in offsets.items()}
         )
-        for tp, offset in offsets.items():
-            if tp in self._committed:  # still assigned
-                self._committed[tp] = max(offset, self._committed[tp])
-                self._report_lag(tp)
+        self._lag.committed(offsets)
 
     async def refetch(self, where: Coordinates) -> SourceMessage | None:
         return await read_at(self._bootstrap_servers, where)
