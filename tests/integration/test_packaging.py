@@ -29,11 +29,14 @@ import yaml
 
 from gateway.settings import ServeSettings, add_arguments, env_name, settings_from_args
 from tests.integration.test_nginx_front import write_certificate
+from tests.recordings.replay import sink_process as recordings_sink_process
 from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env
+from tests.support.waiting import wait_for
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"
+GATEWAY_IMAGE_SERVICES = ("gateway", "sink-init", "sink", "recordings")
 KNOWN_ENV = {env_name(f) for f in ServeSettings.__dataclass_fields__}
 
 
@@ -254,7 +257,7 @@ def test_compose_matches_the_compose_spec_schema(tmp_path: Path) -> None:
 
 def test_compose_has_the_full_stack_and_valid_references() -> None:
     services = compose()["services"]
-    assert set(services) == {"nginx", "gateway", "sink-init", "sink", "kafka", "clickhouse", "redis"}
+    assert set(services) == {"nginx", "gateway", "sink-init", "sink", "recordings", "kafka", "clickhouse", "redis"}
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
@@ -263,7 +266,7 @@ def test_compose_has_the_full_stack_and_valid_references() -> None:
             # Bind mounts of repository files must exist (the TLS directory is the operator's).
             if source.startswith(".") and target != "/etc/nginx/tls":
                 assert (COMPOSE.parent / source).exists(), f"{name} mounts missing {source}"
-    for name in ("gateway", "sink", "sink-init"):
+    for name in GATEWAY_IMAGE_SERVICES:
         build = services[name]["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
     assert services["kafka"]["image"].startswith("apache/kafka:")
@@ -310,6 +313,65 @@ def test_compose_sink_reaches_kafka_and_clickhouse() -> None:
     assert sink["depends_on"]["sink-init"]["condition"] == "service_completed_successfully"
     # The image's probe is the capture server's: containers running the sink must not inherit it.
     assert sink["healthcheck"] == {"disable": True} and services["sink-init"]["healthcheck"] == {"disable": True}
+
+
+def gateway_check(argv: list[str], environment: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`gateway ARGV --check` as a container of the image runs it: the image's env, then the service's."""
+    env = {**gateway_env(), **image_env(), **{name: str(value) for name, value in environment.items()}}
+    return subprocess.run([sys.executable, "-m", "gateway", *argv, "--check"], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("name", ["sink-init", "sink", "recordings"])
+def test_compose_worker_commands_are_what_the_cli_accepts(name: str, tmp_path: Path) -> None:
+    service = compose()["services"][name]
+    result = gateway_check(service["command"], service["environment"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = result.stdout
+    assert 'database = "posthog"  # flag' in effective
+    assert 'data_dir = "/data"  # env' in effective  # the image's volume
+    assert re.search(r'^clickhouse(_url)? = .*"http://gateway:<redacted>@clickhouse:8123".*# env$', effective, re.M)
+    if name != "sink-init":
+        assert 'kafka_bootstrap_servers = "kafka:9092"  # flag' in effective
+    # Control: a flag the command does not have is refused, as the container would be.
+    assert gateway_check([*service["command"], "--no-such-flag"], service["environment"], tmp_path).returncode == 2
+
+
+def test_compose_recordings_sink_stores_blocks_on_its_volume_and_rows_in_clickhouse() -> None:
+    services = compose()["services"]
+    recordings = services["recordings"]
+    assert recordings["command"][:2] == ["recordings", "sink"]
+    assert "recordings-data:/data" in recordings["volumes"]  # default storage: DATA_DIR/recordings
+    command = recordings["command"]
+    assert command[command.index("--kafka-bootstrap-servers") + 1] == services["gateway"]["environment"][
+        "GATEWAY_KAFKA_BOOTSTRAP_SERVERS"]
+    assert recordings["environment"]["GATEWAY_CLICKHOUSE"] == services["sink"]["environment"]["GATEWAY_CLICKHOUSE_URL"]
+    port = command[command.index("--recordings-http-port") + 1]
+    assert recordings["expose"] == [port] and f":{port}/ready" in " ".join(recordings["healthcheck"]["test"])
+    assert {"kafka", "clickhouse"} <= set(recordings["depends_on"])
+
+
+def test_compose_recordings_healthcheck_probes_a_running_recordings_sink(tmp_path: Path) -> None:
+    recordings = compose()["services"]["recordings"]
+    command = recordings["command"]
+    argv = recordings["healthcheck"]["test"]
+    assert argv[:2] == ["CMD", "python"]
+
+    def probe(port: int) -> int:
+        script = argv[-1].replace(f":{command[command.index('--recordings-http-port') + 1]}/", f":{port}/")
+        return subprocess.run([sys.executable, *argv[2:-1], script], capture_output=True, timeout=30,
+                              check=False).returncode
+
+    with GatewayProcess(tmp_path / "data"):  # embedded mode reads the spools of a gateway's data dir
+        pass
+    port = free_port()
+    sink = recordings_sink_process(tmp_path / "data", "--recordings-http-port", str(port))
+    try:
+        wait_for(lambda: probe(port) == 0, timeout=60, what="the recordings sink ready")
+    finally:
+        sink.terminate()
+        sink.wait(30)
+    assert probe(port) != 0  # nothing listening: unhealthy
 
 
 @pytest.mark.parametrize("name", ["nginx.conf", "posthog-gateway"])

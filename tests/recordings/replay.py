@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
+
+from tests.support.processes import REPO_ROOT, gateway_env
 
 TOKEN = "phc_recordings_test"
 
@@ -50,3 +55,12 @@ def post_snapshots(gateway_url: str, session_id: str, distinct_id: str, events: 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def sink_process(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`gateway recordings sink` in embedded mode on `data_dir` (chdb inside it), logging next to it."""
+    log = open(data_dir.parent / "recordings-sink.log", "ab")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "recordings", "sink", "--data-dir", str(data_dir),
+         "--clickhouse", f"chdb://{data_dir}/chdb", "--log-format", "text", *args],
+        stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)

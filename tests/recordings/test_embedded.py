@@ -15,21 +15,13 @@ import orjson
 import pytest
 import requests
 
-from tests.recordings.replay import TOKEN, now_ms, post_snapshots, rrweb_session
+from tests.recordings.replay import TOKEN, now_ms, post_snapshots, rrweb_session, sink_process
 from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env, run_gateway
 from tests.support.waiting import wait_for
 
 pytest.importorskip("chdb")
 DAY_MS = 86_400_000
-
-
-def sink_process(data_dir: Path, *args: str) -> subprocess.Popen[bytes]:
-    log = open(data_dir.parent / "recordings-sink.log", "ab")  # noqa: SIM115 (closed with the process)
-    return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "recordings", "sink", "--data-dir", str(data_dir),
-         "--clickhouse", f"chdb://{data_dir}/chdb", "--log-format", "text", *args],
-        stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
 
 
 def test_embedded_sink_split_dlq_export_erasure_and_retention(tmp_path: Path) -> None:
