@@ -30,11 +30,11 @@ import yaml
 from gateway.settings import ServeSettings, add_arguments, env_name, settings_from_args
 from tests.integration.test_nginx_front import write_certificate
 from tests.recordings.replay import sink_process as recordings_sink_process
+from tests.support.image import DOCKERFILE, final_stage, gateway_check, image_env, instructions
 from tests.support.inprocess import free_port
 from tests.support.processes import REPO_ROOT, GatewayProcess, gateway_env
 from tests.support.waiting import wait_for
 
-DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"
 GATEWAY_IMAGE_SERVICES = ("gateway", "sink-init", "sink", "recordings")
 KNOWN_ENV = {env_name(f) for f in ServeSettings.__dataclass_fields__}
@@ -46,25 +46,6 @@ def venv_tool(name: str) -> str:
     found = str(path) if path.exists() else shutil.which(name)
     assert found, f"{name} missing: install the dev extra (pip install -e '.[dev]')"
     return found
-
-
-def instructions() -> list[dockerfile.Command]:
-    return list(dockerfile.parse_file(str(DOCKERFILE)))
-
-
-def final_stage() -> list[dockerfile.Command]:
-    commands = instructions()
-    last_from = max(i for i, c in enumerate(commands) if c.cmd == "FROM")
-    return commands[last_from:]
-
-
-def image_env() -> dict[str, str]:
-    """ENV of the final stage (`ENV A=1 B=2` parses to a flat key, value, key, value tuple)."""
-    env: dict[str, str] = {}
-    for command in final_stage():
-        if command.cmd == "ENV":
-            env.update(zip(command.value[::2], command.value[1::2], strict=True))
-    return env
 
 
 def one(commands: list[dockerfile.Command], cmd: str) -> dockerfile.Command:
@@ -313,13 +294,6 @@ def test_compose_sink_reaches_kafka_and_clickhouse() -> None:
     assert sink["depends_on"]["sink-init"]["condition"] == "service_completed_successfully"
     # The image's probe is the capture server's: containers running the sink must not inherit it.
     assert sink["healthcheck"] == {"disable": True} and services["sink-init"]["healthcheck"] == {"disable": True}
-
-
-def gateway_check(argv: list[str], environment: dict[str, Any], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`gateway ARGV --check` as a container of the image runs it: the image's env, then the service's."""
-    env = {**gateway_env(), **image_env(), **{name: str(value) for name, value in environment.items()}}
-    return subprocess.run([sys.executable, "-m", "gateway", *argv, "--check"], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize("name", ["sink-init", "sink", "recordings"])

@@ -1,11 +1,12 @@
 """deploy/k8s/: every manifest validates (strictly: no unknown fields) against Kubernetes' own JSON schemas,
 shipped offline by PyPI's kubernetes-validate, and the pieces fit together: selectors, probes on the
 gateway's health routes, a grace period above the drain, a spool volume at the data dir, an env that
-parses as a gateway config."""
+parses as a gateway config, and sink workers whose args and env the real CLI accepts."""
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.settings import ServeSettings, add_arguments, env_name, settings_from_args
+from tests.support.image import gateway_check
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 # The oldest Kubernetes still commonly run, and the newest the schema package knows.
@@ -105,3 +107,69 @@ def test_workers_match_the_cpu_request_the_hpa_scales_on() -> None:
     assert settings().workers == int(container()["resources"]["requests"]["cpu"])
     (metric,) = only("HorizontalPodAutoscaler")["spec"]["metrics"]
     assert metric["resource"]["name"] == "cpu"
+
+
+# What the Secrets the manifests name hold, for checking the env built from them.
+SECRET_SAMPLES = {("posthog-gateway-clickhouse", "url"): "http://gateway:sample@clickhouse:8123"}
+WORKER_PORT_SETTINGS = {"posthog-gateway-sink": "metrics_port", "posthog-gateway-recordings": "recordings_http_port"}
+
+
+def deployment(name: str) -> dict[str, Any]:
+    (doc,) = [doc for doc in by_kind("Deployment") if doc["metadata"]["name"] == name]
+    return doc
+
+
+def worker(name: str) -> dict[str, Any]:
+    (container,) = deployment(name)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def worker_env(container: dict[str, Any]) -> dict[str, str]:
+    env = {}
+    for item in container["env"]:
+        if "valueFrom" in item:
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = SECRET_SAMPLES[(ref["name"], ref["key"])]
+        else:
+            env[item["name"]] = item["value"]
+    return env
+
+
+@pytest.mark.parametrize("name", sorted(WORKER_PORT_SETTINGS))
+def test_sink_workers_run_what_the_cli_accepts_on_their_container_port(name: str, tmp_path: Path) -> None:
+    spec = deployment(name)["spec"]
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    container = worker(name)
+    result = gateway_check(container["args"], worker_env(container), tmp_path)
+    assert result.returncode == 0, result.stderr
+    effective = result.stdout
+    # The Kafka the gateways write to.
+    assert f'kafka_bootstrap_servers = "{settings().kafka_bootstrap_servers}"  # env' in effective
+    assert 'database = "posthog"  # env' in effective
+    assert re.search(r'^clickhouse(_url)? = .*"http://gateway:<redacted>@clickhouse:8123".*# env$', effective, re.M)
+    (port,) = container["ports"]
+    assert f"{WORKER_PORT_SETTINGS[name]} = {port['containerPort']}  # env" in effective
+    # Control: a setting the command does not have is refused, as the pod's start would be.
+    refused = gateway_check(container["args"], {**worker_env(container), "GATEWAY_NO_SUCH_SETTING": "1"}, tmp_path)
+    assert refused.returncode == 2
+
+
+def test_sink_grace_period_outlasts_its_shutdown_timeout() -> None:
+    pod = deployment("posthog-gateway-sink")["spec"]["template"]["spec"]
+    timeout = float(worker_env(worker("posthog-gateway-sink"))["GATEWAY_SHUTDOWN_TIMEOUT"])
+    assert pod["terminationGracePeriodSeconds"] > timeout
+
+
+def test_recordings_blocks_are_on_the_claimed_volume_at_the_data_dir() -> None:
+    spec = deployment("posthog-gateway-recordings")["spec"]
+    (claim,) = by_kind("PersistentVolumeClaim")
+    (volume,) = spec["template"]["spec"]["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    container = worker("posthog-gateway-recordings")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[volume["name"]] == worker_env(container)["GATEWAY_DATA_DIR"]
+    # One pod at a time may hold a ReadWriteOnce volume: no rolling update overlapping two.
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "http"}
