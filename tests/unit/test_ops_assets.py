@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.metrics_core import Metric
 
 import gateway.metrics.clickhouse
+import gateway.metrics.recordings
 import gateway.metrics.serve
 import gateway.metrics.sink
 from gateway.spool.collector import SpoolCollector
