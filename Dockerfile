@@ -3,6 +3,7 @@
 #   docker build -t posthog-gateway .
 #   docker run -p 8000:8000 -v gateway-data:/data posthog-gateway
 # The same image runs the sink worker: `docker run posthog-gateway sink --kafka-bootstrap-servers ...`.
+# Optional extras: `--build-arg EXTRAS=s3` (recordings in S3), `EXTRAS=chdb` (embedded ClickHouse, ~900 MB).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -16,7 +17,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 # Every dependency ships manylinux wheels for CPython 3.11, so no compiler is needed here.
-RUN /opt/venv/bin/pip install --no-compile .
+ARG EXTRAS=""
+RUN /opt/venv/bin/pip install --no-compile ".${EXTRAS:+[$EXTRAS]}"
 
 # --- runtime: the venv on a clean slim image, run by an unprivileged user ---------------------
 FROM ${PYTHON_IMAGE}

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,19 @@ def test_build_stage_reproduced_outside_docker_builds_the_gateway_wheel(tmp_path
         entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert "gateway/cli.py" in names and "gateway/edge/client_ip.py" in names
     assert re.search(r"^gateway = gateway\.cli:main$", entry_points, re.M)  # the image's ENTRYPOINT
+
+
+def test_build_arg_extras_names_the_extras_pip_installs() -> None:
+    (install,) = [c.value[0] for c in instructions() if c.cmd == "RUN" and " install " in c.value[0]]
+    pip = "/opt/venv/bin/pip install --no-compile "
+    assert install.startswith(pip)
+    optional = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extras, target in (("", "."), ("s3", ".[s3]"), ("s3,chdb", ".[s3,chdb]")):
+        # The RUN line's shell, with the build arg as Docker passes it (an environment variable).
+        shown = subprocess.run(["sh", "-c", "printf %s " + install.removeprefix(pip)], env={"EXTRAS": extras},
+                               capture_output=True, text=True, check=True).stdout
+        assert shown == target
+        assert set(filter(None, extras.split(","))) <= set(optional)
 
 
 def run_healthcheck(env: dict[str, str]) -> int:
