@@ -12,3 +12,11 @@ class Readiness:
     ready: bool
     degraded: bool
     detail: str
+
+
+@dataclass(slots=True, frozen=True)
+class Health:
+    """A worker's (the sinks'): False while it cannot store what it consumes, with the reason."""
+
+    ready: bool = True
+    reason: str = ""

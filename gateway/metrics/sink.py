@@ -25,6 +25,7 @@ DLQ_MESSAGES = Counter(
     "gateway_sink_dlq_messages_total", "Messages sent to the dead-letter queue", ["reason"]
 )
 INSERT_ERRORS = Counter("gateway_sink_insert_errors_total", "Failed insert attempts", ["kind"])
+READY = Gauge("gateway_sink_ready", "1 while inserts succeed; 0 from a failed insert until one succeeds again")
 INSERT_SECONDS = Histogram(
     "gateway_sink_insert_seconds",
     "Latency of one successful insert",

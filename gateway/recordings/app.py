@@ -10,13 +10,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.clickhouse.writer import WriteError, creation_failed, open_at_start, open_writer
 from gateway.core.background import running
 from gateway.core.startup import CONFIG_EXIT, StartupError
-from gateway.metrics.build import record_build
+from gateway.metrics.health_server import serve_health
 from gateway.recordings.export import write_session
 from gateway.recordings.metadata import ReplayEvents
 from gateway.recordings.retention import expire
@@ -75,7 +73,8 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
             fetch_max_records=settings.recordings_fetch_max_records, spool=not kafka)
         teams = TeamResolver(parse_team_map(settings.team_map))
         sink = RecordingsSink(source, store, events, dead_letters, teams, config)
-        runner = await _health_server(sink, settings.recordings_http_port) if settings.recordings_http_port else None
+        port = settings.recordings_http_port
+        runner = await serve_health(port, lambda: sink.health) if port else None
         log.info("recordings sink: %s → %s and %s", kafka or settings.data_dir, store.location, events.name)
         try:
             async with running(_retention_loop(settings, events, store)):
@@ -121,23 +120,6 @@ async def _retention_loop(settings: RecordingsSettings, events: ReplayEvents, st
         except Exception as exc:  # the next run retries; the sink keeps going
             log.warning("recordings retention failed: %s", exc)
         await asyncio.sleep(settings.recordings_retention_interval)
-
-
-async def _health_server(sink: RecordingsSink, port: int) -> web.AppRunner:
-    async def ready(_: web.Request) -> web.Response:
-        body = {"ready": sink.health.ready, "reason": sink.health.reason or None}
-        return web.json_response(body, status=200 if sink.health.ready else 503)
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    record_build()
-    app = web.Application()
-    app.add_routes([web.get("/ready", ready), web.get("/metrics", metrics)])
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port).start()
-    return runner
 
 
 async def export_session(settings: RecordingsSettings, session_id: str, out_path: str) -> int:

@@ -31,6 +31,7 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from gateway.clickhouse.writer import WriteError
+from gateway.core.readiness import Health
 from gateway.metrics.recordings import (
     BLOCK_BYTES,
     BLOCKS_STORED,
@@ -66,12 +67,6 @@ class SinkConfig:
     retry_base_s: float = 0.2
     retry_max_s: float = 10.0
     spool: bool = False  # positions are spool byte positions, not Kafka offsets
-
-
-@dataclass(slots=True)
-class Health:
-    ready: bool = True
-    reason: str = ""
 
 
 class RecordingsSink:

@@ -8,14 +8,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from prometheus_client import start_http_server
-
 from gateway.clickhouse.schema import events_table_ddl, table_name
 from gateway.clickhouse.writer import WriteError, Writer, creation_failed, open_at_start
 from gateway.core.background import running
 from gateway.core.gc_tuning import settle_gc
 from gateway.core.startup import CONFIG_EXIT, StartupError
-from gateway.metrics.build import record_build
 from gateway.settings import SinkSettings
 from gateway.settings.sink import parse_time
 from gateway.sinkworker.batch import FlushPolicy
@@ -46,9 +43,6 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
         if settings.init_schema:
             log.info("events table %s.%s ready", settings.database, settings.table)
             return 0
-        if settings.metrics_port:
-            record_build()
-            start_http_server(settings.metrics_port)
         source, dead_letters = await _source_and_dlq(settings, stop)
         encoder = RowEncoder(
             TeamResolver(parse_team_map(settings.team_map), strict=settings.strict_teams),
@@ -65,6 +59,11 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
             dedup_retries=bool(settings.cluster),
         )
         worker = SinkWorker(source, writer, dead_letters, encoder, config)
+        health = None
+        if settings.metrics_port:
+            from gateway.metrics.health_server import serve_health  # aiohttp: not imported without the port
+
+            health = await serve_health(settings.metrics_port, lambda: worker.health)
         if isinstance(source, RebuildSource):
             progress = _log_rebuild_progress(worker, source)
         else:
@@ -81,6 +80,8 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
                                exit_code=CONFIG_EXIT) from error
         finally:
             await dead_letters.close()
+            if health is not None:
+                await health.cleanup()
         if isinstance(source, RebuildSource):
             return _rebuild_report(worker, source, config.table)
         log.info("sink stopped: %d rows written, lag %d %s%s", worker.rows_written, source.lag(), source.lag_unit,

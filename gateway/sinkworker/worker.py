@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from aiokafka.errors import KafkaError
 
 from gateway.clickhouse.writer import ErrorKind, WriteError, Writer
+from gateway.core.readiness import Health
 from gateway.metrics.sink import (
     BATCH_BYTES,
     BATCH_ROWS,
@@ -35,6 +36,7 @@ from gateway.metrics.sink import (
     INSERTS_IN_FLIGHT,
     MESSAGES_CONSUMED,
     MESSAGES_SKIPPED,
+    READY,
     ROWS_INSERTED,
     ROWS_SKIPPED_REPLAY,
 )
@@ -105,6 +107,8 @@ class SinkWorker:
         self._failure: BaseException | None = None
         self.clean_exit = True
         self.rows_written = 0
+        self.health = Health()  # what /ready on --metrics-port answers
+        READY.set(1)
 
     # AssignmentListener -------------------------------------------------------------------------
     def assigned(self, partitions: set[TopicPartition]) -> None:
@@ -225,12 +229,18 @@ class SinkWorker:
                     await self._split(rows, sources, token, error)
                     return
                 log.warning("insert of %d rows failed (attempt %d): %s", len(rows), attempt + 1, error)
+                self.health = Health(False, f"inserts fail: {str(error)[:300]}")
+                READY.set(0)
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 if not (self._writer.caps.dedup_token or self._config.dedup_retries):
                     rows, sources = await self._unstored(rows, sources)
                 continue
             INSERT_SECONDS.observe(time.perf_counter() - started)
+            if not self.health.ready:
+                log.info("inserts succeed again")
+                self.health = Health()
+                READY.set(1)
             ROWS_INSERTED.inc(len(rows))
             self.rows_written += len(rows)
             _observe_lag(sources)

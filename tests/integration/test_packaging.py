@@ -307,7 +307,9 @@ def test_compose_sink_reaches_kafka_and_clickhouse() -> None:
     assert command[command.index("--database") + 1] == ch_env["CLICKHOUSE_DB"]
     assert sink["depends_on"]["sink-init"]["condition"] == "service_completed_successfully"
     # The image's probe is the capture server's: containers running the sink must not inherit it.
-    assert sink["healthcheck"] == {"disable": True} and services["sink-init"]["healthcheck"] == {"disable": True}
+    port = command[command.index("--metrics-port") + 1]
+    assert sink["expose"] == [port] and f":{port}/ready" in " ".join(sink["healthcheck"]["test"])
+    assert services["sink-init"]["healthcheck"] == {"disable": True}
 
 
 @pytest.mark.parametrize("name", ["sink-init", "sink", "recordings"])
@@ -339,23 +341,30 @@ def test_compose_recordings_sink_stores_blocks_on_its_volume_and_rows_in_clickho
     assert {"kafka", "clickhouse"} <= set(recordings["depends_on"])
 
 
-def test_compose_recordings_healthcheck_probes_a_running_recordings_sink(tmp_path: Path) -> None:
-    recordings = compose()["services"]["recordings"]
-    command = recordings["command"]
-    argv = recordings["healthcheck"]["test"]
+@pytest.mark.parametrize(("name", "port_flag"), [("sink", "--metrics-port"), ("recordings", "--recordings-http-port")])
+def test_compose_healthcheck_probes_a_running_sink(name: str, port_flag: str, tmp_path: Path) -> None:
+    service = compose()["services"][name]
+    command = service["command"]
+    argv = service["healthcheck"]["test"]
     assert argv[:2] == ["CMD", "python"]
 
     def probe(port: int) -> int:
-        script = argv[-1].replace(f":{command[command.index('--recordings-http-port') + 1]}/", f":{port}/")
+        script = argv[-1].replace(f":{command[command.index(port_flag) + 1]}/", f":{port}/")
         return subprocess.run([sys.executable, *argv[2:-1], script], capture_output=True, timeout=30,
                               check=False).returncode
 
-    with GatewayProcess(tmp_path / "data"):  # embedded mode reads the spools of a gateway's data dir
+    data = tmp_path / "data"
+    with GatewayProcess(data):  # embedded mode reads the spools of a gateway's data dir
         pass
     port = free_port()
-    sink = recordings_sink_process(tmp_path / "data", "--recordings-http-port", str(port))
+    if name == "recordings":
+        sink = recordings_sink_process(data, port_flag, str(port))
+    else:
+        sink = subprocess.Popen([sys.executable, "-m", "gateway", "sink", "--data-dir", str(data), "--clickhouse",
+                                 f"chdb://{data}/chdb-events", port_flag, str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=gateway_env(), cwd=REPO_ROOT)
     try:
-        wait_for(lambda: probe(port) == 0, timeout=60, what="the recordings sink ready")
+        wait_for(lambda: probe(port) == 0, timeout=60, what=f"the {name} sink ready")
     finally:
         sink.terminate()
         sink.wait(30)

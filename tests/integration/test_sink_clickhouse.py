@@ -170,11 +170,12 @@ class FailingInserts:
         await self.writer.insert(*args, **kwargs)
 
 
-def test_consumer_lag_counts_messages_not_stored(
+def test_consumer_lag_and_readiness_while_inserts_fail(
     kafka: KafkaBroker, clickhouse_http_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`gateway_sink_consumer_lag` is end offset minus committed offset: while inserts fail, the messages
-    consumed but not stored count, and so do those produced while the paused source fetches nothing."""
+    consumed but not stored count, and so do those produced while the paused source fetches nothing.
+    Meanwhile the sink is not ready (`/ready` on --metrics-port, `gateway_sink_ready`), until an insert succeeds."""
     monkeypatch.setattr(confluent, "LAG_REFRESH_S", 0.3)
     topic, dlq_topic, table, group = unique("capture"), unique("dlq"), unique("events"), unique("sink")
 
@@ -200,12 +201,16 @@ def test_consumer_lag_counts_messages_not_stored(
         task = asyncio.create_task(worker.run(stop))
         try:
             await wait_until(lambda: lag() == 500, task)  # nothing stored, whatever was consumed
+            await wait_until(lambda: not worker.health.ready, task)  # from the first failed insert on
+            assert "simulated outage" in worker.health.reason
+            assert REGISTRY.get_sample_value("gateway_sink_ready") == 0
             await asyncio.sleep(1.5)  # the source pauses (batch full, the insert slot busy), its fetches end
             await produce(kafka.bootstrap_servers, topic, [captured_value(i) for i in range(500, 550)], 1)
             await wait_until(lambda: lag() == 550, task)  # the source is paused: end offsets are asked for
             writer.failing = False
             await wait_until(lambda: lag() == 0, task)
             assert worker.rows_written == 550
+            assert worker.health.ready and REGISTRY.get_sample_value("gateway_sink_ready") == 1
             stop.set()
             await task
         finally:

@@ -159,6 +159,9 @@ def test_events_sink_leaves_recordings_to_the_recordings_sink_on_the_same_spool(
         exposition = requests.get(metrics, timeout=5).text
         assert "gateway_log_records_suppressed_total" in exposition  # every process's own families only:
         assert "gateway_http_requests" not in exposition  # none of `gateway serve`'s
+        ready = requests.get(f"http://127.0.0.1:{port}/ready", timeout=5)
+        assert (ready.status_code, ready.json()) == (200, {"ready": True, "reason": None})
+        assert metric(metrics, "gateway_sink_ready") == 1
         wait_for(lambda: list((data / "recordings" / "sessions").glob("*/session-dave/*")), timeout=60,
                  what="a block of the session")
         time.sleep(1)

@@ -154,6 +154,14 @@ def test_sink_workers_run_what_the_cli_accepts_on_their_container_port(name: str
     assert refused.returncode == 2
 
 
+@pytest.mark.parametrize("name", sorted(WORKER_PORT_SETTINGS))
+def test_sink_workers_are_ready_while_storing_and_alive_while_their_loop_answers(name: str) -> None:
+    container = worker(name)
+    (port,) = container["ports"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": port["name"]}
+
+
 def test_sink_grace_period_outlasts_its_shutdown_timeout() -> None:
     pod = deployment("posthog-gateway-sink")["spec"]["template"]["spec"]
     timeout = float(worker_env(worker("posthog-gateway-sink"))["GATEWAY_SHUTDOWN_TIMEOUT"])
@@ -171,5 +179,3 @@ def test_recordings_blocks_are_on_the_claimed_volume_at_the_data_dir() -> None:
     # One pod at a time may hold a ReadWriteOnce volume: no rolling update overlapping two.
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "http"}
