@@ -1,7 +1,8 @@
-"""What a component tells /_readiness: whether the instance should get traffic."""
+"""What a component tells /_readiness (whether the instance should get traffic), and a worker's /ready (the sinks')."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -14,9 +15,27 @@ class Readiness:
     detail: str
 
 
-@dataclass(slots=True, frozen=True)
-class Health:
-    """A worker's (the sinks'): False while it cannot store what it consumes, with the reason."""
 
-    ready: bool = True
-    reason: str = ""
+class Health:
+    """A worker's readiness (the sinks'): not ready while it cannot store what it consumes, with the reason.
+    `report` (a gauge's `set`) gets 1 or 0 at every change."""
+
+    def __init__(self, report: Callable[[float], None]) -> None:
+        self.ready = True
+        self.reason = ""
+        self._report = report
+        report(1)
+
+    def failing(self, reason: str) -> bool:
+        """Not ready because of `reason`; True if it was ready until now."""
+        was_ready, self.ready, self.reason = self.ready, False, reason
+        self._report(0)
+        return was_ready
+
+    def recovered(self) -> bool:
+        """Ready again; True if it was not."""
+        if self.ready:
+            return False
+        self.ready, self.reason = True, ""
+        self._report(1)
+        return True

@@ -4,8 +4,6 @@ also says the loop runs (a liveness probe asks `/metrics`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -13,13 +11,12 @@ from gateway.core.readiness import Health
 from gateway.metrics.build import record_build
 
 
-async def serve_health(port: int, health: Callable[[], Health]) -> web.AppRunner:
+async def serve_health(port: int, health: Health) -> web.AppRunner:
     """Listen on `port` (all interfaces) until the returned runner is cleaned up."""
 
     async def ready(_: web.Request) -> web.Response:
-        state = health()
-        body = {"ready": state.ready, "reason": state.reason or None}
-        return web.json_response(body, status=200 if state.ready else 503)
+        body = {"ready": health.ready, "reason": health.reason or None}
+        return web.json_response(body, status=200 if health.ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -74,7 +74,7 @@ async def run_sink(settings: RecordingsSettings, stop: asyncio.Event) -> int:
         teams = TeamResolver(parse_team_map(settings.team_map))
         sink = RecordingsSink(source, store, events, dead_letters, teams, config)
         port = settings.recordings_http_port
-        runner = await serve_health(port, lambda: sink.health) if port else None
+        runner = await serve_health(port, sink.health) if port else None
         log.info("recordings sink: %s → %s and %s", kafka or settings.data_dir, store.location, events.name)
         try:
             async with running(_retention_loop(settings, events, store)):

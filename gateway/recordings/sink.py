@@ -85,10 +85,9 @@ class RecordingsSink:
         self._guard: dict[int, dict[str, int]] = {}  # partition → session → last offset already stored
         self._buffered = 0
         self._lock = asyncio.Lock()  # the loop's step or a revocation, never both (module doc)
-        self.health = Health()
+        self.health = Health(READY.set)  # what /ready on --recordings-http-port answers
         self.items_stored = 0
         self.clean_exit = True
-        READY.set(1)
 
     # Source callbacks (Kafka rebalances) --------------------------------------------------------
     def assigned(self, partitions: set[tuple[str, int]]) -> None:
@@ -258,10 +257,8 @@ class RecordingsSink:
                     STORE_FAILURES.labels(what).inc()
                     if stop is not None and stop.is_set():
                         raise
-                    if self.health.ready:
+                    if self.health.failing(f"{what}: {str(exc)[:300]}"):
                         log.warning("recordings %s unavailable, pausing consumption: %s", what, exc)
-                    self.health = Health(False, f"{what}: {str(exc)[:300]}")
-                    READY.set(0)
                     if not paused:
                         self._source.pause()
                         paused = True
@@ -270,10 +267,8 @@ class RecordingsSink:
         finally:
             if paused:
                 self._source.resume()
-        if not self.health.ready:
+        if self.health.recovered():
             log.info("recordings %s available again, resuming", what)
-            self.health = Health()
-            READY.set(1)
         return result
 
 

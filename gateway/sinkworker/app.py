@@ -63,7 +63,7 @@ async def serve(settings: SinkSettings, stop: asyncio.Event, on_running: Callabl
         if settings.metrics_port:
             from gateway.metrics.health_server import serve_health  # aiohttp: not imported without the port
 
-            health = await serve_health(settings.metrics_port, lambda: worker.health)
+            health = await serve_health(settings.metrics_port, worker.health)
         if isinstance(source, RebuildSource):
             progress = _log_rebuild_progress(worker, source)
         else:

@@ -107,8 +107,7 @@ class SinkWorker:
         self._failure: BaseException | None = None
         self.clean_exit = True
         self.rows_written = 0
-        self.health = Health()  # what /ready on --metrics-port answers
-        READY.set(1)
+        self.health = Health(READY.set)  # what /ready on --metrics-port answers
 
     # AssignmentListener -------------------------------------------------------------------------
     def assigned(self, partitions: set[TopicPartition]) -> None:
@@ -229,18 +228,15 @@ class SinkWorker:
                     await self._split(rows, sources, token, error)
                     return
                 log.warning("insert of %d rows failed (attempt %d): %s", len(rows), attempt + 1, error)
-                self.health = Health(False, f"inserts fail: {str(error)[:300]}")
-                READY.set(0)
+                self.health.failing(f"inserts fail: {str(error)[:300]}")
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 if not (self._writer.caps.dedup_token or self._config.dedup_retries):
                     rows, sources = await self._unstored(rows, sources)
                 continue
             INSERT_SECONDS.observe(time.perf_counter() - started)
-            if not self.health.ready:
+            if self.health.recovered():
                 log.info("inserts succeed again")
-                self.health = Health()
-                READY.set(1)
             ROWS_INSERTED.inc(len(rows))
             self.rows_written += len(rows)
             _observe_lag(sources)

@@ -13,6 +13,7 @@ nothing, and once it returns every row is stored exactly once on both.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -116,6 +117,22 @@ def wait_showing_log(log_path: Path, predicate: Callable[[], object], timeout: f
         raise AssertionError(f"{error}; sink log:\n{log_path.read_text(errors='replace')[-4000:]}") from None
 
 
+@contextlib.contextmanager
+def running_sink(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` (a sink) logging to `log_path`; stopped with SIGTERM after the block (it must exit 0),
+    killed if the block failed."""
+    with log_path.open("ab") as log:
+        sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
+    try:
+        yield sink
+    except BaseException:
+        sink.kill()
+        sink.wait(30)
+        raise
+    sink.send_signal(signal.SIGTERM)
+    assert sink.wait(30) == 0
+
+
 def test_init_schema_creates_replicated_and_distributed_tables(cluster: ClickHouseCluster) -> None:
     table = unique("events")
     init_schema(cluster, table)
@@ -193,9 +210,7 @@ def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
     def stored(url: str) -> int:
         return counts(url, table)[0]
 
-    with log_path.open("ab") as log:
-        sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
-    try:
+    with running_sink(command, log_path) as sink:
         # Replication is asynchronous: a part the first replica stored just before its kill reaches the second
         # only when the first is back. Made certain here (the second fetches nothing until then), not left to
         # the timing of the kill.
@@ -227,11 +242,6 @@ def test_replica_killed_mid_run_sink_fails_over_nothing_lost_or_doubled(
         until(lambda: stored(first_url) >= 18000 and stored(second_url) >= 18000, 120,
               "every wave stored on both replicas")  # fmt: skip
         until(lambda: group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS) == 0, 30, "lag drained")
-        sink.send_signal(signal.SIGTERM)
-        assert sink.wait(30) == 0
-    finally:
-        if sink.poll() is None:
-            sink.kill()
     output = log_path.read_text(errors="replace")
     assert "failing over to" in output, output[-3000:]
     for url in cluster.http_urls:
@@ -355,9 +365,7 @@ def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_
     def lag() -> int:
         return group_lag(kafka.bootstrap_servers, [topic], group, partitions=PARTITIONS)
 
-    with log_path.open("ab") as log:
-        sink = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=gateway_env(), cwd=REPO_ROOT)
-    try:
+    with running_sink(command, log_path) as sink:
         send(waves[0])
         until(lambda: counts(first_url, table)[0] > 0, 60, "first rows stored")
         first.kill()  # mid-run: the sink is inserting wave 0 through the first replica
@@ -373,11 +381,6 @@ def test_insert_quorum_replica_killed_mid_run_nothing_stored_or_committed_until_
 
         first.start()
         until(lambda: lag() == 0, 120, "every message committed once the replica returned")
-        sink.send_signal(signal.SIGTERM)
-        assert sink.wait(30) == 0
-    finally:
-        if sink.poll() is None:
-            sink.kill()
     output = log_path.read_text(errors="replace")
     assert output.count("failing over to") <= 1, output[-3000:]  # from the dead replica once, then no flapping
     for url in cluster.http_urls:  # acknowledged only once both held it: no catching up needed
